@@ -1,0 +1,54 @@
+# pgshift: the README's two commands, `make demo` and `make test`, and their parts.
+ROOT := $(abspath $(dir $(lastword $(MAKEFILE_LIST))))
+CACHE := $(ROOT)/.cache
+BUILD := $(ROOT)/build
+BUILD_ASAN := $(ROOT)/build-asan
+JOBS ?= $(shell nproc)
+CMAKE_FLAGS ?=
+
+.PHONY: all setup build build-asan test test-unit test-integration demo format clean lab-down help
+
+all: build
+
+help:
+	@echo "make demo    install what is missing, build, run the demo (PostgreSQL, PgBouncer, load client)"
+	@echo "make test    install what is missing, build (also with ASan+UBSan), run every test"
+	@echo "make build   build build/pgshift"
+	@echo "make setup   only install dependencies (idempotent; cached under .cache/)"
+
+setup:
+	@bash $(ROOT)/scripts/setup.sh
+
+$(BUILD)/build.ninja:
+	cmake -S $(ROOT) -B $(BUILD) -G Ninja $(CMAKE_FLAGS)
+
+$(BUILD_ASAN)/build.ninja:
+	cmake -S $(ROOT) -B $(BUILD_ASAN) -G Ninja -DPGSHIFT_SANITIZE=ON -DCMAKE_BUILD_TYPE=Debug $(CMAKE_FLAGS)
+
+build: setup $(BUILD)/build.ninja
+	cmake --build $(BUILD) -j $(JOBS)
+
+build-asan: setup $(BUILD_ASAN)/build.ninja
+	cmake --build $(BUILD_ASAN) -j $(JOBS)
+
+test-unit: build build-asan
+	cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
+	cd $(BUILD_ASAN) && ctest --output-on-failure -j $(JOBS)
+
+# Integration tests run the sanitizer build of pgshift against real servers and routers.
+test-integration: build build-asan
+	PGSHIFT_BIN=$(BUILD_ASAN)/pgshift python3 -m pytest -q $(ROOT)/test/integration
+
+test: test-unit test-integration
+
+demo: build
+	@bash $(ROOT)/scripts/demo.sh
+
+lab-down:
+	-$(BUILD)/pgshift lab down
+
+format:
+	clang-format -i $$(git -C $(ROOT) ls-files '*.cc' '*.h')
+
+clean:
+	rm -rf $(BUILD) $(BUILD_ASAN)

@@ -1,0 +1,20 @@
+// Small string helpers shared by every layer.
+#pragma once
+
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace pgshift {
+
+std::vector<std::string> Split(std::string_view s, char sep, bool skip_empty = false);
+std::string Join(const std::vector<std::string>& parts, std::string_view sep);
+std::string_view Trim(std::string_view s);
+std::string ToLower(std::string_view s);
+bool ParseInt64(std::string_view s, long long* out);
+// Hides passwords in conninfo strings, URIs and "password: x"-like text, for logs and errors.
+std::string RedactSecrets(std::string_view text);
+// Random lowercase hex of `n` characters from the OS CSPRNG.
+std::string RandomHex(size_t n);
+
+}  // namespace pgshift

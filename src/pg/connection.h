@@ -1,0 +1,83 @@
+// An owned libpq connection and owned query results. Not thread-safe: one thread per
+// Connection. Error messages never include the password.
+#pragma once
+
+#include <libpq-fe.h>
+
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "common/status.h"
+
+namespace pgshift::pg {
+
+using Param = std::optional<std::string>;  // nullopt is SQL NULL
+
+class QueryResult {
+ public:
+  QueryResult() = default;
+  explicit QueryResult(PGresult* res) : res_(res, &PQclear) {}
+
+  int rows() const { return res_ ? PQntuples(res_.get()) : 0; }
+  int columns() const { return res_ ? PQnfields(res_.get()) : 0; }
+  bool IsNull(int row, int col) const { return PQgetisnull(res_.get(), row, col) != 0; }
+  std::string Get(int row, int col) const;
+  // The value of the column named `name`; empty when NULL. Aborts on a wrong name (a bug).
+  std::string Get(int row, std::string_view name) const;
+  std::optional<std::string> GetOpt(int row, std::string_view name) const;
+  long long GetInt(int row, std::string_view name) const;
+  bool GetBool(int row, std::string_view name) const;  // 't' / 'f'
+  int ColumnIndex(std::string_view name) const;
+  std::string ColumnName(int col) const { return PQfname(res_.get(), col); }
+  // Rows affected by INSERT/UPDATE/DELETE.
+  long long AffectedRows() const;
+
+ private:
+  std::shared_ptr<PGresult> res_;
+};
+
+class Connection {
+ public:
+  // `connect_timeout_s` applies unless the DSN sets connect_timeout itself.
+  static Result<std::unique_ptr<Connection>> Connect(const std::string& dsn,
+                                                      int connect_timeout_s = 10,
+                                                      const std::string& application_name = "pgshift");
+  ~Connection();
+  Connection(const Connection&) = delete;
+  Connection& operator=(const Connection&) = delete;
+
+  // Runs one statement (with $1.. parameters when given). Rows in the result.
+  Result<QueryResult> Query(const std::string& sql, const std::vector<Param>& params = {});
+  // Runs one or more statements without parameters, rows discarded.
+  Status Exec(const std::string& sql);
+  // The first column of the first row; NotFound when there is no row.
+  Result<std::string> QueryValue(const std::string& sql, const std::vector<Param>& params = {});
+
+  std::string QuoteIdent(std::string_view name) const;
+  std::string QuoteLiteral(std::string_view value) const;
+
+  bool Healthy() const { return PQstatus(conn_) == CONNECTION_OK; }
+  int ServerVersionNum() const { return PQserverVersion(conn_); }  // e.g. 170010
+  int ServerMajor() const { return PQserverVersion(conn_) / 10000; }
+  int BackendPid() const { return PQbackendPID(conn_); }
+  // SQLSTATE of the last failed call; empty when the failure was not reported by the server
+  // (the connection broke: the statement's outcome is unknown).
+  const std::string& last_sqlstate() const { return last_sqlstate_; }
+  // True when the last failure left the connection unusable.
+  bool broken() const { return PQstatus(conn_) != CONNECTION_OK; }
+  PGconn* raw() { return conn_; }
+  // Asks the server to cancel the running statement (from another thread).
+  void Cancel();
+
+ private:
+  explicit Connection(PGconn* conn) : conn_(conn) {}
+  Status ResultStatus(PGresult* res, const std::string& sql);
+
+  PGconn* conn_;
+  std::string last_sqlstate_;
+};
+
+}  // namespace pgshift::pg

@@ -1,0 +1,59 @@
+#include "pg/conninfo.h"
+
+#include <libpq-fe.h>
+
+#include <memory>
+
+namespace pgshift::pg {
+
+Result<ConnInfo> ConnInfo::Parse(const std::string& dsn) {
+  char* err = nullptr;
+  PQconninfoOption* opts = PQconninfoParse(dsn.c_str(), &err);
+  if (opts == nullptr) {
+    std::string msg = err ? err : "out of memory";
+    if (err) PQfreemem(err);
+    while (!msg.empty() && (msg.back() == '\n' || msg.back() == ' ')) msg.pop_back();
+    return Status::InvalidArgument(
+        "bad connection string: " + msg +
+        " (expected e.g. 'postgresql://user@host:5432/db' or 'host=... port=... dbname=...')");
+  }
+  std::unique_ptr<PQconninfoOption, decltype(&PQconninfoFree)> guard(opts, &PQconninfoFree);
+  ConnInfo info;
+  for (PQconninfoOption* o = opts; o->keyword != nullptr; ++o) {
+    if (o->val != nullptr) info.params_[o->keyword] = o->val;
+  }
+  return info;
+}
+
+std::string ConnInfo::Get(const std::string& key, const std::string& fallback) const {
+  auto it = params_.find(key);
+  return it == params_.end() || it->second.empty() ? fallback : it->second;
+}
+
+void ConnInfo::Set(const std::string& key, const std::string& value) { params_[key] = value; }
+
+std::string QuoteConnValue(const std::string& value) {
+  std::string out = "'";
+  for (char c : value) {
+    if (c == '\'' || c == '\\') out += '\\';
+    out += c;
+  }
+  return out + "'";
+}
+
+std::string ConnInfo::ToString() const {
+  std::string out;
+  for (const auto& [k, v] : params_) {
+    if (!out.empty()) out += ' ';
+    out += k + "=" + QuoteConnValue(v);
+  }
+  return out;
+}
+
+std::string ConnInfo::Redacted() const {
+  ConnInfo copy = *this;
+  if (copy.Has("password")) copy.Set("password", "*****");
+  return copy.ToString();
+}
+
+}  // namespace pgshift::pg
