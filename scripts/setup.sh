@@ -39,10 +39,12 @@ install_apt() {
   done
   if [ "${#missing[@]}" -eq 0 ]; then return; fi
   log "installing Debian packages: ${missing[*]}"
-  as_root apt-get update -q
-  # Packaged services must not start by themselves: pgshift runs its own instances.
-  as_root env DEBIAN_FRONTEND=noninteractive RUNLEVEL=1 \
-    apt-get install -y -q --no-install-recommends "${missing[@]}"
+  mkdir -p "$CACHE"
+  local aptlog="$CACHE/setup-apt.log"
+  as_root apt-get update -q >"$aptlog" 2>&1 || { tail -n 20 "$aptlog" >&2; return 1; }
+  as_root env DEBIAN_FRONTEND=noninteractive \
+    apt-get install -y -q --no-install-recommends "${missing[@]}" >>"$aptlog" 2>&1 \
+    || { tail -n 30 "$aptlog" >&2; return 1; }
   # The nginx and pgbouncer packages start system-wide daemons; stop them so they hold no
   # ports and no pid files our lab needs.
   for svc in nginx pgbouncer; do

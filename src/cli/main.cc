@@ -27,6 +27,7 @@ int main(int argc, char** argv) {
       "logical replication and a router cutover that holds writes for milliseconds.\n"
       "Exit codes: 0 ok, 1 error, 2 bad input, 3 failed precondition, 4 not found, 5 unavailable."};
   app.require_subcommand(1);
+  app.fallthrough();  // global options may follow the subcommand
   cli::GlobalOptions global;
   app.add_option("--lab-dir", global.lab_dir,
                  "lab state folder (default: $PGSHIFT_LAB_DIR or .cache/lab in the checkout)");

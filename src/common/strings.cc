@@ -53,13 +53,13 @@ bool ParseInt64(std::string_view s, long long* out) {
 std::string RedactSecrets(std::string_view text) {
   static const std::regex kUri(R"(((?:postgres|postgresql)://[^:/@\s]*):[^@\s]*@)",
                                std::regex::icase);
-  static const std::regex kKeyword(R"((password\s*=\s*)('(?:[^'\\]|\\.)*'|[^\s]+))",
+  static const std::regex kKeyword(R"((^|\s)(password\s*=\s*)('(?:[^'\\]|\\.)*'|[^\s]+))",
                                    std::regex::icase);
   static const std::regex kQuery(R"(([?&]password=)[^&\s]*)", std::regex::icase);
   std::string s(text);
   s = std::regex_replace(s, kUri, "$1:*****@");
   s = std::regex_replace(s, kQuery, "$1*****");
-  s = std::regex_replace(s, kKeyword, "$1*****");
+  s = std::regex_replace(s, kKeyword, "$1$2*****");
   return s;
 }
 

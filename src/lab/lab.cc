@@ -60,6 +60,24 @@ std::string LastLines(const std::string& path, int n) {
               "\n");
 }
 
+// Live (non-zombie) processes whose working folder is `dir`: PostgreSQL's server processes
+// all run in their data folder.
+std::vector<int> ProcessesIn(const std::string& dir) {
+  std::vector<int> out;
+  std::error_code ec;
+  std::string want = fs::weakly_canonical(dir, ec).string();
+  for (const auto& e : fs::directory_iterator("/proc", ec)) {
+    long long pid = 0;
+    if (!ParseInt64(e.path().filename().string(), &pid)) continue;
+    std::error_code ec2;
+    auto cwd = fs::read_symlink(e.path() / "cwd", ec2);
+    if (!ec2 && cwd.string() == want && ProcessAlive(static_cast<int>(pid))) {
+      out.push_back(static_cast<int>(pid));
+    }
+  }
+  return out;
+}
+
 }  // namespace
 
 std::string KindName(Kind kind) {
@@ -374,6 +392,15 @@ Result<Instance> Lab::StartServer(const std::string& name, int major, const Serv
     if (st.state == RunState::kCrashed) {
       LogWarn("lab server had crashed (stale pid " + std::to_string(st.pid) + "); restarting",
               {{"name", name}});
+      // Children of a killed postmaster leave within moments; only then is the stale pid
+      // file safe to remove (a zombie postmaster would make postgres refuse to start).
+      int64_t deadline = MonotonicMillis() + 20000;
+      while (!ProcessesIn(inst.data_dir).empty() && MonotonicMillis() < deadline) SleepMillis(50);
+      if (!ProcessesIn(inst.data_dir).empty()) {
+        return Status::FailedPrecondition("processes of crashed server '" + name +
+                                          "' are still running in " + inst.data_dir);
+      }
+      ::unlink((inst.data_dir + "/postmaster.pid").c_str());
     }
     if (opts.port != 0 && opts.port != inst.port) {
       return Status::InvalidArgument("lab server '" + name + "' uses port " +

@@ -4,6 +4,7 @@
 #include <cstring>
 
 #include "common/strings.h"
+#include "pg/conninfo.h"
 
 namespace pgshift::pg {
 namespace {
@@ -71,6 +72,9 @@ long long QueryResult::AffectedRows() const {
 Result<std::unique_ptr<Connection>> Connection::Connect(const std::string& dsn,
                                                          int connect_timeout_s,
                                                          const std::string& application_name) {
+  // Parse first: a malformed DSN gets a clear message before any network work.
+  auto parsed = ConnInfo::Parse(dsn);
+  if (!parsed.ok()) return parsed.status();
   std::string timeout = std::to_string(connect_timeout_s);
   // Defaults first: the expanded dsn (the last entry) overrides them.
   const char* keys[] = {"connect_timeout", "application_name", "dbname", nullptr};
@@ -95,7 +99,7 @@ Result<std::unique_ptr<Connection>> Connection::Connect(const std::string& dsn,
 
 Connection::~Connection() { PQfinish(conn_); }
 
-Status Connection::ResultStatus(PGresult* res, const std::string& sql) {
+Status Connection::ResultStatus(PGresult* res) {
   last_sqlstate_.clear();
   if (res == nullptr) {
     return Status::Unavailable("query failed: " + CleanMessage(PQerrorMessage(conn_)));
@@ -109,8 +113,6 @@ Status Connection::ResultStatus(PGresult* res, const std::string& sql) {
   last_sqlstate_ = state ? state : "";
   std::string msg = CleanMessage(PQresultErrorMessage(res));
   if (msg.empty()) msg = CleanMessage(PQerrorMessage(conn_));
-  std::string snippet = sql.size() > 200 ? sql.substr(0, 200) + "..." : sql;
-  (void)snippet;
   return Status(CodeForSqlState(last_sqlstate_),
                 last_sqlstate_.empty() ? msg : msg + " (SQLSTATE " + last_sqlstate_ + ")");
 }
@@ -127,7 +129,7 @@ Result<QueryResult> Connection::Query(const std::string& sql, const std::vector<
                        values.data(), nullptr, nullptr, 0);
   }
   QueryResult owned(res);
-  Status s = ResultStatus(res, sql);
+  Status s = ResultStatus(res);
   if (!s.ok()) return s;
   return owned;
 }

@@ -74,7 +74,7 @@ class Connection {
 
  private:
   explicit Connection(PGconn* conn) : conn_(conn) {}
-  Status ResultStatus(PGresult* res, const std::string& sql);
+  Status ResultStatus(PGresult* res);
 
   PGconn* conn_;
   std::string last_sqlstate_;

@@ -50,6 +50,12 @@ std::string ConnInfo::ToString() const {
   return out;
 }
 
+Result<std::string> DsnForDatabase(const std::string& dsn, const std::string& dbname) {
+  PGSHIFT_ASSIGN_OR_RETURN(ConnInfo info, ConnInfo::Parse(dsn));
+  info.Set("dbname", dbname);
+  return info.ToString();
+}
+
 std::string ConnInfo::Redacted() const {
   ConnInfo copy = *this;
   if (copy.Has("password")) copy.Set("password", "*****");

@@ -34,6 +34,9 @@ class ConnInfo {
   std::map<std::string, std::string> params_;
 };
 
+// `dsn` with its database replaced by `dbname` (keyword=value form).
+Result<std::string> DsnForDatabase(const std::string& dsn, const std::string& dbname);
+
 // Quotes a conninfo value: 'it''s' style with backslash escapes, as libpq parses them.
 std::string QuoteConnValue(const std::string& value);
 
