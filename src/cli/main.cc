@@ -42,6 +42,7 @@ int main(int argc, char** argv) {
   Status status;
   cli::AddLabCommands(app, global, &status);
   cli::AddLoadCommands(app, global, &status);
+  cli::AddMigrateCommands(app, global, &status);
 
   try {
     app.parse(argc, argv);

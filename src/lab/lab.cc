@@ -298,7 +298,16 @@ Status Lab::InitServer(Instance* inst, const ServerOptions& opts, const std::str
   std::string user = ServerOsUser();
   PGSHIFT_RETURN_IF_ERROR(MakeDirs(inst->dir, 0700));
   PGSHIFT_RETURN_IF_ERROR(ChownToUser(inst->dir, user, false));
-  inst->password = RandomHex(24);
+  // One generated superuser password per lab: a router can then be switched between lab
+  // servers, as an application role can after pgshift copied it with its password hash.
+  std::string secret_file = dir_ + "/superuser.password";
+  auto secret = ReadFile(secret_file);
+  if (secret.ok() && Trim(*secret).size() >= 16) {
+    inst->password = std::string(Trim(*secret));
+  } else {
+    inst->password = RandomHex(24);
+    PGSHIFT_RETURN_IF_ERROR(WriteFileAtomic(secret_file, inst->password + "\n", 0600));
+  }
   // initdb reads the password from a file only the server user can read, removed at once.
   std::string pwfile = inst->dir + "/.pwfile";
   PGSHIFT_RETURN_IF_ERROR(WriteFileAtomic(pwfile, inst->password + "\n", 0600));

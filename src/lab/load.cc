@@ -303,7 +303,12 @@ Result<LoadSummary> RunLoad(const LoadOptions& opts) {
   {
     auto conn = pg::Connection::Connect(opts.dsn, 10, "pgshift-load");
     if (!conn.ok()) return conn.status();
-    PGSHIFT_RETURN_IF_ERROR((*conn)->Exec(kSetupSql).WithContext("creating pgshift_load.items"));
+    // Only when missing: DDL during a migration blocks its cutover.
+    auto exists = (*conn)->QueryValue("SELECT to_regclass('pgshift_load.items') IS NOT NULL");
+    if (!exists.ok()) return exists.status();
+    if (*exists != "t") {
+      PGSHIFT_RETURN_IF_ERROR((*conn)->Exec(kSetupSql).WithContext("creating pgshift_load.items"));
+    }
   }
   PGSHIFT_RETURN_IF_ERROR(MakeDirs(DirName(AbsolutePath(opts.ledger))));
 

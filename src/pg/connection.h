@@ -63,6 +63,9 @@ class Connection {
   int ServerVersionNum() const { return PQserverVersion(conn_); }  // e.g. 170010
   int ServerMajor() const { return PQserverVersion(conn_) / 10000; }
   int BackendPid() const { return PQbackendPID(conn_); }
+  // The password this connection authenticated with (from the DSN or the pgpass file); empty
+  // when none was needed. For building the conninfo of a subscription; never log it.
+  std::string Password() const { return PQpass(conn_) ? PQpass(conn_) : ""; }
   // SQLSTATE of the last failed call; empty when the failure was not reported by the server
   // (the connection broke: the statement's outcome is unknown).
   const std::string& last_sqlstate() const { return last_sqlstate_; }

@@ -56,6 +56,22 @@ Result<std::string> DsnForDatabase(const std::string& dsn, const std::string& db
   return info.ToString();
 }
 
+std::map<std::string, std::string> ConnInfoEnv(const ConnInfo& info) {
+  static const std::map<std::string, std::string> kEnv = {
+      {"host", "PGHOST"},         {"hostaddr", "PGHOSTADDR"},   {"port", "PGPORT"},
+      {"dbname", "PGDATABASE"},   {"user", "PGUSER"},           {"password", "PGPASSWORD"},
+      {"passfile", "PGPASSFILE"}, {"sslmode", "PGSSLMODE"},     {"sslrootcert", "PGSSLROOTCERT"},
+      {"sslcert", "PGSSLCERT"},   {"sslkey", "PGSSLKEY"},       {"connect_timeout", "PGCONNECT_TIMEOUT"},
+      {"options", "PGOPTIONS"},   {"target_session_attrs", "PGTARGETSESSIONATTRS"},
+      {"channel_binding", "PGCHANNELBINDING"}, {"gssencmode", "PGGSSENCMODE"}};
+  std::map<std::string, std::string> env;
+  for (const auto& [k, v] : info.params()) {
+    auto it = kEnv.find(k);
+    if (it != kEnv.end()) env[it->second] = v;
+  }
+  return env;
+}
+
 std::string ConnInfo::Redacted() const {
   ConnInfo copy = *this;
   if (copy.Has("password")) copy.Set("password", "*****");

@@ -37,6 +37,10 @@ class ConnInfo {
 // `dsn` with its database replaced by `dbname` (keyword=value form).
 Result<std::string> DsnForDatabase(const std::string& dsn, const std::string& dbname);
 
+// libpq environment variables (PGHOST, PGPORT, PGPASSWORD, ...) equivalent to `info`, for
+// child processes such as pg_dump: secrets go through the environment, never argv.
+std::map<std::string, std::string> ConnInfoEnv(const ConnInfo& info);
+
 // Quotes a conninfo value: 'it''s' style with backslash escapes, as libpq parses them.
 std::string QuoteConnValue(const std::string& value);
 

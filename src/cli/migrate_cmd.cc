@@ -1,0 +1,285 @@
+// The migration commands: check, upgrade, status, cutover, rollback, finish, abort, verify.
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <memory>
+
+#include "cli/commands.h"
+#include "common/clock.h"
+#include "common/log.h"
+#include "common/strings.h"
+#include "engine/inspect.h"
+#include "engine/migration.h"
+#include "engine/preflight.h"
+#include "engine/verify.h"
+#include "lab/paths.h"
+#include "pg/connection.h"
+#include "routers/routers.h"
+
+namespace pgshift::cli {
+
+namespace {
+
+struct MigrateArgs {
+  std::string source, target, state_dir;
+  std::string router = "pgbouncer", router_admin, router_config;
+  std::string cutover = "auto";
+  int64_t max_lag = 16 << 20;
+  int max_pause = 2000;
+  std::string databases;
+  std::string tables_without_pk = "refuse";
+  std::string verify = "checksum";
+  std::string rollback_replication = "on";
+  std::string report;
+  std::string level = "checksum";
+  bool json = false, watch = false, confirm = false;
+};
+
+engine::ToolPaths Tools() {
+  lab::Paths paths = lab::Paths::Discover();
+  engine::ToolPaths t;
+  const char* dump = std::getenv("PGSHIFT_PG_DUMP");
+  t.pg_dump = dump && *dump ? dump : paths.ClientTool("pg_dump");
+  t.pg_dumpall = paths.ClientTool("pg_dumpall");
+  t.psql = paths.ClientTool("psql");
+  return t;
+}
+
+std::vector<std::string> DatabaseList(const std::string& csv) {
+  std::vector<std::string> out;
+  for (const auto& d : Split(csv, ',', true)) out.emplace_back(Trim(d));
+  return out;
+}
+
+void AddMigrationOptions(CLI::App* c, MigrateArgs* a) {
+  c->add_option("--router", a->router, "pgbouncer | nginx")
+      ->check(CLI::IsMember({"pgbouncer", "nginx"}));
+  c->add_option("--router-admin", a->router_admin, "PgBouncer admin console DSN");
+  c->add_option("--router-config", a->router_config,
+                "the router's config file (pgbouncer.ini whose [databases] lead to the source, or nginx.conf)");
+  c->add_option("--cutover", a->cutover, "auto | manual")->check(CLI::IsMember({"auto", "manual"}));
+  c->add_option("--max-lag", a->max_lag, "replication lag in bytes under which cutover may start")
+      ->check(CLI::NonNegativeNumber);
+  c->add_option("--max-pause", a->max_pause, "longest time clients may be held, in ms (default 2000)")
+      ->check(CLI::Range(10, 600000));
+  c->add_option("--databases", a->databases, "a,b (default: every non-template database)");
+  c->add_option("--tables-without-pk", a->tables_without_pk, "full | refuse (default refuse)")
+      ->check(CLI::IsMember({"full", "refuse"}));
+  c->add_option("--verify", a->verify, "none | count | checksum (default checksum)")
+      ->check(CLI::IsMember({"none", "count", "checksum"}));
+  c->add_option("--rollback-replication", a->rollback_replication, "on | off (default on)")
+      ->check(CLI::IsMember({"on", "off"}));
+  c->add_option("--report", a->report, "write a JSON report of the run to FILE");
+}
+
+engine::MigrationOptions ToOptions(const MigrateArgs& a) {
+  engine::MigrationOptions o;
+  o.router = a.router;
+  o.router_admin = a.router_admin;
+  o.router_config = a.router_config;
+  o.cutover = a.cutover;
+  o.max_lag_bytes = a.max_lag;
+  o.max_pause_ms = a.max_pause;
+  o.databases = DatabaseList(a.databases);
+  o.tables_without_pk_full = a.tables_without_pk == "full";
+  o.verify = a.verify;
+  o.rollback_replication = a.rollback_replication == "on";
+  o.report_file = a.report;
+  return o;
+}
+
+Result<std::unique_ptr<engine::Router>> RouterFor(const engine::MigrationState& s,
+                                                  const std::string& dir) {
+  routers::RouterConfig rc;
+  rc.kind = s.options.router;
+  rc.admin = s.options.router_admin;
+  rc.config = s.options.router_config;
+  rc.state_dir = dir;
+  return routers::MakeRouter(rc);
+}
+
+void PrintStatus(const nlohmann::json& j) {
+  printf("migration %s  phase %s  (PostgreSQL %d -> %d)\n", j["id"].get<std::string>().c_str(),
+         j["phase"].get<std::string>().c_str(), j["source_major"].get<int>(),
+         j["target_major"].get<int>());
+  printf("source %s\ntarget %s\n", j["source_dsn"].get<std::string>().c_str(),
+         j["target_dsn"].get<std::string>().c_str());
+  if (j.contains("live")) {
+    const auto& l = j["live"];
+    printf("tables ready %d/%d", l["tables_ready"].get<int>(), l["tables_total"].get<int>());
+    if (l.contains("lag_bytes")) printf("  lag %lld bytes", l["lag_bytes"].get<long long>());
+    printf("\n");
+    for (const auto& d : l["databases"]) {
+      printf("  %-20s", d["name"].get<std::string>().c_str());
+      if (d.contains("lag_bytes")) printf(" lag %lld B", d["lag_bytes"].get<long long>());
+      if (d.contains("lag_seconds")) printf(" %.1f s", d["lag_seconds"].get<double>());
+      if (d.contains("error")) printf(" (%s)", d["error"].get<std::string>().c_str());
+      printf("\n");
+      if (d.contains("tables")) {
+        for (const auto& t : d["tables"]) {
+          if (t["state"] != "ready") {
+            printf("    %-40s %s\n", t["table"].get<std::string>().c_str(),
+                   t["state"].get<std::string>().c_str());
+          }
+        }
+      }
+    }
+  }
+  for (const auto& [phase, t] : j["phase_times"].items()) {
+    printf("  %-16s %s .. %s\n", phase.c_str(), t["started_at"].get<std::string>().c_str(),
+           t["finished_at"].get<std::string>().c_str());
+  }
+  for (const auto& c : j["cutovers"]) {
+    printf("cutover %-8s %s pause %.1f ms%s%s\n", c["direction"].get<std::string>().c_str(),
+           c["succeeded"].get<bool>() ? "ok    " : "undone", c["pause_ms"].get<double>(),
+           c["failed_step"].get<std::string>().empty() ? "" : " failed at ",
+           c["failed_step"].get<std::string>().c_str());
+  }
+  for (const auto& n : j["notes"]) printf("note: %s\n", n.get<std::string>().c_str());
+  if (!j["last_error"].get<std::string>().empty() &&
+      j["phase"].get<std::string>() != "RollbackReady") {
+    printf("last error: %s\n", j["last_error"].get<std::string>().c_str());
+  }
+}
+
+}  // namespace
+
+void AddMigrateCommands(CLI::App& app, GlobalOptions& /*global*/, Status* status) {
+  auto a = std::make_shared<MigrateArgs>();
+
+  CLI::App* check = app.add_subcommand("check", "preflight only: checks both servers, changes nothing");
+  check->add_option("--source", a->source, "source DSN")->required();
+  check->add_option("--target", a->target, "target DSN")->required();
+  check->add_option("--databases", a->databases, "a,b (default: every non-template database)");
+  check->add_option("--tables-without-pk", a->tables_without_pk, "full | refuse")
+      ->check(CLI::IsMember({"full", "refuse"}));
+  check->add_option("--rollback-replication", a->rollback_replication, "on | off")
+      ->check(CLI::IsMember({"on", "off"}));
+  check->add_flag("--json", a->json, "machine-readable output");
+  check->callback([=]() {
+    engine::PreflightOptions po;
+    po.databases = DatabaseList(a->databases);
+    po.tables_without_pk_full = a->tables_without_pk == "full";
+    po.rollback_replication = a->rollback_replication == "on";
+    po.pg_dump_path = Tools().pg_dump;
+    auto rep = engine::RunPreflight(a->source, a->target, po);
+    if (!rep.ok()) return void(*status = rep.status());
+    printf("%s\n", a->json ? rep->ToJson().dump(2).c_str() : rep->RenderTable().c_str());
+    if (rep->HasErrors()) *status = Status::FailedPrecondition("preflight found errors (see above)");
+  });
+
+  CLI::App* upgrade = app.add_subcommand(
+      "upgrade", "migrate source -> target (up or down); run again with the same --state to resume");
+  upgrade->add_option("--source", a->source, "source DSN");
+  upgrade->add_option("--target", a->target, "target DSN (an empty server of the wanted version)");
+  upgrade->add_option("--state", a->state_dir, "folder for the migration's state")->required();
+  AddMigrationOptions(upgrade, a.get());
+  upgrade->callback([=]() {
+    engine::MigrationRequest req{a->source, a->target, a->state_dir, ToOptions(*a)};
+    auto m = engine::Migration::OpenOrCreate(req, Tools());
+    if (!m.ok()) return void(*status = m.status());
+    auto router = RouterFor((*m)->state(), a->state_dir);
+    if (!router.ok()) return void(*status = router.status());
+    *status = (*m)->Run(router->get());
+    if (status->ok()) {
+      const auto& st = (*m)->state();
+      printf("phase %s\n", engine::PhaseName(st.phase).c_str());
+      if (!st.cutovers.empty() && st.cutovers.back().succeeded) {
+        printf("cutover_pause_ms=%.1f\n", st.cutovers.back().pause_ms);
+      }
+    }
+  });
+
+  CLI::App* stat = app.add_subcommand("status", "phase, progress, lag, timings");
+  stat->add_option("--state", a->state_dir, "the migration's state folder")->required();
+  stat->add_flag("--json", a->json, "machine-readable output");
+  stat->add_flag("--watch", a->watch, "refresh every 2 seconds until the migration ends");
+  stat->callback([=]() {
+    while (true) {
+      auto m = engine::Migration::Open(a->state_dir, Tools());
+      if (!m.ok()) return void(*status = m.status());
+      nlohmann::json j = (*m)->StatusJson(true);
+      if (a->watch && isatty(STDOUT_FILENO)) printf("\033[H\033[2J");
+      if (a->json) {
+        printf("%s\n", j.dump(2).c_str());
+      } else {
+        PrintStatus(j);
+      }
+      fflush(stdout);
+      if (!a->watch || engine::IsTerminal((*m)->state().phase)) return;
+      SleepMillis(2000);
+    }
+  });
+
+  auto simple = [&](const char* name, const char* help, auto action) {
+    CLI::App* c = app.add_subcommand(name, help);
+    c->add_option("--state", a->state_dir, "the migration's state folder")->required();
+    if (std::string(name) == "cutover") c->add_flag("--confirm", a->confirm, "(manual router) the application was switched");
+    c->callback([=]() {
+      auto m = engine::Migration::Open(a->state_dir, Tools());
+      if (!m.ok()) return void(*status = m.status());
+      *status = action(**m, a->state_dir);
+      if (status->ok()) printf("phase %s\n", engine::PhaseName((*m)->state().phase).c_str());
+    });
+  };
+  simple("cutover", "switch traffic to the target now (after upgrade --cutover manual)",
+         [](engine::Migration& m, const std::string& dir) -> Status {
+           auto r = RouterFor(m.state(), dir);
+           if (!r.ok()) return r.status();
+           Status s = m.Cutover(r->get());
+           if (s.ok() && !m.state().cutovers.empty()) {
+             printf("cutover_pause_ms=%.1f\n", m.state().cutovers.back().pause_ms);
+           }
+           return s;
+         });
+  simple("rollback", "after cutover: traffic back to the source, nothing lost",
+         [](engine::Migration& m, const std::string& dir) -> Status {
+           auto r = RouterFor(m.state(), dir);
+           if (!r.ok()) return r.status();
+           Status s = m.Rollback(r->get());
+           if (s.ok() && !m.state().cutovers.empty()) {
+             printf("rollback_pause_ms=%.1f\n", m.state().cutovers.back().pause_ms);
+           }
+           return s;
+         });
+  simple("finish", "end reverse replication and drop everything pgshift made",
+         [](engine::Migration& m, const std::string&) { return m.Finish(); });
+  simple("abort", "before cutover: drop everything pgshift made; the source is untouched",
+         [](engine::Migration& m, const std::string& dir) -> Status {
+           auto r = RouterFor(m.state(), dir);
+           return m.Abort(r.ok() ? r->get() : nullptr);
+         });
+
+  CLI::App* verify = app.add_subcommand("verify", "compare row counts or checksums of every table");
+  verify->add_option("--source", a->source, "source DSN")->required();
+  verify->add_option("--target", a->target, "target DSN")->required();
+  verify->add_option("--level", a->level, "count | checksum (default checksum)")
+      ->check(CLI::IsMember({"count", "checksum"}));
+  verify->add_option("--databases", a->databases, "a,b (default: every database of the source)");
+  verify->add_flag("--json", a->json, "machine-readable output");
+  verify->callback([=]() {
+    engine::VerifyOptions vo;
+    auto level = engine::ParseVerifyLevel(a->level);
+    if (!level.ok()) return void(*status = level.status());
+    vo.level = *level;
+    vo.databases = DatabaseList(a->databases);
+    if (vo.databases.empty()) {
+      auto conn = pg::Connection::Connect(a->source);
+      if (!conn.ok()) return void(*status = conn.status().WithContext("source"));
+      auto dbs = engine::ListDatabases(**conn);
+      if (!dbs.ok()) return void(*status = dbs.status());
+      vo.databases = *dbs;
+    }
+    vo.settle = []() {
+      SleepMillis(1000);
+      return Status::Ok();
+    };
+    auto rep = engine::VerifyDatabases(a->source, a->target, vo);
+    if (!rep.ok()) return void(*status = rep.status());
+    printf("%s\n", a->json ? rep->ToJson().dump(2).c_str() : rep->Render().c_str());
+    if (!rep->clean()) *status = Status::FailedPrecondition("the databases differ (see above)");
+  });
+}
+
+}  // namespace pgshift::cli

@@ -1,0 +1,324 @@
+#include "engine/inspect.h"
+
+#include <cstdlib>
+
+namespace pgshift::engine {
+namespace {
+
+int64_t ToInt64(const std::string& s) { return std::strtoll(s.c_str(), nullptr, 10); }
+
+// Runs a query whose first column is a list of names.
+Result<std::vector<std::string>> FirstColumn(pg::Connection& conn, const std::string& sql,
+                                             const std::vector<pg::Param>& params = {}) {
+  PGSHIFT_ASSIGN_OR_RETURN(pg::QueryResult r, conn.Query(sql, params));
+  std::vector<std::string> out;
+  out.reserve(static_cast<size_t>(r.rows()));
+  for (int i = 0; i < r.rows(); ++i) out.push_back(r.Get(i, 0));
+  return out;
+}
+
+struct BlockerQuery {
+  const char* feature;
+  int since_major;
+  // Returns one text column, the object's name; ends in a WHERE clause so that the user
+  // schema condition on `schema_column` can be appended with AND.
+  const char* sql;
+  const char* schema_column;  // nullptr: no schema filter
+  const char* remedy;
+};
+
+// Each query names objects with format('%I...') so names can be pasted into SQL.
+const BlockerQuery kBlockerQueries[] = {
+    {"multirange column", 14,
+     "SELECT format('%I.%I.%I', n.nspname, c.relname, a.attname) FROM pg_attribute a "
+     "JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace "
+     "JOIN pg_type t ON t.oid = a.atttypid "
+     "WHERE c.relkind IN ('r', 'p') AND a.attnum > 0 AND NOT a.attisdropped "
+     "AND (t.typtype = 'm' OR EXISTS (SELECT 1 FROM pg_type e WHERE e.oid = t.typelem "
+     "AND e.typtype = 'm'))",
+     "n.nspname", "change the column to another type (e.g. an array of ranges) or drop it"},
+    {"SQL-standard function body (BEGIN ATOMIC / RETURN)", 14,
+     "SELECT format('%I.%I(%s)', n.nspname, p.proname, "
+     "pg_get_function_identity_arguments(p.oid)) FROM pg_proc p JOIN pg_namespace n ON "
+     "n.oid = p.pronamespace WHERE p.prosqlbody IS NOT NULL AND NOT EXISTS (SELECT 1 FROM "
+     "pg_depend d WHERE d.classid = 'pg_proc'::regclass AND d.objid = p.oid AND d.deptype = 'e')",
+     "n.nspname", "recreate the function with a string body (AS $$ ... $$)"},
+    {"NULLS NOT DISTINCT unique index", 15,
+     "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_index i "
+     "JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_namespace n ON n.oid = c.relnamespace "
+     "WHERE i.indnullsnotdistinct",
+     "n.nspname", "drop the index, or recreate it without NULLS NOT DISTINCT"},
+    {"publication with a row filter, column list or TABLES IN SCHEMA", 15,
+     "SELECT format('%I', p.pubname) FROM pg_publication p WHERE p.pubname NOT LIKE "
+     "'pgshift\\_%' AND (EXISTS (SELECT 1 FROM pg_publication_rel pr WHERE pr.prpubid = p.oid "
+     "AND (pr.prqual IS NOT NULL OR pr.prattrs IS NOT NULL)) OR EXISTS (SELECT 1 FROM "
+     "pg_publication_namespace pn WHERE pn.pnpubid = p.oid))",
+     nullptr, "drop the publication, or recreate it with plain FOR TABLE lists"},
+    {"ICU collation rules", 16,
+     "SELECT format('%I.%I', n.nspname, c.collname) FROM pg_collation c "
+     "JOIN pg_namespace n ON n.oid = c.collnamespace WHERE c.collicurules IS NOT NULL",
+     "n.nspname", "recreate the collation without rules"},
+    {"database with ICU rules", 16,
+     "SELECT format('%I', datname) FROM pg_database WHERE datname = current_database() "
+     "AND daticurules IS NOT NULL",
+     nullptr, "create the target database yourself without ICU rules"},
+    {"MAINTAIN privilege grant", 17,
+     "SELECT DISTINCT format('%I.%I to %s', n.nspname, c.relname, CASE a.grantee WHEN 0 "
+     "THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(a.grantee)) END) FROM pg_class c "
+     "JOIN pg_namespace n ON n.oid = c.relnamespace CROSS JOIN LATERAL aclexplode(c.relacl) a "
+     "WHERE a.privilege_type = 'MAINTAIN' AND a.grantee <> c.relowner",
+     "n.nspname", "REVOKE MAINTAIN ON TABLE <table> FROM <role>;"},
+    {"builtin collation provider", 17,
+     "SELECT format('%I.%I', n.nspname, c.collname) FROM pg_collation c "
+     "JOIN pg_namespace n ON n.oid = c.collnamespace WHERE c.collprovider = 'b'",
+     "n.nspname", "recreate the collation with the libc or icu provider"},
+    {"database with the builtin locale provider", 17,
+     "SELECT format('%I', datname) FROM pg_database WHERE datname = current_database() "
+     "AND datlocprovider = 'b'",
+     nullptr, "create the target database yourself with the libc or icu locale provider"},
+    {"virtual generated column", 18,
+     "SELECT format('%I.%I.%I', n.nspname, c.relname, a.attname) FROM pg_attribute a "
+     "JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace "
+     "WHERE c.relkind IN ('r', 'p') AND a.attnum > 0 AND NOT a.attisdropped "
+     "AND a.attgenerated = 'v'",
+     "n.nspname",
+     "make the column STORED (drop it and add it back as GENERATED ALWAYS AS (...) STORED)"},
+    {"temporal constraint (WITHOUT OVERLAPS / PERIOD)", 18,
+     "SELECT format('%I.%s (constraint %I)', n.nspname, COALESCE(quote_ident(c.relname), "
+     "con.contypid::regtype::text), con.conname) FROM pg_constraint con "
+     "JOIN pg_namespace n ON n.oid = con.connamespace "
+     "LEFT JOIN pg_class c ON c.oid = con.conrelid WHERE con.conperiod",
+     "n.nspname", "drop the constraint (ALTER TABLE ... DROP CONSTRAINT ...)"},
+    {"NOT ENFORCED constraint", 18,
+     "SELECT format('%I.%s (constraint %I)', n.nspname, COALESCE(quote_ident(c.relname), "
+     "con.contypid::regtype::text), con.conname) FROM pg_constraint con "
+     "JOIN pg_namespace n ON n.oid = con.connamespace "
+     "LEFT JOIN pg_class c ON c.oid = con.conrelid WHERE NOT con.conenforced",
+     "n.nspname",
+     "drop the constraint, or make it enforced (ALTER TABLE ... ALTER CONSTRAINT ... ENFORCED)"},
+    {"NOT VALID NOT NULL constraint", 18,
+     "SELECT format('%I.%s (constraint %I)', n.nspname, COALESCE(quote_ident(c.relname), "
+     "con.contypid::regtype::text), con.conname) FROM pg_constraint con "
+     "JOIN pg_namespace n ON n.oid = con.connamespace "
+     "LEFT JOIN pg_class c ON c.oid = con.conrelid WHERE con.contype = 'n' "
+     "AND NOT con.convalidated",
+     "n.nspname", "validate it: ALTER TABLE ... VALIDATE CONSTRAINT ...;"},
+};
+
+}  // namespace
+
+std::string UserSchemaCondition(const std::string& column) {
+  return "(" + column + " NOT IN ('pg_catalog', 'information_schema', 'pgshift') AND " + column +
+         " NOT LIKE 'pg\\_toast%' AND " + column + " NOT LIKE 'pg\\_temp\\_%' AND " + column +
+         " NOT LIKE '\\_pgshift%')";
+}
+
+Result<std::vector<std::string>> ListDatabases(pg::Connection& conn) {
+  // datconnlimit -2 marks a database whose DROP was interrupted (15.4+/16+): unusable.
+  return FirstColumn(conn,
+                     "SELECT datname FROM pg_database WHERE NOT datistemplate AND datallowconn "
+                     "AND datconnlimit <> -2 ORDER BY datname");
+}
+
+Result<bool> DatabaseExists(pg::Connection& conn, const std::string& name) {
+  PGSHIFT_ASSIGN_OR_RETURN(pg::QueryResult r,
+                           conn.Query("SELECT 1 FROM pg_database WHERE datname = $1", {name}));
+  return r.rows() > 0;
+}
+
+Result<std::vector<TableInfo>> ListTables(pg::Connection& conn) {
+  std::string sql =
+      "SELECT n.nspname AS schema, c.relname AS name, "
+      "EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary) AS pk, "
+      "c.relreplident AS ident, "
+      "CASE c.relreplident WHEN 'f' THEN true "
+      "  WHEN 'd' THEN EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid "
+      "    AND i.indisprimary) "
+      "  WHEN 'i' THEN EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid "
+      "    AND i.indisreplident) "
+      "  ELSE false END AS usable, "
+      "c.relpersistence = 'u' AS unlogged, c.relkind = 'p' AS partitioned, "
+      "c.relispartition AS is_partition, "
+      "GREATEST(c.reltuples, 0)::bigint AS est_rows, "
+      "COALESCE(pg_total_relation_size(c.oid), 0) AS bytes "
+      "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+      "WHERE c.relkind IN ('r', 'p') AND c.relpersistence <> 't' AND " +
+      UserSchemaCondition("n.nspname") + " ORDER BY 1, 2";
+  PGSHIFT_ASSIGN_OR_RETURN(pg::QueryResult r, conn.Query(sql));
+  std::vector<TableInfo> out;
+  out.reserve(static_cast<size_t>(r.rows()));
+  for (int i = 0; i < r.rows(); ++i) {
+    TableInfo t;
+    t.schema = r.Get(i, "schema");
+    t.name = r.Get(i, "name");
+    t.has_primary_key = r.GetBool(i, "pk");
+    std::string ident = r.Get(i, "ident");
+    t.replica_identity = ident.empty() ? 'd' : ident[0];
+    t.replica_identity_usable = r.GetBool(i, "usable");
+    t.unlogged = r.GetBool(i, "unlogged");
+    t.partitioned = r.GetBool(i, "partitioned");
+    t.is_partition = r.GetBool(i, "is_partition");
+    t.estimated_rows = r.GetInt(i, "est_rows");
+    t.bytes = r.GetInt(i, "bytes");
+    out.push_back(std::move(t));
+  }
+  return out;
+}
+
+Result<std::vector<SequenceInfo>> ListSequences(pg::Connection& conn) {
+  // pg_sequences.last_value is NULL for an unused sequence and for one this role cannot read.
+  PGSHIFT_ASSIGN_OR_RETURN(
+      pg::QueryResult r,
+      conn.Query("SELECT schemaname, sequencename, last_value FROM pg_sequences WHERE " +
+                 UserSchemaCondition("schemaname") + " ORDER BY 1, 2"));
+  std::vector<SequenceInfo> out;
+  for (int i = 0; i < r.rows(); ++i) {
+    SequenceInfo s;
+    s.schema = r.Get(i, "schemaname");
+    s.name = r.Get(i, "sequencename");
+    if (auto v = r.GetOpt(i, "last_value")) s.last_value = ToInt64(*v);
+    out.push_back(std::move(s));
+  }
+  return out;
+}
+
+Result<int64_t> CountLargeObjects(pg::Connection& conn) {
+  PGSHIFT_ASSIGN_OR_RETURN(std::string n,
+                           conn.QueryValue("SELECT count(*) FROM pg_largeobject_metadata"));
+  return ToInt64(n);
+}
+
+Result<std::vector<std::string>> ListMaterializedViews(pg::Connection& conn) {
+  return FirstColumn(conn, "SELECT schemaname || '.' || matviewname FROM pg_matviews WHERE " +
+                               UserSchemaCondition("schemaname") + " ORDER BY 1");
+}
+
+Result<std::vector<ExtensionInfo>> ListInstalledExtensions(pg::Connection& conn) {
+  PGSHIFT_ASSIGN_OR_RETURN(pg::QueryResult r,
+                           conn.Query("SELECT extname, extversion FROM pg_extension ORDER BY 1"));
+  std::vector<ExtensionInfo> out;
+  for (int i = 0; i < r.rows(); ++i) out.push_back({r.Get(i, 0), r.Get(i, 1)});
+  return out;
+}
+
+Result<std::vector<ExtensionInfo>> ListAvailableExtensions(pg::Connection& conn) {
+  PGSHIFT_ASSIGN_OR_RETURN(
+      pg::QueryResult r,
+      conn.Query("SELECT name, default_version FROM pg_available_extensions ORDER BY 1"));
+  std::vector<ExtensionInfo> out;
+  for (int i = 0; i < r.rows(); ++i) out.push_back({r.Get(i, 0), r.Get(i, 1)});
+  return out;
+}
+
+Result<ServerSettings> ReadServerSettings(pg::Connection& conn) {
+  PGSHIFT_ASSIGN_OR_RETURN(
+      pg::QueryResult r,
+      conn.Query("SELECT current_setting('wal_level') AS wal_level, "
+                 "current_setting('max_replication_slots') AS slots, "
+                 "current_setting('max_wal_senders') AS senders, "
+                 "current_setting('max_worker_processes') AS workers, "
+                 "current_setting('max_logical_replication_workers') AS logical_workers, "
+                 "current_setting('max_sync_workers_per_subscription') AS sync_workers"));
+  ServerSettings s;
+  s.wal_level = r.Get(0, "wal_level");
+  s.max_replication_slots = static_cast<int>(r.GetInt(0, "slots"));
+  s.max_wal_senders = static_cast<int>(r.GetInt(0, "senders"));
+  s.max_worker_processes = static_cast<int>(r.GetInt(0, "workers"));
+  s.max_logical_replication_workers = static_cast<int>(r.GetInt(0, "logical_workers"));
+  s.max_sync_workers_per_subscription = static_cast<int>(r.GetInt(0, "sync_workers"));
+  return s;
+}
+
+Result<ReplicationUsage> ReadReplicationUsage(pg::Connection& conn) {
+  // backend_type of logical workers: "logical replication worker" up to 15, "logical
+  // replication apply/tablesync/parallel worker" from 16; the launcher is counted apart.
+  PGSHIFT_ASSIGN_OR_RETURN(
+      pg::QueryResult r,
+      conn.Query("SELECT (SELECT count(*) FROM pg_replication_slots) AS slots, "
+                 "(SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'walsender') "
+                 "  AS senders, "
+                 "(SELECT count(*) FROM pg_stat_activity WHERE backend_type LIKE "
+                 "  'logical replication%worker') AS workers, "
+                 "(SELECT count(*) FROM pg_subscription WHERE subenabled) AS subs"));
+  ReplicationUsage u;
+  u.slots = static_cast<int>(r.GetInt(0, "slots"));
+  u.wal_senders = static_cast<int>(r.GetInt(0, "senders"));
+  u.logical_workers = static_cast<int>(r.GetInt(0, "workers"));
+  u.enabled_subscriptions = static_cast<int>(r.GetInt(0, "subs"));
+  return u;
+}
+
+Result<RolePrivileges> ReadRolePrivileges(pg::Connection& conn) {
+  std::string sql =
+      "SELECT r.rolname, r.rolsuper, r.rolreplication, r.rolcreatedb, r.rolcreaterole, "
+      "NOT EXISTS (SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+      "  WHERE c.relkind IN ('r', 'p') AND " +
+      UserSchemaCondition("n.nspname") +
+      "  AND NOT pg_has_role(r.oid, c.relowner, 'USAGE')) AS owns_all "
+      "FROM pg_roles r WHERE r.rolname = current_user";
+  PGSHIFT_ASSIGN_OR_RETURN(pg::QueryResult r, conn.Query(sql));
+  if (r.rows() != 1) return Status::Internal("current_user not found in pg_roles");
+  RolePrivileges p;
+  p.role = r.Get(0, "rolname");
+  p.superuser = r.GetBool(0, "rolsuper");
+  p.replication = r.GetBool(0, "rolreplication");
+  p.create_db = r.GetBool(0, "rolcreatedb");
+  p.create_role = r.GetBool(0, "rolcreaterole");
+  p.owns_all_tables = r.GetBool(0, "owns_all");
+  return p;
+}
+
+Result<std::vector<PgshiftObject>> FindClusterLeftovers(pg::Connection& conn) {
+  PGSHIFT_ASSIGN_OR_RETURN(
+      pg::QueryResult r,
+      conn.Query("SELECT 'replication slot' AS kind, slot_name::text AS name, "
+                 "  COALESCE(database::text, '') AS db "
+                 "FROM pg_replication_slots WHERE slot_name LIKE 'pgshift\\_%' "
+                 "UNION ALL "
+                 "SELECT 'subscription', s.subname::text, d.datname::text FROM pg_subscription s "
+                 "JOIN pg_database d ON d.oid = s.subdbid WHERE s.subname LIKE 'pgshift\\_%' "
+                 "ORDER BY 1, 2"));
+  std::vector<PgshiftObject> out;
+  for (int i = 0; i < r.rows(); ++i) {
+    out.push_back({r.Get(i, "kind"), r.Get(i, "name"), r.Get(i, "db")});
+  }
+  return out;
+}
+
+Result<std::vector<PgshiftObject>> FindDatabaseLeftovers(pg::Connection& conn) {
+  PGSHIFT_ASSIGN_OR_RETURN(
+      pg::QueryResult r,
+      conn.Query("SELECT 'publication' AS kind, pubname::text AS name FROM pg_publication "
+                 "WHERE pubname LIKE 'pgshift\\_%' "
+                 "UNION ALL SELECT 'event trigger', evtname::text FROM pg_event_trigger "
+                 "WHERE evtname LIKE 'pgshift\\_%' "
+                 "UNION ALL SELECT 'schema', nspname::text FROM pg_namespace "
+                 "WHERE nspname LIKE '\\_pgshift%' "
+                 "ORDER BY 1, 2"));
+  PGSHIFT_ASSIGN_OR_RETURN(std::string db, conn.QueryValue("SELECT current_database()"));
+  std::vector<PgshiftObject> out;
+  for (int i = 0; i < r.rows(); ++i) out.push_back({r.Get(i, "kind"), r.Get(i, "name"), db});
+  return out;
+}
+
+Result<std::vector<VersionBlocker>> FindVersionBlockers(pg::Connection& conn, int target_major) {
+  std::vector<VersionBlocker> out;
+  int source_major = conn.ServerMajor();
+  for (const BlockerQuery& q : kBlockerQueries) {
+    // A query only runs where its columns exist (source) and matter (target too old).
+    if (source_major < q.since_major || target_major >= q.since_major) continue;
+    std::string sql = q.sql;
+    if (q.schema_column != nullptr) sql += " AND " + UserSchemaCondition(q.schema_column);
+    sql += " ORDER BY 1";
+    auto names = FirstColumn(conn, sql);
+    if (!names.ok()) {
+      return names.status().WithContext(std::string("looking for ") + q.feature);
+    }
+    for (auto& name : *names) {
+      out.push_back({q.feature, q.since_major, std::move(name), q.remedy});
+    }
+  }
+  return out;
+}
+
+}  // namespace pgshift::engine

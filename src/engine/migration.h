@@ -1,0 +1,90 @@
+// The orchestrator: steps a migration through its phases (see state.h and docs/engine.md).
+//
+// Every step is idempotent and checks the servers for partial work before acting, and the
+// state file is written before and after each side effect, so `pgshift upgrade` run again
+// with the same state folder continues after any crash, kill -9 included.
+#pragma once
+
+#include <functional>
+#include <memory>
+#include <string>
+
+#include "common/status.h"
+#include "engine/router.h"
+#include "engine/schema.h"
+#include "engine/state.h"
+
+namespace pgshift::engine {
+
+struct MigrationRequest {
+  std::string source_dsn;
+  std::string target_dsn;
+  std::string state_dir;
+  MigrationOptions options;
+};
+
+class Migration {
+ public:
+  // Opens the migration in `state_dir`, or creates it from `request` when there is none.
+  // Resuming with different source or target DSNs is refused.
+  static Result<std::unique_ptr<Migration>> OpenOrCreate(const MigrationRequest& request,
+                                                         const ToolPaths& tools);
+  // Opens an existing migration (status, cutover, rollback, finish, abort).
+  static Result<std::unique_ptr<Migration>> Open(const std::string& state_dir,
+                                                 const ToolPaths& tools);
+
+  // Runs until RollbackReady (auto cutover) or ReadyForCutover (manual).
+  Status Run(Router* router);
+  // The cutover protocol, source -> target. REQUIRES: phase ReadyForCutover.
+  Status Cutover(Router* router);
+  // The same protocol target -> source. REQUIRES: phase RollbackReady.
+  Status Rollback(Router* router);
+  // Ends reverse replication and drops every object pgshift made. REQUIRES: RollbackReady or
+  // RolledBack.
+  Status Finish();
+  // Before cutover: drops every object pgshift made; the source keeps its data untouched.
+  Status Abort(Router* router);
+
+  // The state plus live facts (lag, per-table sync state) read from the servers when they
+  // answer; `live.error` says why not when they do not.
+  nlohmann::json StatusJson(bool live);
+  const MigrationState& state() const { return state_; }
+
+  // Progress lines go here (default: the log).
+  void set_progress(std::function<void(const std::string&)> f) { progress_ = std::move(f); }
+
+ private:
+  Migration(std::string dir, MigrationState state, ToolPaths tools)
+      : dir_(std::move(dir)), state_(std::move(state)), tools_(std::move(tools)) {}
+
+  Status Save();
+  Status Move(Phase to);
+  void Progress(const std::string& line);
+
+  Status StepPreflight();
+  Status StepProvision();
+  Status StepRoles();
+  Status StepSchema();
+  Status StepInitialCopy();
+  Status StepCatchUp();
+  Status RecoverCutover(Router* router);
+
+  // One attempt of the protocol; `forward` false is the rollback direction.
+  Status SwitchOver(Router* router, bool forward);
+  Status WaitForMarker(bool forward, int64_t deadline_ms);
+  Status CheckDdlLog();
+  Status Verify();
+  Status WriteReport();
+  Status DropEverything(bool keep_target_fence);
+
+  std::string dir_;
+  MigrationState state_;
+  ToolPaths tools_;
+  std::function<void(const std::string&)> progress_;
+};
+
+// Replication lag of one database in bytes (source WAL not yet confirmed by the target's
+// subscription); -1 when the slot is missing.
+Result<int64_t> ForwardLagBytes(const MigrationState& s, const DatabaseState& db);
+
+}  // namespace pgshift::engine

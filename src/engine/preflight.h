@@ -1,0 +1,108 @@
+// Preflight: everything that must hold before a migration starts, checked read-only on both
+// servers, each finding with a severity and a remedy a DBA can act on.
+//
+// RunPreflight changes nothing on either server: its sessions are read-only and it only runs
+// catalog SELECTs (and `pg_dump --version`). The Check* building blocks are pure functions of
+// catalog facts (see inspect.h), so they can be tested without servers.
+#pragma once
+
+#include <map>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "common/status.h"
+#include "engine/inspect.h"
+
+namespace pgshift::engine {
+
+// Majors pgshift migrates between.
+inline constexpr int kMinSupportedMajor = 12;
+inline constexpr int kMaxSupportedMajor = 18;
+
+enum class Severity { kOk, kInfo, kWarning, kError };
+// "OK", "INFO", "WARN", "ERROR".
+std::string_view SeverityName(Severity s);
+
+struct CheckResult {
+  std::string id;  // stable, e.g. "wal-level"
+  Severity severity = Severity::kOk;
+  std::string subject;  // "source", "target", a database name, ...
+  std::string message;  // one line
+  std::string remedy;   // what to do; may span lines (SQL statements); empty for OK
+};
+
+struct PreflightOptions {
+  // Databases to migrate; empty: every non-template database of the source that allows
+  // connections.
+  std::vector<std::string> databases;
+  // Tables without a primary key or usable replica identity: false refuses them (error), true
+  // replicates them with REPLICA IDENTITY FULL (warning).
+  bool tables_without_pk_full = false;
+  std::string pg_dump_path = "pg_dump";
+  // Keep replicating target -> source after cutover, so rollback loses nothing.
+  bool rollback_replication = true;
+  // When resuming migration `migration_id`, its own objects are not leftovers.
+  std::string migration_id;
+  bool allow_own_leftovers = false;
+};
+
+struct PreflightReport {
+  int source_major = 0;
+  int target_major = 0;
+  std::string direction;  // "upgrade", "downgrade", "same"
+  std::vector<std::string> databases;
+  std::vector<CheckResult> results;
+  std::map<std::string, std::vector<TableInfo>> tables;  // per database of the source
+
+  bool HasErrors() const;
+  int Count(Severity s) const;
+  // An aligned text table (SEVERITY  CHECK  SUBJECT  MESSAGE), then the remedies of every
+  // finding that has one, then a one-line verdict.
+  std::string RenderTable() const;
+  nlohmann::json ToJson() const;
+};
+
+// Connects to both servers and runs every check. Fails (as a Status naming the side) only when
+// a server cannot be reached or queried; findings are in the report.
+Result<PreflightReport> RunPreflight(const std::string& source_dsn, const std::string& target_dsn,
+                                     const PreflightOptions& options);
+
+// ---- Building blocks (pure) ----
+
+// "upgrade", "downgrade" or "same".
+std::string DirectionFor(int source_major, int target_major);
+// The major of `pg_dump --version` output, e.g. "pg_dump (PostgreSQL) 17.11" -> 17.
+Result<int> ParsePgDumpMajor(std::string_view version_output);
+// "a, b, c and 4 more" (at most `max_names` names).
+std::string NameList(const std::vector<std::string>& names, size_t max_names = 10);
+// SQL that removes a leftover object (to run on the server, in object.database).
+std::string DropStatement(const PgshiftObject& object);
+
+CheckResult CheckVersions(int source_major, int target_major);
+// `side` is "source" or "target".
+CheckResult CheckWalLevel(const std::string& side, const std::string& wal_level, bool for_rollback);
+// Slots and WAL senders on the publishing side, logical and background workers on the
+// subscribing side, forward and (when `rollback_replication`) reverse.
+std::vector<CheckResult> CheckCapacity(const ServerSettings& source,
+                                       const ReplicationUsage& source_use,
+                                       const ServerSettings& target,
+                                       const ReplicationUsage& target_use, int databases,
+                                       bool rollback_replication);
+CheckResult CheckPrivileges(const std::string& side, const RolePrivileges& role);
+// Replica identity and unlogged tables of one database.
+std::vector<CheckResult> CheckTables(const std::string& database,
+                                     const std::vector<TableInfo>& tables,
+                                     bool tables_without_pk_full);
+// Extensions of one source database against what the target offers (plpgsql ignored).
+CheckResult CheckExtensions(const std::string& database, const std::vector<ExtensionInfo>& used,
+                            const std::vector<ExtensionInfo>& available, int target_major);
+// `version_output` is what `pg_dump --version` printed, or the error running it.
+CheckResult CheckPgDump(const std::string& path, const Result<std::string>& version_output,
+                        int source_major);
+// Leftovers found on `side`; those of `options.migration_id` are skipped when allowed.
+CheckResult CheckLeftovers(const std::string& side, const std::vector<PgshiftObject>& found,
+                           const PreflightOptions& options);
+
+}  // namespace pgshift::engine

@@ -1,0 +1,279 @@
+#include "routers/routers.h"
+
+#include <signal.h>
+#include <poll.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <regex>
+
+#include "common/clock.h"
+#include "common/files.h"
+#include "common/log.h"
+#include "common/strings.h"
+#include "pg/connection.h"
+
+namespace pgshift::routers {
+
+using engine::Endpoint;
+
+namespace {
+
+Status ReadFileTo(const std::string& path, std::string* out) {
+  auto r = ReadFile(path);
+  if (!r.ok()) return r.status().WithContext("router config");
+  *out = std::move(*r);
+  return Status::Ok();
+}
+
+// Returns the value of `key=` inside a libpq-style connect string, or "".
+std::string ConnValue(const std::string& connstr, const std::string& key) {
+  std::regex re("(^|\\s)" + key + "\\s*=\\s*('[^']*'|\\S+)");
+  std::smatch m;
+  if (!std::regex_search(connstr, m, re)) return "";
+  std::string v = m[2];
+  if (v.size() >= 2 && v.front() == '\'') v = v.substr(1, v.size() - 2);
+  return v;
+}
+
+std::string SetConnValue(const std::string& connstr, const std::string& key,
+                         const std::string& value) {
+  std::regex re("(^|\\s)" + key + "\\s*=\\s*('[^']*'|\\S+)");
+  if (std::regex_search(connstr, re)) {
+    return std::regex_replace(connstr, re, "$1" + key + "=" + value,
+                              std::regex_constants::format_first_only);
+  }
+  return connstr + " " + key + "=" + value;
+}
+
+class PgBouncerRouter : public engine::Router {
+ public:
+  explicit PgBouncerRouter(RouterConfig c) : config_(std::move(c)) {}
+  std::string Kind() const override { return "pgbouncer"; }
+  bool HoldsTraffic() const override { return true; }
+
+  Status Check() override {
+    PGSHIFT_RETURN_IF_ERROR(Connect());
+    auto r = admin_->Query("SHOW VERSION");
+    if (!r.ok()) return r.status().WithContext("PgBouncer admin console");
+    std::string ini;
+    PGSHIFT_RETURN_IF_ERROR(ReadFileTo(config_.config, &ini));
+    auto t = PgBouncerIniTarget(ini);
+    return t.ok() ? Status::Ok() : t.status();
+  }
+
+  Status Pause(int timeout_ms) override {
+    PGSHIFT_RETURN_IF_ERROR(Connect());
+    // PAUSE returns once every server connection is released; bound the wait.
+    PGconn* c = admin_->raw();
+    if (!PQsendQuery(c, "PAUSE")) return Status::Unavailable("PgBouncer: cannot send PAUSE");
+    int64_t deadline = MonotonicMillis() + timeout_ms;
+    while (true) {
+      if (!PQconsumeInput(c)) return Status::Unavailable("PgBouncer: connection lost during PAUSE");
+      if (!PQisBusy(c)) break;
+      if (MonotonicMillis() > deadline) {
+        // A second admin session can RESUME while the first waits for its PAUSE.
+        auto other = pg::Connection::Connect(config_.admin, 5, "pgshift");
+        if (other.ok()) (void)(*other)->Query("RESUME");
+        admin_.reset();
+        return Status::DeadlineExceeded("PgBouncer PAUSE did not drain within " +
+                                        std::to_string(timeout_ms) + " ms");
+      }
+      pollfd pfd{PQsocket(c), POLLIN, 0};
+      ::poll(&pfd, 1, 1);
+    }
+    Status result = Status::Ok();
+    while (PGresult* res = PQgetResult(c)) {
+      if (PQresultStatus(res) != PGRES_COMMAND_OK && PQresultStatus(res) != PGRES_TUPLES_OK) {
+        result = Status::Unavailable(std::string("PgBouncer PAUSE: ") + PQresultErrorMessage(res));
+      }
+      PQclear(res);
+    }
+    return result;
+  }
+
+  Status Resume() override {
+    PGSHIFT_RETURN_IF_ERROR(Connect());
+    auto r = admin_->Query("RESUME");
+    if (!r.ok() && r.status().message().find("not paused") == std::string::npos) {
+      return r.status().WithContext("PgBouncer RESUME");
+    }
+    return Status::Ok();
+  }
+
+  Status SwitchTo(const Endpoint& to) override {
+    PGSHIFT_RETURN_IF_ERROR(Connect());
+    std::string ini;
+    PGSHIFT_RETURN_IF_ERROR(ReadFileTo(config_.config, &ini));
+    PGSHIFT_ASSIGN_OR_RETURN(std::string next, RewritePgBouncerIni(ini, to));
+    PGSHIFT_RETURN_IF_ERROR(ReplaceFileKeepingOwner(config_.config, next));
+    // RELOAD sees the changed host/port and closes the old server connections as they are
+    // released; RECONNECT makes sure none of them is reused.
+    auto r = admin_->Query("RELOAD");
+    if (!r.ok()) return r.status().WithContext("PgBouncer RELOAD");
+    auto rc = admin_->Query("RECONNECT");
+    if (!rc.ok()) LogWarn("PgBouncer RECONNECT: " + rc.status().message());
+    return Status::Ok();
+  }
+
+  Result<Endpoint> Current() override {
+    std::string ini;
+    PGSHIFT_RETURN_IF_ERROR(ReadFileTo(config_.config, &ini));
+    return PgBouncerIniTarget(ini);
+  }
+
+ private:
+  Status Connect() {
+    if (admin_ && !admin_->broken()) return Status::Ok();
+    auto c = pg::Connection::Connect(config_.admin, 5, "pgshift");
+    if (!c.ok()) return c.status().WithContext("PgBouncer admin console");
+    admin_ = std::move(*c);
+    return Status::Ok();
+  }
+
+  RouterConfig config_;
+  std::unique_ptr<pg::Connection> admin_;
+};
+
+class NginxRouter : public engine::Router {
+ public:
+  explicit NginxRouter(RouterConfig c) : config_(std::move(c)) {}
+  std::string Kind() const override { return "nginx"; }
+  bool HoldsTraffic() const override { return false; }
+  Status Check() override { return Current().status(); }
+  Status Pause(int) override { return Status::Ok(); }
+  Status Resume() override { return Status::Ok(); }
+
+  Status SwitchTo(const Endpoint& to) override {
+    std::string conf;
+    PGSHIFT_RETURN_IF_ERROR(ReadFileTo(config_.config, &conf));
+    PGSHIFT_ASSIGN_OR_RETURN(std::string next, RewriteNginxUpstream(conf, to));
+    PGSHIFT_RETURN_IF_ERROR(ReplaceFileKeepingOwner(config_.config, next));
+    // nginx re-reads its configuration on SIGHUP; the pid file sits where the config says.
+    std::smatch m;
+    std::regex pid_re(R"((^|\n)\s*pid\s+([^;]+);)");
+    if (!std::regex_search(conf, m, pid_re)) {
+      return Status::FailedPrecondition("nginx config " + config_.config + " names no pid file");
+    }
+    auto pid_text = ReadFile(Trim(m[2].str()).data());
+    long long pid = 0;
+    if (!pid_text.ok() || !ParseInt64(Split(*pid_text, '\n')[0], &pid) || pid <= 0) {
+      return Status::Unavailable("nginx is not running (no pid in " + m[2].str() + ")");
+    }
+    if (::kill(static_cast<pid_t>(pid), SIGHUP) != 0) {
+      return Status::Unavailable("cannot signal nginx pid " + std::to_string(pid));
+    }
+    return Status::Ok();
+  }
+
+  Result<Endpoint> Current() override {
+    std::string conf;
+    PGSHIFT_RETURN_IF_ERROR(ReadFileTo(config_.config, &conf));
+    return NginxUpstreamTarget(conf);
+  }
+
+ private:
+  RouterConfig config_;
+};
+
+}  // namespace
+
+Result<std::string> RewritePgBouncerIni(const std::string& ini, const Endpoint& to) {
+  std::vector<std::string> lines = Split(ini, '\n');
+  bool in_databases = false;
+  int changed = 0;
+  for (auto& line : lines) {
+    std::string_view t = Trim(line);
+    if (!t.empty() && t.front() == '[') {
+      in_databases = ToLower(t) == "[databases]";
+      continue;
+    }
+    if (!in_databases || t.empty() || t.front() == ';' || t.front() == '#') continue;
+    auto eq = line.find('=');
+    if (eq == std::string::npos) continue;
+    std::string name = line.substr(0, eq);
+    std::string connstr(Trim(line.substr(eq + 1)));
+    connstr = SetConnValue(connstr, "host", to.host);
+    connstr = SetConnValue(connstr, "port", std::to_string(to.port));
+    line = std::string(Trim(name)) + " = " + connstr;
+    changed++;
+  }
+  if (changed == 0) {
+    return Status::FailedPrecondition("the PgBouncer config has no [databases] entry to switch");
+  }
+  return Join(lines, "\n");
+}
+
+Result<Endpoint> PgBouncerIniTarget(const std::string& ini) {
+  bool in_databases = false;
+  for (const auto& line : Split(ini, '\n')) {
+    std::string_view t = Trim(line);
+    if (!t.empty() && t.front() == '[') {
+      in_databases = ToLower(t) == "[databases]";
+      continue;
+    }
+    if (!in_databases || t.empty() || t.front() == ';' || t.front() == '#') continue;
+    auto eq = line.find('=');
+    if (eq == std::string::npos) continue;
+    std::string connstr = line.substr(eq + 1);
+    Endpoint e;
+    e.host = ConnValue(connstr, "host");
+    long long port = 5432;
+    std::string p = ConnValue(connstr, "port");
+    if (!p.empty() && !ParseInt64(p, &port)) {
+      return Status::InvalidArgument("bad port '" + p + "' in the PgBouncer config");
+    }
+    e.port = static_cast<int>(port);
+    if (e.host.empty()) e.host = "localhost";
+    return e;
+  }
+  return Status::FailedPrecondition("the PgBouncer config has no [databases] entry");
+}
+
+Result<std::string> RewriteNginxUpstream(const std::string& conf, const Endpoint& to) {
+  std::regex re(R"((\n\s*server\s+)[^;\s]+(\s*[^;]*;))");
+  if (!std::regex_search(conf, re)) {
+    return Status::FailedPrecondition("the nginx config has no upstream `server` line to switch");
+  }
+  return std::regex_replace(conf, re, "$1" + to.ToString() + "$2");
+}
+
+Result<Endpoint> NginxUpstreamTarget(const std::string& conf) {
+  std::regex re(R"(\n\s*server\s+([^;:\s]+):(\d+))");
+  std::smatch m;
+  if (!std::regex_search(conf, m, re)) {
+    return Status::FailedPrecondition("the nginx config has no upstream `server host:port` line");
+  }
+  return Endpoint{m[1].str(), std::stoi(m[2].str())};
+}
+
+Status ReplaceFileKeepingOwner(const std::string& path, const std::string& content) {
+  struct stat st;
+  if (::stat(path.c_str(), &st) != 0) return Status::NotFound("no such file: " + path);
+  PGSHIFT_RETURN_IF_ERROR(WriteFileAtomic(path, content, static_cast<int>(st.st_mode & 07777)));
+  if (::chown(path.c_str(), st.st_uid, st.st_gid) != 0 && ::geteuid() == 0) {
+    return Status::Unavailable("cannot restore the owner of " + path);
+  }
+  return Status::Ok();
+}
+
+Result<std::unique_ptr<engine::Router>> MakeRouter(const RouterConfig& config) {
+  if (config.kind == "pgbouncer") {
+    if (config.admin.empty() || config.config.empty()) {
+      return Status::InvalidArgument(
+          "--router pgbouncer needs --router-admin DSN (the admin console) and --router-config "
+          "FILE (its pgbouncer.ini)");
+    }
+    return std::unique_ptr<engine::Router>(new PgBouncerRouter(config));
+  }
+  if (config.kind == "nginx") {
+    if (config.config.empty()) {
+      return Status::InvalidArgument("--router nginx needs --router-config FILE (nginx.conf)");
+    }
+    return std::unique_ptr<engine::Router>(new NginxRouter(config));
+  }
+  return Status::InvalidArgument("unknown router '" + config.kind +
+                                 "': use pgbouncer or nginx");
+}
+
+}  // namespace pgshift::routers

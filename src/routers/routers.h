@@ -1,0 +1,34 @@
+// Router implementations for the cutover: PgBouncer (admin console PAUSE/RELOAD/RESUME and an
+// atomic rewrite of its ini), nginx stream (upstream rewrite and reload) and manual (the
+// application switches itself; pgshift only fences and waits).
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "engine/router.h"
+
+namespace pgshift::routers {
+
+struct RouterConfig {
+  std::string kind;    // pgbouncer | nginx | manual
+  std::string admin;   // PgBouncer admin console DSN
+  std::string config;  // pgbouncer.ini or nginx.conf
+  std::string state_dir;  // manual: where `pgshift cutover --confirm` leaves its mark
+};
+
+Result<std::unique_ptr<engine::Router>> MakeRouter(const RouterConfig& config);
+
+// Rewrites every [databases] entry of a pgbouncer.ini to lead to `to` (pure; for tests).
+Result<std::string> RewritePgBouncerIni(const std::string& ini, const engine::Endpoint& to);
+// The endpoint of the first [databases] entry.
+Result<engine::Endpoint> PgBouncerIniTarget(const std::string& ini);
+// Rewrites the `server host:port` lines of nginx stream upstreams.
+Result<std::string> RewriteNginxUpstream(const std::string& conf, const engine::Endpoint& to);
+Result<engine::Endpoint> NginxUpstreamTarget(const std::string& conf);
+
+// Writes `content` over `path` atomically, keeping the file's owner and mode (the router
+// process, running as another user, must still read it).
+Status ReplaceFileKeepingOwner(const std::string& path, const std::string& content);
+
+}  // namespace pgshift::routers

@@ -1,0 +1,201 @@
+"""pgshift check: read-only preflight of a source/target pair, against real servers.
+
+Contract: `pgshift check --source DSN --target DSN [--databases a,b]
+[--tables-without-pk full|refuse] [--rollback-replication on|off] [--json]` prints the findings
+table (or JSON), exits 0 when there is no error, 3 when a check fails, and 2 (with a message on
+stderr naming the side) when a server refuses the login.
+"""
+import json
+import re
+
+import pytest
+
+from conftest import sql
+
+
+@pytest.fixture(scope="module")
+def pair(lab):
+    return lab.start("pf-src15", 15), lab.start("pf-dst17", 17)
+
+
+def on_db(dsn, db):
+    return dsn.replace("/postgres?", f"/{db}?")
+
+
+def check(lab, source, target, *extra):
+    return lab.run("check", "--source", source, "--target", target, *extra, check=False)
+
+
+def rows(output, check_id):
+    """Table rows of one check: (severity, subject, message)."""
+    found = []
+    for line in output.splitlines():
+        m = re.match(r"^(OK|INFO|WARN|ERROR)\s+(\S+)\s+(\S+)\s+(.*)$", line)
+        if m and m.group(2) == check_id:
+            found.append((m.group(1), m.group(3), m.group(4)))
+    return found
+
+
+def pgshift_objects(dsn):
+    """Everything named like a pgshift object on the server of `dsn` (all databases)."""
+    found = sql(dsn, "SELECT slot_name FROM pg_replication_slots WHERE slot_name LIKE 'pgshift%' "
+                     "UNION ALL SELECT subname FROM pg_subscription WHERE subname LIKE 'pgshift%'")
+    names = found.splitlines()
+    for db in sql(dsn, "SELECT datname FROM pg_database WHERE datallowconn").splitlines():
+        names += sql(on_db(dsn, db),
+                     "SELECT pubname FROM pg_publication WHERE pubname LIKE 'pgshift%' "
+                     "UNION ALL SELECT evtname FROM pg_event_trigger WHERE evtname LIKE 'pgshift%' "
+                     "UNION ALL SELECT nspname FROM pg_namespace WHERE nspname LIKE '\\_pgshift%'"
+                     ).splitlines()
+    return names
+
+
+def test_clean_upgrade_pair_passes_and_changes_nothing(lab, pair):
+    # A source of its own: the other tests leave failing databases on the shared one.
+    src, dst = lab.start("pf-clean15", 15), pair[1]
+    sql(src, "CREATE DATABASE app")
+    sql(on_db(src, "app"), "CREATE TABLE orders (id bigserial PRIMARY KEY, note text); "
+                           "INSERT INTO orders (note) SELECT 'n' FROM generate_series(1, 100)")
+    slots_before = sql(src, "SELECT count(*) FROM pg_replication_slots")
+
+    p = check(lab, src, dst)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "PostgreSQL 15 -> 17 (upgrade)" in p.stdout
+    assert not [line for line in p.stdout.splitlines() if line.startswith("ERROR")], p.stdout
+    assert "ready to migrate" in p.stdout
+    # Every non-template database is checked, postgres included.
+    assert {r[1] for r in rows(p.stdout, "tables-identity")} == {"app", "postgres"}
+    assert rows(p.stdout, "wal-level") == [("OK", "source", "wal_level = logical")]
+    assert [r[0] for r in rows(p.stdout, "privileges")] == ["OK", "OK"]
+    assert rows(p.stdout, "sequences")[0][:2] == ("INFO", "app")
+
+    j = json.loads(check(lab, src, dst, "--databases", "app", "--json").stdout)
+    assert (j["source_major"], j["target_major"], j["direction"]) == (15, 17, "upgrade")
+    assert j["ok"] is True and j["databases"] == ["app"]
+    assert {r["id"] for r in j["results"]} >= {
+        "version", "wal-level", "rollback-wal-level", "replication-slots", "wal-senders",
+        "logical-workers", "privileges", "pg-dump", "tables-identity", "large-objects",
+        "extensions", "target-database", "leftovers"}
+    assert j["tables"]["app"][0]["name"] == "orders"
+    assert j["tables"]["app"][0]["has_primary_key"] is True
+
+    # Read-only: no pgshift objects, no slot, no database made on either side.
+    assert pgshift_objects(src) == [] and pgshift_objects(dst) == []
+    assert sql(src, "SELECT count(*) FROM pg_replication_slots") == slots_before
+    assert sql(dst, "SELECT count(*) FROM pg_database WHERE datname = 'app'") == "0"
+
+
+def test_wal_level_replica_is_an_error_with_the_exact_fix(lab, pair):
+    src, dst = pair
+    replica = lab.start("pf-replica15", 15, "--set", "wal_level = replica")
+    assert sql(replica, "SHOW wal_level") == "replica"
+
+    p = check(lab, replica, dst, "--databases", "postgres")
+    assert p.returncode == 3, p.stdout + p.stderr
+    assert rows(p.stdout, "wal-level")[0][:2] == ("ERROR", "source")
+    assert "ALTER SYSTEM SET wal_level = logical;" in p.stdout
+    assert "restart" in p.stdout
+
+    # As the target of a downgrade, it blocks only reverse (rollback) replication.
+    p = check(lab, dst, replica, "--databases", "postgres")
+    assert p.returncode == 3, p.stdout
+    assert rows(p.stdout, "rollback-wal-level")[0][:2] == ("ERROR", "target")
+    assert "--rollback-replication off" in p.stdout
+    p = check(lab, dst, replica, "--databases", "postgres", "--rollback-replication", "off")
+    assert p.returncode == 0, p.stdout
+    assert rows(p.stdout, "rollback-wal-level") == []
+    assert rows(p.stdout, "version")[0][0] == "WARN"  # a downgrade
+
+
+def test_table_without_primary_key_is_named(lab, pair):
+    src, dst = pair
+    sql(src, "CREATE DATABASE nopk")
+    sql(on_db(src, "nopk"), "CREATE TABLE public.keyed (id int PRIMARY KEY); "
+                            "CREATE TABLE public.events_no_pk (at timestamptz, what text); "
+                            "CREATE TABLE public.full_ident (x int); "
+                            "ALTER TABLE public.full_ident REPLICA IDENTITY FULL")
+    p = check(lab, src, dst, "--databases", "nopk")
+    assert p.returncode == 3, p.stdout
+    [(severity, subject, message)] = rows(p.stdout, "tables-identity")
+    assert (severity, subject) == ("ERROR", "nopk")
+    assert "public.events_no_pk" in message
+    assert "public.keyed" not in message and "public.full_ident" not in message
+    assert "--tables-without-pk full" in p.stdout
+
+    p = check(lab, src, dst, "--databases", "nopk", "--tables-without-pk", "full")
+    assert p.returncode == 0, p.stdout
+    assert rows(p.stdout, "tables-identity")[0][0] == "WARN"
+
+
+def test_non_empty_target_database_is_an_error(lab, pair):
+    src, dst = pair
+    sql(src, "CREATE DATABASE shop")
+    sql(on_db(src, "shop"), "CREATE TABLE items (id int PRIMARY KEY)")
+    sql(dst, "CREATE DATABASE shop")
+    p = check(lab, src, dst, "--databases", "shop")
+    assert p.returncode == 0, p.stdout  # exists but empty: fine
+    assert rows(p.stdout, "target-database") == [("OK", "shop", "exists on the target and is empty")]
+
+    sql(on_db(dst, "shop"), "CREATE TABLE stale_rows (x int)")
+    p = check(lab, src, dst, "--databases", "shop")
+    assert p.returncode == 3, p.stdout
+    [(severity, subject, message)] = rows(p.stdout, "target-database")
+    assert (severity, subject) == ("ERROR", "shop")
+    assert "1 user table" in message and "public.stale_rows" in message
+
+
+def test_other_rules_large_objects_unlogged_matviews_leftovers(lab, pair):
+    src, dst = pair
+    sql(src, "CREATE DATABASE misc")
+    sql(on_db(src, "misc"), "CREATE TABLE t (id serial PRIMARY KEY); "
+                            "CREATE UNLOGGED TABLE scratch (id int PRIMARY KEY); "
+                            "CREATE MATERIALIZED VIEW t_count AS SELECT count(*) FROM t; "
+                            "SELECT lo_create(0); "
+                            "CREATE PUBLICATION pgshift_stale_misc FOR TABLE t")
+    p = check(lab, src, dst, "--databases", "misc")
+    assert p.returncode == 3, p.stdout
+    assert rows(p.stdout, "large-objects") == [
+        ("ERROR", "misc", "1 large object (pg_largeobject): logical replication does not carry them")]
+    assert rows(p.stdout, "unlogged-tables")[0][0] == "WARN"
+    assert "public.scratch" in rows(p.stdout, "unlogged-tables")[0][2]
+    assert rows(p.stdout, "materialized-views")[0][0] == "INFO"
+    assert "public.t_count" in rows(p.stdout, "materialized-views")[0][2]
+    leftovers = dict((r[1], r) for r in rows(p.stdout, "leftovers"))
+    assert leftovers["source"][0] == "ERROR" and "pgshift_stale_misc" in leftovers["source"][2]
+    assert leftovers["target"][0] == "OK"
+    assert 'DROP PUBLICATION "pgshift_stale_misc";' in p.stdout
+    assert "pgshift abort --state DIR" in p.stdout
+
+
+def test_downgrade_names_objects_the_older_major_cannot_hold(lab, pair):
+    src, dst = pair
+    sql(dst, "CREATE DATABASE newer")
+    sql(on_db(dst, "newer"), "CREATE TABLE t (id int PRIMARY KEY, code text); "
+                             "CREATE UNIQUE INDEX t_code ON t (code) NULLS NOT DISTINCT; "
+                             "CREATE ROLE pf_maint; GRANT MAINTAIN ON t TO pf_maint")
+    # 17 -> 15: NULLS NOT DISTINCT exists in 15, the MAINTAIN privilege does not.
+    p = check(lab, dst, src, "--databases", "newer")
+    assert p.returncode == 3, p.stdout
+    assert "PostgreSQL 17 -> 15 (downgrade)" in p.stdout
+    found = rows(p.stdout, "downgrade-objects")
+    assert len(found) == 1 and found[0][0] == "ERROR", found
+    assert "MAINTAIN" in found[0][2] and "public.t to pf_maint" in found[0][2]
+    assert "REVOKE MAINTAIN" in p.stdout
+
+
+def test_wrong_password_is_a_clear_error_and_changes_nothing(lab, pair):
+    src, dst = pair
+    bad = re.sub(r"passfile=[^&]*", "password=wrong", src)
+    assert bad != src
+    p = check(lab, bad, dst)
+    assert p.returncode == 2, p.stdout + p.stderr
+    assert "source" in p.stderr and "password authentication failed" in p.stderr
+    assert "wrong" not in p.stderr  # the password is never echoed
+    assert p.stdout.strip() == ""
+
+    p = check(lab, src, re.sub(r"passfile=[^&]*", "password=wrong", dst))
+    assert p.returncode == 2 and "target" in p.stderr
+
+    # Nothing pgshift-made appeared: only the publication a test above created itself.
+    assert set(pgshift_objects(src)) <= {"pgshift_stale_misc"}
+    assert pgshift_objects(dst) == []
