@@ -1,6 +1,10 @@
 #include "engine/migration.h"
 
+#include <signal.h>
+
 #include <algorithm>
+#include <cstdio>
+#include <cstdlib>
 #include <map>
 
 #include "common/clock.h"
@@ -178,6 +182,18 @@ Status SyncSequences(pg::Connection& from, pg::Connection& to) {
   return s.ok() ? Status::Ok() : s.status().WithContext("setting sequences");
 }
 
+// Test hook for crash tests: when $PGSHIFT_FAULT_KILL_AT names this point (a phase pgshift just
+// entered, or a step such as "after-subscription"), the process kills itself with SIGKILL, as
+// kill -9 would, right after the state was saved.
+void FaultPointForTest(const std::string& point) {
+  const char* at = std::getenv("PGSHIFT_FAULT_KILL_AT");
+  if (at != nullptr && point == at) {
+    fprintf(stderr, "pgshift: fault injection: killed at %s\n", point.c_str());
+    fflush(stderr);
+    ::raise(SIGKILL);
+  }
+}
+
 }  // namespace
 
 Result<int64_t> ForwardLagBytes(const MigrationState& s, const DatabaseState& db) {
@@ -237,7 +253,9 @@ Status Migration::Move(Phase to) {
   }
   Progress("phase " + PhaseName(state_.phase) + " -> " + PhaseName(to));
   state_.Enter(to);
-  return Save();
+  PGSHIFT_RETURN_IF_ERROR(Save());
+  FaultPointForTest(PhaseName(to));
+  return Status::Ok();
 }
 
 void Migration::Progress(const std::string& line) {
@@ -445,6 +463,7 @@ Status Migration::StepInitialCopy() {
                            dst->QuoteLiteral(conninfo) + " PUBLICATION " + dst->QuoteIdent(pub) +
                            " WITH (copy_data = true, slot_name = " + dst->QuoteLiteral(sub) + ")");
       if (!s.ok()) return s.WithContext("target " + db.name + ": subscription");
+      FaultPointForTest("after-subscription");
       Progress("replication started: " + db.name + " (" + std::to_string(db.tables.size()) +
                " tables)");
     }
@@ -698,6 +717,7 @@ Status Migration::SwitchOver(Router* router, bool forward) {
                                                " SET default_transaction_read_only = on"));
     }
     fenced = true;
+    if (forward) FaultPointForTest("cutover-fenced");
     PGSHIFT_RETURN_IF_ERROR(
         conns[0]
             .old_side

@@ -48,7 +48,7 @@ LEFT JOIN pg_index i ON i.indrelid = c.oid AND i.indisprimary
 WHERE c.relkind = 'r' AND c.relpersistence <> 't'
   AND n.nspname NOT IN ('pg_catalog', 'information_schema')
   AND n.nspname NOT LIKE 'pg\_toast%' AND n.nspname NOT LIKE 'pg\_temp\_%'
-  AND n.nspname NOT LIKE '\_pgshift%'
+  AND n.nspname <> '_pgshift'
 ORDER BY n.nspname, c.relname, a.attnum)";
 
 struct Column {
@@ -133,10 +133,16 @@ class TableSql {
     return "SELECT b, count(*), sum(h) FROM (SELECT " + Bucket(buckets) + " AS b, " + row_hash_ +
            " AS h" + from_ + ") x GROUP BY b";
   }
-  // Key text and row hash of every row in the buckets $1 (a bigint[] literal).
-  std::string Rows(int64_t buckets) const {
-    return "SELECT " + key_text_ + ", " + row_md5_ + from_ + " WHERE " + Bucket(buckets) +
-           " = ANY($1::bigint[])";
+  // Key text and row hash (or '' when only existence counts) of every row in the buckets $1
+  // (a bigint[] literal).
+  std::string Rows(int64_t buckets, bool hashes) const {
+    return "SELECT " + key_text_ + ", " + (hashes ? row_md5_ : "''") + from_ + " WHERE " +
+           Bucket(buckets) + " = ANY($1::bigint[])";
+  }
+  // The same for the rows whose key text is in $1 (a text[]).
+  std::string RowsByKey(bool hashes) const {
+    return "SELECT k, h FROM (SELECT " + key_text_ + " AS k, " + (hashes ? row_md5_ : "''") +
+           " AS h" + from_ + ") x WHERE k = ANY($1::text[])";
   }
 
  private:
@@ -230,25 +236,30 @@ class DatabaseVerifier {
       pending.push_back({name, s->second, std::move(v)});
     }
 
-    for (int round = 1; round <= std::max(1, options_.max_rounds) && !pending.empty(); ++round) {
-      if (round > 1 && options_.settle) {
-        Status s = options_.settle();
-        if (!s.ok()) return s.WithContext("waiting between verification rounds");
-      }
-      std::vector<Pending> differing;
-      for (Pending& p : pending) {
-        PGSHIFT_RETURN_IF_ERROR(Compare(p));
-        if (p.result.match) {
-          Finish(std::move(p.result));
-        } else {
-          differing.push_back(std::move(p));
-        }
-      }
-      pending = std::move(differing);
-    }
-
+    // Round 1 compares whole tables, both sides at once: most tables match here.
+    std::vector<Pending> differing;
     for (Pending& p : pending) {
-      PGSHIFT_RETURN_IF_ERROR(Explain(p));
+      PGSHIFT_RETURN_IF_ERROR(Compare(p, /*settle_between=*/false));
+      if (p.result.match) {
+        Finish(std::move(p.result));
+      } else {
+        differing.push_back(std::move(p));
+      }
+    }
+    // What differs may only be in flight. Later reads go source first, then settle (the
+    // target has applied everything committed so far), then target: a row equal on both sides
+    // then is really copied. Tables with a key converge row by row, since a table that takes
+    // writes all the time never matches as a whole; the rows still differing after the last
+    // round are the real differences.
+    for (Pending& p : differing) {
+      if (!p.shape.pk.empty()) {
+        PGSHIFT_RETURN_IF_ERROR(Converge(p));
+      } else {
+        for (int round = 2; round <= std::max(1, options_.max_rounds) && !p.result.match; ++round) {
+          PGSHIFT_RETURN_IF_ERROR(Compare(p, /*settle_between=*/true));
+        }
+        if (!p.result.match) p.result.note += "; no primary key: differing rows not located";
+      }
       Finish(std::move(p.result));
     }
     std::sort(done_.begin(), done_.end(), [](const auto& a, const auto& b) {
@@ -281,14 +292,38 @@ class DatabaseVerifier {
     return SideError(side, db_, s).WithContext("verifying " + name.first + "." + name.second);
   }
 
-  Status Compare(Pending& p) {
+  // Source, then settle, then target: the target read sees at least what the source read saw.
+  Result<std::pair<QueryResult, QueryResult>> SourceThenTarget(
+      const TableName& name, const std::string& src_sql, const std::string& tgt_sql,
+      const std::vector<pg::Param>& params = {}) {
+    auto sr = src_.conn->Query(src_sql, params);
+    if (!sr.ok()) return QueryError(src_, name, sr.status());
+    if (options_.settle) {
+      Status s = options_.settle();
+      if (!s.ok()) return s.WithContext("waiting for replication while verifying");
+    }
+    auto tr = tgt_.conn->Query(tgt_sql, params);
+    if (!tr.ok()) return QueryError(tgt_, name, tr.status());
+    return std::make_pair(std::move(*sr), std::move(*tr));
+  }
+
+  Status Compare(Pending& p, bool settle_between) {
     int64_t start = MonotonicMicros();
     TableVerification& v = p.result;
     ++v.rounds;
     TableSql src_sql(src_, p.name, p.shape), tgt_sql(tgt_, p.name, p.shape);
     bool checksum = options_.level == VerifyLevel::kChecksum;
-    auto [sr, tr] = checksum ? QueryBoth(src_, src_sql.Checksum(), tgt_, tgt_sql.Checksum())
-                             : QueryBoth(src_, src_sql.Count(), tgt_, tgt_sql.Count());
+    std::string sq = checksum ? src_sql.Checksum() : src_sql.Count();
+    std::string tq = checksum ? tgt_sql.Checksum() : tgt_sql.Count();
+    Result<QueryResult> sr = Status::Internal("not run"), tr = Status::Internal("not run");
+    if (settle_between) {
+      auto both = SourceThenTarget(p.name, sq, tq);
+      if (!both.ok()) return both.status();
+      sr = std::move(both->first);
+      tr = std::move(both->second);
+    } else {
+      std::tie(sr, tr) = QueryBoth(src_, sq, tgt_, tq);
+    }
     if (!sr.ok()) return QueryError(src_, p.name, sr.status());
     if (!tr.ok()) return QueryError(tgt_, p.name, tr.status());
     v.source_rows = std::strtoll(sr->Get(0, 0).c_str(), nullptr, 10);
@@ -305,83 +340,95 @@ class DatabaseVerifier {
     return Status::Ok();
   }
 
-  // For a table that still differs after the last round: which rows. Buckets rows by a hash of
-  // their key, compares per-bucket checksums, then reads key and row hash of the rows in the
-  // first differing buckets from both sides. Each differing bucket holds at least one
-  // differing row, so kMaxDifferingKeys buckets are enough.
-  Status Explain(Pending& p) {
+  // Row by row for a table with a key: differing buckets of the key's hash, then the rows in
+  // them, then only the rows that still differ, until none is left or the rounds run out.
+  // At count level only keys count (a row present on both sides matches).
+  Status Converge(Pending& p) {
     TableVerification& v = p.result;
-    if (options_.level != VerifyLevel::kChecksum) return Status::Ok();
-    if (p.shape.pk.empty()) {
-      v.note += "; no primary key: differing rows not located";
-      return Status::Ok();
-    }
     int64_t start = MonotonicMicros();
+    bool hashes = options_.level == VerifyLevel::kChecksum;
     // About 256 rows per bucket: few rows to read per differing bucket, few buckets to return.
     int64_t rows = std::max(v.source_rows, v.target_rows);
     int64_t buckets = 64;
     while (buckets < 65536 && buckets * 256 < rows) buckets *= 2;
     TableSql src_sql(src_, p.name, p.shape), tgt_sql(tgt_, p.name, p.shape);
 
-    auto [sb, tb] = QueryBoth(src_, src_sql.Buckets(buckets), tgt_, tgt_sql.Buckets(buckets));
-    if (!sb.ok()) return QueryError(src_, p.name, sb.status());
-    if (!tb.ok()) return QueryError(tgt_, p.name, tb.status());
-    auto bucket_map = [](const QueryResult& r) {
+    ++v.rounds;
+    PGSHIFT_ASSIGN_OR_RETURN(auto b, SourceThenTarget(p.name, src_sql.Buckets(buckets),
+                                                      tgt_sql.Buckets(buckets)));
+    auto bucket_map = [hashes](const QueryResult& r) {
       std::map<long long, std::pair<std::string, std::string>> m;
       for (int i = 0; i < r.rows(); ++i) {
-        m[std::strtoll(r.Get(i, 0).c_str(), nullptr, 10)] = {r.Get(i, 1), r.Get(i, 2)};
+        m[std::strtoll(r.Get(i, 0).c_str(), nullptr, 10)] = {r.Get(i, 1), hashes ? r.Get(i, 2) : ""};
       }
       return m;
     };
-    auto src_buckets = bucket_map(*sb), tgt_buckets = bucket_map(*tb);
-    std::set<long long> differing;
-    for (const auto& [b, agg] : src_buckets) {
-      auto it = tgt_buckets.find(b);
-      if (it == tgt_buckets.end() || it->second != agg) differing.insert(b);
-    }
-    for (const auto& [b, agg] : tgt_buckets) {
-      if (!src_buckets.count(b)) differing.insert(b);
-    }
-
+    auto src_buckets = bucket_map(b.first), tgt_buckets = bucket_map(b.second);
     std::vector<std::string> wanted;
-    for (long long b : differing) {
-      if (wanted.size() == static_cast<size_t>(kMaxDifferingKeys)) break;
-      wanted.push_back(std::to_string(b));
+    for (const auto& [bk, agg] : src_buckets) {
+      auto it = tgt_buckets.find(bk);
+      if (it == tgt_buckets.end() || it->second != agg) wanted.push_back(std::to_string(bk));
     }
-    bool truncated = differing.size() > wanted.size();
-    if (!wanted.empty()) {
-      std::vector<pg::Param> params{"{" + Join(wanted, ",") + "}"};
-      auto [sk, tk] = QueryBoth(src_, src_sql.Rows(buckets), tgt_, tgt_sql.Rows(buckets), params);
-      if (!sk.ok()) return QueryError(src_, p.name, sk.status());
-      if (!tk.ok()) return QueryError(tgt_, p.name, tk.status());
-      // A multimap: a key seen twice (no unique index on the target) must still count twice.
-      auto row_map = [](const QueryResult& r) {
-        std::map<std::string, std::multiset<std::string>> m;
-        for (int i = 0; i < r.rows(); ++i) m[r.Get(i, 0)].insert(r.Get(i, 1));
-        return m;
-      };
-      auto src_rows = row_map(*sk), tgt_rows = row_map(*tk);
+    for (const auto& [bk, agg] : tgt_buckets) {
+      if (!src_buckets.count(bk)) wanted.push_back(std::to_string(bk));
+    }
+    // A multimap: a key seen twice (no unique index on the target) must still count twice.
+    auto row_map = [](const QueryResult& r) {
+      std::map<std::string, std::multiset<std::string>> m;
+      for (int i = 0; i < r.rows(); ++i) m[r.Get(i, 0)].insert(r.Get(i, 1));
+      return m;
+    };
+    auto differing_keys = [&](const QueryResult& sr, const QueryResult& tr) {
+      auto src_rows = row_map(sr), tgt_rows = row_map(tr);
       std::set<std::string, decltype(&NaturalLess)> keys(&NaturalLess);
-      for (const auto& [k, hashes] : src_rows) {
+      for (const auto& [k, h] : src_rows) {
         auto it = tgt_rows.find(k);
-        if (it == tgt_rows.end() || it->second != hashes) keys.insert(k);
+        if (it == tgt_rows.end() || it->second != h) keys.insert(k);
       }
-      for (const auto& [k, hashes] : tgt_rows) {
+      for (const auto& [k, h] : tgt_rows) {
         if (!src_rows.count(k)) keys.insert(k);
       }
+      return keys;
+    };
+    std::set<std::string, decltype(&NaturalLess)> keys(&NaturalLess);
+    if (!wanted.empty()) {
+      ++v.rounds;
+      std::vector<pg::Param> params{"{" + Join(wanted, ",") + "}"};
+      PGSHIFT_ASSIGN_OR_RETURN(auto r, SourceThenTarget(p.name, src_sql.Rows(buckets, hashes),
+                                                        tgt_sql.Rows(buckets, hashes), params));
+      keys = differing_keys(r.first, r.second);
+    }
+    for (int round = 0; round < std::max(1, options_.max_rounds) && !keys.empty(); ++round) {
+      ++v.rounds;
+      std::string arr = "{";
+      bool first = true;
+      for (const std::string& k : keys) {
+        std::string q = "\"";
+        for (char c : k) {
+          if (c == '"' || c == '\\') q += '\\';
+          q += c;
+        }
+        arr += (first ? "" : ",") + q + "\"";
+        first = false;
+      }
+      arr += "}";
+      PGSHIFT_ASSIGN_OR_RETURN(auto r, SourceThenTarget(p.name, src_sql.RowsByKey(hashes),
+                                                        tgt_sql.RowsByKey(hashes), {arr}));
+      keys = differing_keys(r.first, r.second);
+    }
+    v.match = keys.empty();
+    if (v.match) {
+      // The counts shown are round 1's, taken while the table was changing.
+      v.note = "matched row by row (the table kept changing)";
+    } else {
       for (const std::string& k : keys) {
         if (v.differing_keys.size() == static_cast<size_t>(kMaxDifferingKeys)) break;
         v.differing_keys.push_back(k);
       }
-      truncated = truncated || keys.size() > v.differing_keys.size();
-    }
-    if (v.differing_keys.empty()) {
-      v.note += "; differing rows not found on a second look (still changing?)";
-    } else if (truncated) {
-      v.note += "; at least " + std::to_string(v.differing_keys.size()) + " rows differ";
-    } else {
-      v.note += "; " + std::to_string(v.differing_keys.size()) + " differing row" +
-                (v.differing_keys.size() == 1 ? "" : "s");
+      v.note += keys.size() > v.differing_keys.size()
+                    ? "; at least " + std::to_string(v.differing_keys.size()) + " rows differ"
+                    : "; " + std::to_string(keys.size()) + " differing row" +
+                          (keys.size() == 1 ? "" : "s");
     }
     v.seconds += static_cast<double>(MonotonicMicros() - start) / 1e6;
     return Status::Ok();

@@ -11,6 +11,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <functional>
 #include <set>
 
 #include "common/clock.h"
@@ -277,7 +278,11 @@ Result<int> Lab::ChoosePort(int requested, const std::string& host,
       if (st.instance.name != self) taken.insert(st.instance.port);
     }
   }
-  for (int p = kFirstAutoPort; p <= kLastAutoPort; ++p) {
+  // Start at a point derived from the lab folder, so concurrent labs rarely race for a port.
+  const int span = kLastAutoPort - kFirstAutoPort + 1;
+  const int start = static_cast<int>(std::hash<std::string>{}(dir_) % 64) * 20;
+  for (int i = 0; i < span; ++i) {
+    int p = kFirstAutoPort + (start + i) % span;
     if (!taken.count(p) && PortFree(host, p)) return p;
   }
   return Status::Unavailable("no free port between " + std::to_string(kFirstAutoPort) + " and " +
@@ -440,7 +445,17 @@ Result<Instance> Lab::StartServer(const std::string& name, int major, const Serv
     return s;
   }
   PGSHIFT_RETURN_IF_ERROR(Save(inst));
-  PGSHIFT_RETURN_IF_ERROR(LaunchServer(inst));
+  // Another process (another lab) may take the chosen port between our check and the start.
+  for (int tries = 0;; ++tries) {
+    Status started = LaunchServer(inst);
+    if (started.ok()) break;
+    if (opts.port != 0 || tries >= 5 ||
+        started.message().find("Address already in use") == std::string::npos) {
+      return started;
+    }
+    PGSHIFT_ASSIGN_OR_RETURN(inst.port, ChoosePort(0, inst.host, name));
+    PGSHIFT_RETURN_IF_ERROR(Save(inst));
+  }
   LogInfo("lab server started", {{"name", name},
                                  {"version", std::to_string(major)},
                                  {"port", std::to_string(inst.port)}});
