@@ -3,6 +3,7 @@
 
 #include <cstdio>
 #include <cstdlib>
+#include <limits>
 #include <memory>
 
 #include "cli/commands.h"
@@ -60,7 +61,7 @@ void AddMigrationOptions(CLI::App* c, MigrateArgs* a) {
                 "the router's config file (pgbouncer.ini whose [databases] lead to the source, or nginx.conf)");
   c->add_option("--cutover", a->cutover, "auto | manual")->check(CLI::IsMember({"auto", "manual"}));
   c->add_option("--max-lag", a->max_lag, "replication lag in bytes under which cutover may start")
-      ->check(CLI::NonNegativeNumber);
+      ->check(CLI::Range(int64_t{0}, std::numeric_limits<int64_t>::max()));
   c->add_option("--max-pause", a->max_pause, "longest time clients may be held, in ms (default 2000)")
       ->check(CLI::Range(10, 600000));
   c->add_option("--databases", a->databases, "a,b (default: every non-template database)");

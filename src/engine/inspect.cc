@@ -108,9 +108,9 @@ const BlockerQuery kBlockerQueries[] = {
 }  // namespace
 
 std::string UserSchemaCondition(const std::string& column) {
-  return "(" + column + " NOT IN ('pg_catalog', 'information_schema', 'pgshift') AND " + column +
-         " NOT LIKE 'pg\\_toast%' AND " + column + " NOT LIKE 'pg\\_temp\\_%' AND " + column +
-         " NOT LIKE '\\_pgshift%')";
+  // Only pgshift's own schema is left out: a user schema such as _pgshift_archive is data.
+  return "(" + column + " NOT IN ('pg_catalog', 'information_schema', '_pgshift') AND " + column +
+         " NOT LIKE 'pg\\_toast%' AND " + column + " NOT LIKE 'pg\\_temp\\_%')";
 }
 
 Result<std::vector<std::string>> ListDatabases(pg::Connection& conn) {
@@ -293,7 +293,7 @@ Result<std::vector<PgshiftObject>> FindDatabaseLeftovers(pg::Connection& conn) {
                  "UNION ALL SELECT 'event trigger', evtname::text FROM pg_event_trigger "
                  "WHERE evtname LIKE 'pgshift\\_%' "
                  "UNION ALL SELECT 'schema', nspname::text FROM pg_namespace "
-                 "WHERE nspname LIKE '\\_pgshift%' "
+                 "WHERE nspname = '_pgshift' "
                  "ORDER BY 1, 2"));
   PGSHIFT_ASSIGN_OR_RETURN(std::string db, conn.QueryValue("SELECT current_database()"));
   std::vector<PgshiftObject> out;

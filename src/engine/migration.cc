@@ -297,6 +297,12 @@ Status Migration::Run(Router* router) {
       default: return WriteReport();
     }
     if (!s.ok()) {
+      if (state_.phase == Phase::kPending || state_.phase == Phase::kPreflight) {
+        // Nothing exists on either server before Provisioning: forget the attempt, so that
+        // a corrected command (another DSN, a fixed server) starts afresh with this folder.
+        (void)RemoveAll(dir_ + "/state.json");
+        return s;
+      }
       state_.last_error = s.message();
       (void)Save();
       return s;
@@ -320,8 +326,6 @@ Status Migration::StepPreflight() {
   if (!rep.ok()) return rep.status().WithContext("preflight");
   if (rep->HasErrors()) {
     Progress("preflight found problems:\n" + rep->RenderTable());
-    // Nothing was made yet: forget this attempt so a fixed setup starts cleanly.
-    (void)RemoveAll(dir_ + "/state.json");
     return Status::FailedPrecondition("preflight failed; nothing was changed on either server");
   }
   state_.source_major = rep->source_major;
@@ -579,11 +583,12 @@ Status Migration::StepCatchUp() {
   // Materialized views come over empty with the schema; fill them on the target.
   for (const auto& db : state_.databases) {
     PGSHIFT_ASSIGN_OR_RETURN(ConnPtr dst, Connect(state_.target_dsn, db.name, "target"));
-    PGSHIFT_ASSIGN_OR_RETURN(auto views, ListMaterializedViews(*dst));
-    for (const auto& v : views) {
-      auto parts = Split(v, '.');
-      PGSHIFT_RETURN_IF_ERROR(dst->Exec("REFRESH MATERIALIZED VIEW " + dst->QuoteIdent(parts[0]) +
-                                        "." + dst->QuoteIdent(parts.size() > 1 ? parts[1] : "")));
+    PGSHIFT_ASSIGN_OR_RETURN(
+        pg::QueryResult mv,
+        dst->Query("SELECT format('%I.%I', schemaname, matviewname) FROM pg_matviews "
+                   "WHERE schemaname NOT IN ('pg_catalog', 'information_schema', '_pgshift')"));
+    for (int i = 0; i < mv.rows(); ++i) {
+      PGSHIFT_RETURN_IF_ERROR(dst->Exec("REFRESH MATERIALIZED VIEW " + mv.Get(i, 0)));
     }
     // The reverse publication exists before cutover so that the cutover only makes a slot.
     if (state_.options.rollback_replication) {
@@ -689,6 +694,17 @@ Status Migration::SwitchOver(Router* router, bool forward) {
     PGSHIFT_RETURN_IF_ERROR(Move(Phase::kCuttingOver));
   } else {
     PGSHIFT_RETURN_IF_ERROR(Save());
+  }
+
+  if (forward && state_.options.rollback_replication) {
+    // Move the reverse slots up to now before pausing, so that inside the pause they only
+    // decode the last few milliseconds of WAL.
+    for (auto& c : conns) {
+      PGSHIFT_RETURN_IF_ERROR(c.new_side
+                                  ->Query("SELECT pg_replication_slot_advance($1, pg_current_wal_lsn())",
+                                          {state_.ReverseName(*c.db)})
+                                  .status());
+    }
   }
 
   const int64_t budget = state_.options.max_pause_ms;

@@ -48,7 +48,7 @@ LEFT JOIN pg_index i ON i.indrelid = c.oid AND i.indisprimary
 WHERE c.relkind = 'r' AND c.relpersistence <> 't'
   AND n.nspname NOT IN ('pg_catalog', 'information_schema')
   AND n.nspname NOT LIKE 'pg\_toast%' AND n.nspname NOT LIKE 'pg\_temp\_%'
-  AND n.nspname <> '_pgshift'
+  AND n.nspname NOT LIKE '\_pgshift%'
 ORDER BY n.nspname, c.relname, a.attnum)";
 
 struct Column {
