@@ -811,6 +811,16 @@ Status Migration::SwitchOver(Router* router, bool forward) {
     failed_step = "switch";
     PGSHIFT_RETURN_IF_ERROR(router->SwitchTo(new_endpoint));
     state_.router_switched = true;
+    if (!router->HoldsTraffic()) {
+      // A TCP router keeps the sessions it already proxies to the old side: once it reloaded,
+      // end them so their clients reconnect, to the new side.
+      SleepMillis(100);
+      (void)conns[0].old_side->Query(
+          "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+          "WHERE datname = ANY($1::text[]) AND pid <> pg_backend_pid() "
+          "AND backend_type = 'client backend' AND coalesce(application_name, '') <> 'pgshift'",
+          {db_array});
+    }
     PGSHIFT_RETURN_IF_ERROR(router->Resume());
     paused = false;
     step_done("switch");

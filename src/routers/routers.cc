@@ -231,11 +231,22 @@ Result<Endpoint> PgBouncerIniTarget(const std::string& ini) {
 }
 
 Result<std::string> RewriteNginxUpstream(const std::string& conf, const Endpoint& to) {
-  std::regex re(R"((\n\s*server\s+)[^;\s]+(\s*[^;]*;))");
+  // Only `server host:port` lines of upstreams, not `server {` blocks.
+  std::regex re(R"((\n\s*server\s+)[^\s;{}]+:\d+)");
   if (!std::regex_search(conf, re)) {
     return Status::FailedPrecondition("the nginx config has no upstream `server` line to switch");
   }
-  return std::regex_replace(conf, re, "$1" + to.ToString() + "$2");
+  // Built by hand: "$1" followed by an address starting with a digit would read as "$11".
+  std::string out;
+  auto begin = conf.cbegin();
+  std::smatch m;
+  while (std::regex_search(begin, conf.cend(), m, re)) {
+    out.append(begin, m[0].first);
+    out += m[1].str() + to.ToString();
+    begin = m[0].second;
+  }
+  out.append(begin, conf.cend());
+  return out;
 }
 
 Result<Endpoint> NginxUpstreamTarget(const std::string& conf) {
