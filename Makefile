@@ -6,7 +6,9 @@ BUILD_ASAN := $(ROOT)/build-asan
 JOBS ?= $(shell nproc)
 CMAKE_FLAGS ?=
 
-.PHONY: all setup build build-asan test test-unit test-integration demo format clean lab-down help
+include $(ROOT)/mk/k8s.mk
+
+.PHONY: all setup build build-asan test test-unit test-integration demo format clean lab-down help bench
 
 all: build
 
@@ -15,6 +17,8 @@ help:
 	@echo "make test    install what is missing, build (also with ASan+UBSan), run every test"
 	@echo "make build   build build/pgshift"
 	@echo "make setup   only install dependencies (idempotent; cached under .cache/)"
+	@echo "make k8s-up  a real etcd + kube-apiserver + kube-controller-manager + fake kubelet (tests)"
+	@echo "make bench   the cutover benchmark (bench/RESULTS.md)"
 
 setup:
 	@bash $(ROOT)/scripts/setup.sh
@@ -39,10 +43,13 @@ test-unit: build build-asan
 test-integration: build build-asan
 	PGSHIFT_BIN=$(BUILD_ASAN)/pgshift python3 -m pytest -q $(ROOT)/test/integration
 
-test: test-unit test-integration
+test: test-unit test-integration test-k8s
 
 demo: build
 	@bash $(ROOT)/scripts/demo.sh
+
+bench: build
+	python3 $(ROOT)/bench/cutover.py --runs 5
 
 lab-down:
 	-$(BUILD)/pgshift lab down

@@ -1,0 +1,221 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log"
+	"net"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/client-go/informers"
+	corelisters "k8s.io/client-go/listers/core/v1"
+	discoverylisters "k8s.io/client-go/listers/discovery/v1"
+	"k8s.io/client-go/tools/cache"
+)
+
+// serviceProxy stands in for kube-proxy: one listener on 127.0.0.1 per Service port, each
+// connection forwarded to a ready endpoint of the Service's EndpointSlices (round robin).
+// Open connections survive endpoint changes, as with kube-proxy's conntrack.
+type serviceProxy struct {
+	services corelisters.ServiceLister
+	slices   discoverylisters.EndpointSliceLister
+	file     string
+	changed  chan struct{}
+
+	mu        sync.Mutex
+	listeners map[string]*svcListener // ns/name/port
+	ports     map[string]int          // remembered, so a re-created Service keeps its port
+}
+
+type svcListener struct {
+	key      string
+	ns, name string
+	port     corev1.ServicePort
+	ln       net.Listener
+	next     atomic.Uint64
+}
+
+func newServiceProxy(f informers.SharedInformerFactory, file string) *serviceProxy {
+	p := &serviceProxy{
+		services:  f.Core().V1().Services().Lister(),
+		slices:    f.Discovery().V1().EndpointSlices().Lister(),
+		file:      file,
+		changed:   make(chan struct{}, 1),
+		listeners: map[string]*svcListener{},
+		ports:     map[string]int{},
+	}
+	poke := func(any) {
+		select {
+		case p.changed <- struct{}{}:
+		default:
+		}
+	}
+	h := cache.ResourceEventHandlerFuncs{AddFunc: poke, UpdateFunc: func(_, o any) { poke(o) }, DeleteFunc: poke}
+	_, _ = f.Core().V1().Services().Informer().AddEventHandler(h)
+	_, _ = f.Discovery().V1().EndpointSlices().Informer().AddEventHandler(h)
+	return p
+}
+
+func (p *serviceProxy) run(ctx context.Context) {
+	p.sync()
+	for {
+		select {
+		case <-ctx.Done():
+			p.mu.Lock()
+			for _, l := range p.listeners {
+				l.ln.Close()
+			}
+			p.mu.Unlock()
+			return
+		case <-p.changed:
+			p.sync()
+		}
+	}
+}
+
+func (p *serviceProxy) sync() {
+	svcs, _ := p.services.List(labels.Everything())
+	want := map[string]bool{}
+	p.mu.Lock()
+	defer func() {
+		out := map[string]string{}
+		for k, l := range p.listeners {
+			out[k] = l.ln.Addr().String()
+		}
+		p.mu.Unlock()
+		writeJSONAtomic(p.file, out)
+	}()
+	for _, s := range svcs {
+		if s.Spec.Type == corev1.ServiceTypeExternalName {
+			continue
+		}
+		for _, sp := range s.Spec.Ports {
+			if sp.Protocol != "" && sp.Protocol != corev1.ProtocolTCP {
+				continue
+			}
+			key := fmt.Sprintf("%s/%s/%d", s.Namespace, s.Name, sp.Port)
+			want[key] = true
+			if l, ok := p.listeners[key]; ok {
+				l.port = sp
+				continue
+			}
+			port := p.ports[key]
+			if port == 0 && sp.NodePort != 0 {
+				port = int(sp.NodePort)
+			}
+			ln, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(port))
+			if err != nil && port != 0 {
+				ln, err = net.Listen("tcp", "127.0.0.1:0")
+			}
+			if err != nil {
+				log.Printf("proxy: service %s: %v", key, err)
+				continue
+			}
+			l := &svcListener{key: key, ns: s.Namespace, name: s.Name, port: sp, ln: ln}
+			p.listeners[key] = l
+			p.ports[key] = ln.Addr().(*net.TCPAddr).Port
+			log.Printf("proxy: service %s -> %s", key, ln.Addr())
+			go p.serve(l)
+		}
+	}
+	for k, l := range p.listeners {
+		if !want[k] {
+			l.ln.Close()
+			delete(p.listeners, k)
+			log.Printf("proxy: service %s removed", k)
+		}
+	}
+}
+
+func (p *serviceProxy) serve(l *svcListener) {
+	for {
+		c, err := l.ln.Accept()
+		if err != nil {
+			if !strings.Contains(err.Error(), "use of closed") {
+				log.Printf("proxy: %s: accept: %v", l.key, err)
+			}
+			return
+		}
+		go p.forward(l, c)
+	}
+}
+
+// endpoints returns the host addresses of the ready endpoints for the listener's port.
+func (p *serviceProxy) endpoints(l *svcListener) []string {
+	sel := labels.SelectorFromSet(labels.Set{discoveryv1.LabelServiceName: l.name})
+	slices, _ := p.slices.EndpointSlices(l.ns).List(sel)
+	var out []string
+	for _, s := range slices {
+		if s.AddressType != discoveryv1.AddressTypeIPv4 {
+			continue
+		}
+		port := int32(0)
+		for _, sp := range s.Ports {
+			if ptrValue(sp.Name) == l.port.Name && sp.Port != nil {
+				port = *sp.Port
+			}
+		}
+		if port == 0 {
+			continue
+		}
+		for _, e := range s.Endpoints {
+			if e.Conditions.Ready != nil && !*e.Conditions.Ready {
+				continue
+			}
+			for _, a := range e.Addresses {
+				out = append(out, net.JoinHostPort(hostAddress(a), strconv.Itoa(int(port))))
+			}
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+// hostAddress maps a pod's API address 10.88.0.N to where it listens, 127.0.0.N.
+func hostAddress(ip string) string {
+	if strings.HasPrefix(ip, podCIDRPrefix) {
+		return "127.0.0." + strings.TrimPrefix(ip, podCIDRPrefix)
+	}
+	return ip
+}
+
+func (p *serviceProxy) forward(l *svcListener, c net.Conn) {
+	defer c.Close()
+	eps := p.endpoints(l)
+	var up net.Conn
+	for i := 0; i < len(eps) && up == nil; i++ {
+		addr := eps[int(l.next.Add(1)-1)%len(eps)]
+		conn, err := net.DialTimeout("tcp", addr, 3*time.Second)
+		if err != nil {
+			log.Printf("proxy: %s: endpoint %s: %v", l.key, addr, err)
+			continue
+		}
+		up = conn
+	}
+	if up == nil {
+		log.Printf("proxy: %s: no ready endpoint (%d known); closing connection", l.key, len(eps))
+		return
+	}
+	defer up.Close()
+	done := make(chan struct{}, 2)
+	pipe := func(dst, src net.Conn) {
+		_, _ = io.Copy(dst, src)
+		if tc, ok := dst.(*net.TCPConn); ok {
+			_ = tc.CloseWrite()
+		}
+		done <- struct{}{}
+	}
+	go pipe(up, c)
+	go pipe(c, up)
+	<-done
+	<-done
+}
