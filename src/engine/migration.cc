@@ -130,6 +130,40 @@ Status DropSubscription(pg::Connection& c, const std::string& name) {
   return c.Exec("DROP SUBSCRIPTION " + q);
 }
 
+// The fence: new sessions of `db` (any role) start read-only. pgshift's own sessions set it
+// off for themselves (see Connect), and logical replication's apply workers are not held.
+Status SetFence(pg::Connection& c, const std::string& db, bool on) {
+  return c.Exec("ALTER DATABASE " + c.QuoteIdent(db) +
+                (on ? " SET default_transaction_read_only = on" : " RESET default_transaction_read_only"));
+}
+
+// Ends every client session on the databases of `db_array` (a text[] literal) but pgshift's.
+Status EndClientSessions(pg::Connection& c, const std::string& db_array) {
+  return c.Query("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                 "WHERE datname = ANY($1::text[]) AND pid <> pg_backend_pid() "
+                 "AND backend_type = 'client backend' "
+                 "AND coalesce(application_name, '') <> 'pgshift'",
+                 {db_array})
+      .status();
+}
+
+Status AdvanceSlotToNow(pg::Connection& c, const std::string& slot) {
+  return c.Query("SELECT pg_replication_slot_advance($1, pg_current_wal_lsn())", {slot}).status();
+}
+
+// The reverse subscription on the source, reading the slot made on the target during the
+// cutover: no copy, no new slot.
+Status CreateReverseSubscription(pg::Connection& source, const pg::Connection& target,
+                                 const std::string& target_dsn, const std::string& db,
+                                 const std::string& name) {
+  if (Exists(source, kHasSubscription, name)) return Status::Ok();
+  PGSHIFT_ASSIGN_OR_RETURN(std::string conninfo, SubscriptionConnInfo(target_dsn, db, target));
+  return source.Exec("CREATE SUBSCRIPTION " + source.QuoteIdent(name) + " CONNECTION " +
+                     source.QuoteLiteral(conninfo) + " PUBLICATION " + source.QuoteIdent(name) +
+                     " WITH (copy_data = false, create_slot = false, slot_name = " +
+                     source.QuoteLiteral(name) + ")");
+}
+
 struct SyncCounts {
   int ready = 0;
   int total = 0;
@@ -700,10 +734,7 @@ Status Migration::SwitchOver(Router* router, bool forward) {
     // Move the reverse slots up to now before pausing, so that inside the pause they only
     // decode the last few milliseconds of WAL.
     for (auto& c : conns) {
-      PGSHIFT_RETURN_IF_ERROR(c.new_side
-                                  ->Query("SELECT pg_replication_slot_advance($1, pg_current_wal_lsn())",
-                                          {state_.ReverseName(*c.db)})
-                                  .status());
+      PGSHIFT_RETURN_IF_ERROR(AdvanceSlotToNow(*c.new_side, state_.ReverseName(*c.db)));
     }
   }
 
@@ -728,21 +759,10 @@ Status Migration::SwitchOver(Router* router, bool forward) {
     // Fence: new sessions of the old side start read-only; sessions already there (direct
     // clients, pooled server connections) are ended. pgshift's own sessions stay writable.
     failed_step = "fence";
-    for (auto& c : conns) {
-      PGSHIFT_RETURN_IF_ERROR(c.old_side->Exec("ALTER DATABASE " + c.old_side->QuoteIdent(c.db->name) +
-                                               " SET default_transaction_read_only = on"));
-    }
+    for (auto& c : conns) PGSHIFT_RETURN_IF_ERROR(SetFence(*c.old_side, c.db->name, true));
     fenced = true;
     if (forward) FaultPointForTest("cutover-fenced");
-    PGSHIFT_RETURN_IF_ERROR(
-        conns[0]
-            .old_side
-            ->Query("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-                    "WHERE datname = ANY($1::text[]) AND pid <> pg_backend_pid() "
-                    "AND backend_type = 'client backend' "
-                    "AND coalesce(application_name, '') <> 'pgshift'",
-                    {db_array})
-            .status());
+    PGSHIFT_RETURN_IF_ERROR(EndClientSessions(*conns[0].old_side, db_array));
     step_done("fence");
 
     // Marker: committed with synchronous_commit = on (set on our sessions), so its WAL is
@@ -790,18 +810,12 @@ Status Migration::SwitchOver(Router* router, bool forward) {
     forward_disabled = true;
     if (forward && state_.options.rollback_replication) {
       for (auto& c : conns) {
-        PGSHIFT_RETURN_IF_ERROR(c.new_side
-                                    ->Query("SELECT pg_replication_slot_advance($1, pg_current_wal_lsn())",
-                                            {state_.ReverseName(*c.db)})
-                                    .status());
+        PGSHIFT_RETURN_IF_ERROR(AdvanceSlotToNow(*c.new_side, state_.ReverseName(*c.db)));
       }
     }
     if (!forward) {
       // The source takes writes again.
-      for (auto& c : conns) {
-        PGSHIFT_RETURN_IF_ERROR(c.new_side->Exec("ALTER DATABASE " + c.new_side->QuoteIdent(c.db->name) +
-                                                 " RESET default_transaction_read_only"));
-      }
+      for (auto& c : conns) PGSHIFT_RETURN_IF_ERROR(SetFence(*c.new_side, c.db->name, false));
     }
     step_done("replication");
     if (MonotonicMillis() > deadline) {
@@ -815,11 +829,7 @@ Status Migration::SwitchOver(Router* router, bool forward) {
       // A TCP router keeps the sessions it already proxies to the old side: once it reloaded,
       // end them so their clients reconnect, to the new side.
       SleepMillis(100);
-      (void)conns[0].old_side->Query(
-          "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-          "WHERE datname = ANY($1::text[]) AND pid <> pg_backend_pid() "
-          "AND backend_type = 'client backend' AND coalesce(application_name, '') <> 'pgshift'",
-          {db_array});
+      (void)EndClientSessions(*conns[0].old_side, db_array);
     }
     PGSHIFT_RETURN_IF_ERROR(router->Resume());
     paused = false;
@@ -844,12 +854,10 @@ Status Migration::SwitchOver(Router* router, bool forward) {
         // The source goes back to being a fenced replica of the target.
         (void)c.new_side->Exec("ALTER SUBSCRIPTION " +
                                c.new_side->QuoteIdent(state_.ReverseName(*c.db)) + " ENABLE");
-        (void)c.new_side->Exec("ALTER DATABASE " + c.new_side->QuoteIdent(c.db->name) +
-                               " SET default_transaction_read_only = on");
+        (void)SetFence(*c.new_side, c.db->name, true);
       }
       if (fenced) {
-        (void)c.old_side->Exec("ALTER DATABASE " + c.old_side->QuoteIdent(c.db->name) +
-                               " RESET default_transaction_read_only");
+        (void)SetFence(*c.old_side, c.db->name, false);
       }
     }
     if (paused) (void)router->Resume();
@@ -879,15 +887,8 @@ Status Migration::SwitchOver(Router* router, bool forward) {
     // Reverse replication: the target's changes flow back to the source from the slot made
     // during the pause.
     for (auto& c : conns) {
-      std::string rev = state_.ReverseName(*c.db);
-      if (Exists(*c.old_side, kHasSubscription, rev)) continue;
-      PGSHIFT_ASSIGN_OR_RETURN(std::string conninfo,
-                               SubscriptionConnInfo(state_.target_dsn, c.db->name, *c.new_side));
-      PGSHIFT_RETURN_IF_ERROR(c.old_side->Exec(
-          "CREATE SUBSCRIPTION " + c.old_side->QuoteIdent(rev) + " CONNECTION " +
-          c.old_side->QuoteLiteral(conninfo) + " PUBLICATION " + c.old_side->QuoteIdent(rev) +
-          " WITH (copy_data = false, create_slot = false, slot_name = " +
-          c.old_side->QuoteLiteral(rev) + ")"));
+      PGSHIFT_RETURN_IF_ERROR(CreateReverseSubscription(*c.old_side, *c.new_side, state_.target_dsn,
+                                                        c.db->name, state_.ReverseName(*c.db)));
     }
   }
   state_.cutover_in_flight.clear();
@@ -905,8 +906,7 @@ Status Migration::RecoverCutover(Router* router) {
     for (const auto& db : state_.databases) {
       PGSHIFT_ASSIGN_OR_RETURN(ConnPtr src, Connect(state_.source_dsn, db.name, "source"));
       PGSHIFT_ASSIGN_OR_RETURN(ConnPtr dst, Connect(state_.target_dsn, db.name, "target"));
-      (void)src->Exec("ALTER DATABASE " + src->QuoteIdent(db.name) +
-                      " SET default_transaction_read_only = on");
+      (void)SetFence(*src, db.name, true);
       (void)dst->Exec("ALTER SUBSCRIPTION " + dst->QuoteIdent(state_.SubscriptionName(db)) + " DISABLE");
       if (state_.options.rollback_replication) {
         std::string rev = state_.ReverseName(db);
@@ -916,14 +916,8 @@ Status Migration::RecoverCutover(Router* router) {
           state_.notes.push_back(db.name + ": the reverse slot was made after the switch (crash "
                                            "recovery); writes before it are not replicated back");
         }
-        if (!Exists(*src, kHasSubscription, rev)) {
-          PGSHIFT_ASSIGN_OR_RETURN(std::string conninfo,
-                                   SubscriptionConnInfo(state_.target_dsn, db.name, *dst));
-          PGSHIFT_RETURN_IF_ERROR(src->Exec(
-              "CREATE SUBSCRIPTION " + src->QuoteIdent(rev) + " CONNECTION " +
-              src->QuoteLiteral(conninfo) + " PUBLICATION " + src->QuoteIdent(rev) +
-              " WITH (copy_data = false, create_slot = false, slot_name = " + src->QuoteLiteral(rev) + ")"));
-        }
+        PGSHIFT_RETURN_IF_ERROR(
+            CreateReverseSubscription(*src, *dst, state_.target_dsn, db.name, rev));
       }
     }
     (void)router->Resume();
@@ -937,8 +931,7 @@ Status Migration::RecoverCutover(Router* router) {
     PGSHIFT_RETURN_IF_ERROR(dst->Exec("ALTER SUBSCRIPTION " +
                                       dst->QuoteIdent(state_.SubscriptionName(db)) + " ENABLE"));
     PGSHIFT_RETURN_IF_ERROR(DropSlotIfIdle(*dst, state_.ReverseName(db)));
-    PGSHIFT_RETURN_IF_ERROR(src->Exec("ALTER DATABASE " + src->QuoteIdent(db.name) +
-                                      " RESET default_transaction_read_only"));
+    PGSHIFT_RETURN_IF_ERROR(SetFence(*src, db.name, false));
   }
   PGSHIFT_RETURN_IF_ERROR(router->Resume());
   state_.cutover_in_flight.clear();
@@ -972,7 +965,7 @@ Status Migration::DropEverything(bool keep_source_fence) {
       note(s.Exec("DROP EVENT TRIGGER IF EXISTS " + s.QuoteIdent(state_.EventTriggerName())));
       note(s.Exec("DROP SCHEMA IF EXISTS _pgshift CASCADE"));
       if (!keep_source_fence) {
-        note(s.Exec("ALTER DATABASE " + s.QuoteIdent(db.name) + " RESET default_transaction_read_only"));
+        note(SetFence(s, db.name, false));
       }
     } else {
       note(src.status());

@@ -67,6 +67,30 @@ def sql(dsn, query, check=True):
     return p.stdout.strip()
 
 
+def on_db(dsn, db):
+    """The lab DSN `dsn` for database `db`."""
+    return dsn.replace("/postgres?", f"/{db}?")
+
+
+def pgshift_objects(dsn, fence=False):
+    """Every pgshift object on the server of `dsn`, in every database (and, with `fence`, any
+    per-database setting such as the cutover's read-only fence)."""
+    cluster = ("SELECT slot_name FROM pg_replication_slots WHERE slot_name LIKE 'pgshift%' "
+               "UNION ALL SELECT subname FROM pg_subscription WHERE subname LIKE 'pgshift%'")
+    if fence:
+        cluster += (" UNION ALL SELECT 'setting ' || array_to_string(setconfig, ',') "
+                    "FROM pg_db_role_setting WHERE setdatabase <> 0")
+    names = sql(dsn, cluster).splitlines()
+    for db in sql(dsn, "SELECT datname FROM pg_database WHERE datallowconn").splitlines():
+        names += [f"{db}: {n}" for n in sql(
+            on_db(dsn, db),
+            "SELECT pubname FROM pg_publication WHERE pubname LIKE 'pgshift%' "
+            "UNION ALL SELECT evtname FROM pg_event_trigger WHERE evtname LIKE 'pgshift%' "
+            "UNION ALL SELECT nspname FROM pg_namespace WHERE nspname = '_pgshift'"
+        ).splitlines()]
+    return names
+
+
 def parse_kv(line):
     return {k: v for k, v in (part.split("=", 1) for part in line.split() if "=" in part)}
 

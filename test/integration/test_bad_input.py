@@ -10,27 +10,7 @@ import subprocess
 
 import pytest
 
-from conftest import BIN, sql
-
-
-def on_db(dsn, db):
-    return dsn.replace("/postgres?", f"/{db}?")
-
-
-def pgshift_objects(dsn):
-    """Every pgshift object on the server of `dsn`, in every database, and any fence."""
-    names = sql(dsn, "SELECT slot_name FROM pg_replication_slots WHERE slot_name LIKE 'pgshift%' "
-                     "UNION ALL SELECT subname FROM pg_subscription WHERE subname LIKE 'pgshift%' "
-                     "UNION ALL SELECT 'setting ' || array_to_string(setconfig, ',') "
-                     "FROM pg_db_role_setting WHERE setdatabase <> 0").splitlines()
-    for db in sql(dsn, "SELECT datname FROM pg_database WHERE datallowconn").splitlines():
-        names += [f"{db}: {n}" for n in sql(
-            on_db(dsn, db),
-            "SELECT pubname FROM pg_publication WHERE pubname LIKE 'pgshift%' "
-            "UNION ALL SELECT evtname FROM pg_event_trigger WHERE evtname LIKE 'pgshift%' "
-            "UNION ALL SELECT nspname FROM pg_namespace WHERE nspname = '_pgshift'"
-        ).splitlines()]
-    return names
+from conftest import BIN, on_db, pgshift_objects, sql
 
 
 def closed_port():
@@ -74,7 +54,7 @@ def check(lab, source, target, *extra, env=None):
 
 def assert_untouched(*dsns):
     for dsn in dsns:
-        assert pgshift_objects(dsn) == [], dsn
+        assert pgshift_objects(dsn, fence=True) == [], dsn
 
 
 def test_wrong_password(lab, env):

@@ -6,8 +6,8 @@ import signal
 import subprocess
 import time
 
-from conftest import BIN, parse_kv, sql
-from test_upgrade import RATE, finish_load, load_schema, pgshift_objects
+from conftest import BIN, parse_kv, pgshift_objects, sql
+from test_upgrade import RATE, finish_load, load_schema
 
 KILL_POINTS = ["Preflight", "Provisioning", "Roles", "Schema", "InitialCopy", "after-subscription",
                "CatchingUp", "ReadyForCutover", "CuttingOver", "cutover-fenced"]
@@ -56,7 +56,7 @@ def test_kill_9_at_every_phase_boundary_then_resume_loses_nothing(lab):
     # The attempt interrupted by the kill is recorded as undone only by its recovery.
     assert st["cutovers"][-1]["succeeded"] is True
     lab.run("finish", "--state", str(state))
-    assert pgshift_objects(src) == "" and pgshift_objects(dst) == ""
+    assert pgshift_objects(src) == [] and pgshift_objects(dst) == []
 
 
 def test_target_stopped_during_catch_up_then_resume(lab):
@@ -100,7 +100,7 @@ def test_ddl_on_the_source_blocks_cutover_and_is_shown(lab):
     assert st["phase"] == "ReadyForCutover"
     # Abort removes every pgshift object; the source keeps its data and takes writes.
     lab.run("abort", "--state", str(state))
-    assert pgshift_objects(src) == ""
-    assert pgshift_objects(dst) == ""
+    assert pgshift_objects(src) == []
+    assert pgshift_objects(dst) == []
     sql(src, "INSERT INTO shop.products (sku, title, price_cents) VALUES ('after-abort', 'x', 1)")
     assert int(sql(src, "SELECT count(*) FROM shop.orders")) == 20000

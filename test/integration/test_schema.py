@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from conftest import parse_kv, psql_bin, sql
+from conftest import on_db, parse_kv, pgshift_objects, psql_bin, sql
 
 DB = "App Data"  # a database name that needs quoting too
 
@@ -116,25 +116,6 @@ SPOT_CHECKS = [
     "SELECT count(*) FROM public.audit_log",
     "SELECT count(*) || ':' || max(note) FROM \"_pgshift_archive\".old_orders",
 ]
-
-
-def on_db(dsn, db):
-    return dsn.replace("/postgres?", "/" + db.replace(" ", "%20") + "?")
-
-
-def pgshift_objects(dsn):
-    """Every pgshift object on the server of `dsn`, in every database."""
-    names = sql(dsn, "SELECT slot_name FROM pg_replication_slots WHERE slot_name LIKE 'pgshift%' "
-                     "UNION ALL SELECT subname FROM pg_subscription WHERE subname LIKE 'pgshift%'"
-                ).splitlines()
-    for db in sql(dsn, "SELECT datname FROM pg_database WHERE datallowconn").splitlines():
-        names += [f"{db}: {n}" for n in sql(
-            on_db(dsn, db),
-            "SELECT pubname FROM pg_publication WHERE pubname LIKE 'pgshift%' "
-            "UNION ALL SELECT evtname FROM pg_event_trigger WHERE evtname LIKE 'pgshift%' "
-            "UNION ALL SELECT nspname FROM pg_namespace WHERE nspname = '_pgshift'"
-        ).splitlines()]
-    return names
 
 
 def create_app(src):
