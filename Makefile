@@ -43,7 +43,8 @@ test-unit: build build-asan
 test-integration: build build-asan
 	PGSHIFT_BIN=$(BUILD_ASAN)/pgshift python3 -m pytest -q $(ROOT)/test/integration
 
-test: test-unit test-integration test-k8s
+# pytest last: its closing line sums up the run.
+test: test-unit test-k8s test-integration
 
 demo: build
 	@bash $(ROOT)/scripts/demo.sh

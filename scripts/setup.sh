@@ -23,7 +23,7 @@ as_root() {
 
 # --- Debian packages --------------------------------------------------------------------
 APT_PACKAGES=(
-  build-essential cmake ninja-build pkg-config git curl ca-certificates
+  build-essential cmake ninja-build pkg-config git curl ca-certificates openssl
   libpq-dev nlohmann-json3-dev libcli11-dev libgtest-dev libgmock-dev
   libcurl4-openssl-dev libyaml-cpp-dev clang-format
   pgbouncer nginx libnginx-mod-stream postgresql-client-15
