@@ -34,7 +34,7 @@ struct MigrateArgs {
   std::string rollback_replication = "on";
   std::string report;
   std::string level = "checksum";
-  bool json = false, watch = false, confirm = false;
+  bool json = false, watch = false;
 };
 
 engine::ToolPaths Tools() {
@@ -216,7 +216,6 @@ void AddMigrateCommands(CLI::App& app, GlobalOptions& /*global*/, Status* status
   auto simple = [&](const char* name, const char* help, auto action) {
     CLI::App* c = app.add_subcommand(name, help);
     c->add_option("--state", a->state_dir, "the migration's state folder")->required();
-    if (std::string(name) == "cutover") c->add_flag("--confirm", a->confirm, "(manual router) the application was switched");
     c->callback([=]() {
       auto m = engine::Migration::Open(a->state_dir, Tools());
       if (!m.ok()) return void(*status = m.status());
