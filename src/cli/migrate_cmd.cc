@@ -8,6 +8,7 @@
 
 #include "cli/commands.h"
 #include "common/clock.h"
+#include "common/files.h"
 #include "common/log.h"
 #include "common/strings.h"
 #include "engine/inspect.h"
@@ -34,7 +35,7 @@ struct MigrateArgs {
   std::string rollback_replication = "on";
   std::string report;
   std::string level = "checksum";
-  bool json = false, watch = false;
+  bool json = false, watch = false, confirm = false;
 };
 
 engine::ToolPaths Tools() {
@@ -54,8 +55,9 @@ std::vector<std::string> DatabaseList(const std::string& csv) {
 }
 
 void AddMigrationOptions(CLI::App* c, MigrateArgs* a) {
-  c->add_option("--router", a->router, "pgbouncer | nginx")
-      ->check(CLI::IsMember({"pgbouncer", "nginx"}));
+  c->add_option("--router", a->router,
+                "pgbouncer | nginx | manual (pgshift fences and waits for `cutover --confirm`)")
+      ->check(CLI::IsMember({"pgbouncer", "nginx", "manual"}));
   c->add_option("--router-admin", a->router_admin, "PgBouncer admin console DSN");
   c->add_option("--router-config", a->router_config,
                 "the router's config file (pgbouncer.ini whose [databases] lead to the source, or nginx.conf)");
@@ -216,6 +218,9 @@ void AddMigrateCommands(CLI::App& app, GlobalOptions& /*global*/, Status* status
   auto simple = [&](const char* name, const char* help, auto action) {
     CLI::App* c = app.add_subcommand(name, help);
     c->add_option("--state", a->state_dir, "the migration's state folder")->required();
+    if (std::string(name) == "cutover") {
+      c->add_flag("--confirm", a->confirm, "--router manual: the application now uses the target");
+    }
     c->callback([=]() {
       auto m = engine::Migration::Open(a->state_dir, Tools());
       if (!m.ok()) return void(*status = m.status());
@@ -223,8 +228,20 @@ void AddMigrateCommands(CLI::App& app, GlobalOptions& /*global*/, Status* status
       if (status->ok()) printf("phase %s\n", engine::PhaseName((*m)->state().phase).c_str());
     });
   };
-  simple("cutover", "switch traffic to the target now (after upgrade --cutover manual)",
-         [](engine::Migration& m, const std::string& dir) -> Status {
+  simple("cutover",
+         "switch traffic to the target now (after upgrade --cutover manual); with --router "
+         "manual, --confirm tells the waiting cutover that the application was switched",
+         [a](engine::Migration& m, const std::string& dir) -> Status {
+           if (a->confirm) {
+             if (!PathExists(dir + "/" + routers::kManualWaitingFile)) {
+               return Status::FailedPrecondition(
+                   "no cutover waits for a confirmation in " + dir +
+                   " (--confirm is for --router manual, once pgshift asked for it)");
+             }
+             Status s = WriteFileAtomic(dir + "/" + routers::kManualConfirmedFile, "confirmed\n", 0600);
+             if (s.ok()) printf("confirmed: the waiting cutover goes on\n");
+             return s;
+           }
            auto r = RouterFor(m.state(), dir);
            if (!r.ok()) return r.status();
            Status s = m.Cutover(r->get());

@@ -31,6 +31,8 @@ class Router {
   virtual Result<Endpoint> Current() = 0;
   // True when Pause() really holds clients (PgBouncer) rather than being a no-op.
   virtual bool HoldsTraffic() const = 0;
+  // True when SwitchTo() waits for a person (the manual router): no pause budget applies.
+  virtual bool WaitsForPeople() const { return false; }
 };
 
 }  // namespace pgshift::engine

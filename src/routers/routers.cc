@@ -176,6 +176,49 @@ class NginxRouter : public engine::Router {
   RouterConfig config_;
 };
 
+// The application switches itself: pgshift fences the source and catches up, then waits for
+// `pgshift cutover --state DIR --confirm`, which the operator runs once the application uses
+// the target. Files in the state folder carry the handshake, so the waiting process and the
+// confirming one need nothing else in common.
+class ManualRouter : public engine::Router {
+ public:
+  explicit ManualRouter(RouterConfig c) : config_(std::move(c)) {}
+  std::string Kind() const override { return "manual"; }
+  bool HoldsTraffic() const override { return false; }
+  bool WaitsForPeople() const override { return true; }
+  Status Check() override { return Status::Ok(); }
+  Status Pause(int) override { return Status::Ok(); }
+  Status Resume() override { return Status::Ok(); }
+
+  Status SwitchTo(const Endpoint& to) override {
+    std::string waiting = config_.state_dir + "/" + kManualWaitingFile;
+    std::string confirmed = config_.state_dir + "/" + kManualConfirmedFile;
+    ::unlink(confirmed.c_str());
+    PGSHIFT_RETURN_IF_ERROR(WriteFileAtomic(waiting, to.ToString() + "\n", 0600));
+    fprintf(stderr,
+            "pgshift: the source is fenced and the target has every write. Switch the "
+            "application to %s, then run:\n  pgshift cutover --state %s --confirm\n",
+            to.ToString().c_str(), config_.state_dir.c_str());
+    while (!PathExists(confirmed)) SleepMillis(100);
+    PGSHIFT_RETURN_IF_ERROR(WriteFileAtomic(config_.state_dir + "/router.current", to.ToString() + "\n", 0600));
+    ::unlink(waiting.c_str());
+    ::unlink(confirmed.c_str());
+    return Status::Ok();
+  }
+
+  Result<Endpoint> Current() override {
+    auto text = ReadFile(config_.state_dir + "/router.current");
+    if (!text.ok()) return Endpoint{};
+    auto parts = Split(std::string(Trim(*text)), ':');
+    long long port = 0;
+    if (parts.size() != 2 || !ParseInt64(parts[1], &port)) return Endpoint{};
+    return Endpoint{parts[0], static_cast<int>(port)};
+  }
+
+ private:
+  RouterConfig config_;
+};
+
 }  // namespace
 
 Result<std::string> RewritePgBouncerIni(const std::string& ini, const Endpoint& to) {
@@ -283,8 +326,12 @@ Result<std::unique_ptr<engine::Router>> MakeRouter(const RouterConfig& config) {
     }
     return std::unique_ptr<engine::Router>(new NginxRouter(config));
   }
+  if (config.kind == "manual") {
+    if (config.state_dir.empty()) return Status::InvalidArgument("--router manual needs --state");
+    return std::unique_ptr<engine::Router>(new ManualRouter(config));
+  }
   return Status::InvalidArgument("unknown router '" + config.kind +
-                                 "': use pgbouncer or nginx");
+                                 "': use pgbouncer, nginx or manual");
 }
 
 }  // namespace pgshift::routers

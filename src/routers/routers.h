@@ -19,6 +19,11 @@ struct RouterConfig {
 
 Result<std::unique_ptr<engine::Router>> MakeRouter(const RouterConfig& config);
 
+// The manual router's handshake files in the state folder: the cutover waits while the first
+// exists; `pgshift cutover --confirm` writes the second.
+inline constexpr const char* kManualWaitingFile = "cutover.waiting";
+inline constexpr const char* kManualConfirmedFile = "cutover.confirmed";
+
 // Rewrites every [databases] entry of a pgbouncer.ini to lead to `to` (pure; for tests).
 Result<std::string> RewritePgBouncerIni(const std::string& ini, const engine::Endpoint& to);
 // The endpoint of the first [databases] entry.

@@ -122,3 +122,39 @@ def test_upgrade_through_nginx_moves_clients_and_loses_nothing(lab):
     # The clients went on writing, on the target, after the switch.
     series = [l.split(",") for l in (lab.dir / "ng.ledger.series.csv").read_text().splitlines()[1:]]
     assert sum(int(r[2]) for r in series[-3:]) > 0
+
+
+def test_manual_router_fences_waits_for_confirmation_then_finishes(lab):
+    """--router manual: pgshift fences the source, catches up and waits; the application is
+    switched by its owners, who then run `pgshift cutover --confirm`."""
+    src = lab.start("mr-src", 15)
+    dst = lab.start("mr-dst", 17)
+    load_schema(src)
+    state = lab.dir / "mr-state"
+    up = lab.popen("upgrade", "--source", src, "--target", dst, "--state", str(state),
+                   "--router", "manual")
+    waiting = state / "cutover.waiting"
+    deadline = time.time() + 120
+    while not waiting.exists() and time.time() < deadline and up.poll() is None:
+        time.sleep(0.2)
+    assert waiting.exists(), up.communicate()[1]
+    # While it waits: the source takes no writes from anyone, the target has every row.
+    p = subprocess.run([psql_bin(), "-X", "-At", "-d", src, "-c",
+                        "INSERT INTO shop.products (sku, title, price_cents) VALUES ('m', 'x', 1)"],
+                       capture_output=True, text=True)
+    assert p.returncode != 0 and "read-only transaction" in p.stderr
+    assert sql(dst, "SELECT count(*) FROM shop.orders") == sql(src, "SELECT count(*) FROM shop.orders")
+    confirm = lab.run("cutover", "--state", str(state), "--confirm")
+    assert "confirmed" in confirm.stdout
+    out, err = up.communicate(timeout=120)
+    assert up.returncode == 0, err
+    assert "phase RollbackReady" in out
+    assert "Switch the application to" in err
+    # The application (here: psql) now writes to the target; reverse replication carries it back.
+    sql(dst, "INSERT INTO shop.products (sku, title, price_cents) VALUES ('after-manual', 'x', 1)")
+    deadline = time.time() + 30
+    while sql(src, "SELECT count(*) FROM shop.products WHERE sku = 'after-manual'") != "1":
+        assert time.time() < deadline, "reverse replication did not bring the write back"
+        time.sleep(0.2)
+    p = lab.run("cutover", "--state", str(state), "--confirm", check=False)
+    assert p.returncode == 3 and "no cutover waits" in p.stderr
