@@ -149,7 +149,7 @@ def test_pg_dump_older_than_source(lab, env):
     (["--max-lag", "-1"], "--max-lag: Value -1 not in range 0"),
     (["--cutover", "sometimes"], "--cutover: sometimes not in {auto,manual}"),
     (["--tables-without-pk", "maybe"], "--tables-without-pk: maybe not in {full,refuse}"),
-    (["--router", "haproxy"], "--router: haproxy not in {pgbouncer,nginx}"),
+    (["--router", "haproxy"], "--router: haproxy not in {pgbouncer,nginx,manual}"),
 ])
 def test_bad_option_values(lab, env, extra, message):
     state = lab.dir / "opts-state"
