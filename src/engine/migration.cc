@@ -713,17 +713,13 @@ Status Migration::SwitchOver(Router* router, bool forward) {
   }
   std::vector<std::string> dbnames;
   for (const auto& db : state_.databases) dbnames.push_back(db.name);
-  std::string db_array = "{";
-  for (size_t i = 0; i < dbnames.size(); ++i) {
-    db_array += (i ? "," : "") + std::string("\"") + dbnames[i] + "\"";
-  }
-  db_array += "}";
+  std::string db_array = pg::TextArrayLiteral(dbnames);
 
   CutoverAttempt attempt;
   attempt.direction = forward ? "forward" : "rollback";
   attempt.started_at = NowUtc();
   state_.cutover_in_flight = attempt.direction;
-  state_.router_switched = false;
+  bool switched = false;
   if (forward) {
     PGSHIFT_RETURN_IF_ERROR(Move(Phase::kCuttingOver));
   } else {
@@ -824,7 +820,7 @@ Status Migration::SwitchOver(Router* router, bool forward) {
 
     failed_step = "switch";
     PGSHIFT_RETURN_IF_ERROR(router->SwitchTo(new_endpoint));
-    state_.router_switched = true;
+    switched = true;
     if (!router->HoldsTraffic()) {
       // A TCP router keeps the sessions it already proxies to the old side: once it reloaded,
       // end them so their clients reconnect, to the new side.
@@ -839,7 +835,7 @@ Status Migration::SwitchOver(Router* router, bool forward) {
 
   Status s = run();
   attempt.pause_ms = (MonotonicMicros() - t0) / 1000.0;
-  if (!s.ok() && !state_.router_switched) {
+  if (!s.ok() && !switched) {
     // Undo in reverse order; traffic is never left paused.
     attempt.failed_step = failed_step;
     attempt.error = s.message();
@@ -892,7 +888,6 @@ Status Migration::SwitchOver(Router* router, bool forward) {
     }
   }
   state_.cutover_in_flight.clear();
-  state_.router_switched = false;
   return Move(forward ? Phase::kRollbackReady : Phase::kRolledBack);
 }
 

@@ -144,7 +144,6 @@ nlohmann::json MigrationState::ToJson() const {
           {"phase_times", times},
           {"cutovers", cuts},
           {"cutover_in_flight", cutover_in_flight},
-          {"router_switched", router_switched},
           {"notes", notes},
           {"verification", verification},
           {"last_error", last_error},
@@ -211,7 +210,6 @@ Result<MigrationState> MigrationState::FromJson(const nlohmann::json& j) {
       s.cutovers.push_back(a);
     }
     s.cutover_in_flight = j.value("cutover_in_flight", "");
-    s.router_switched = j.value("router_switched", false);
     s.notes = j.value("notes", std::vector<std::string>{});
     if (j.contains("verification")) s.verification = j["verification"];
     s.last_error = j.value("last_error", "");

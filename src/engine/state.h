@@ -91,7 +91,6 @@ struct MigrationState {
   std::vector<CutoverAttempt> cutovers;
   // Set while a cutover or rollback runs; a restart uses it to finish or undo the step.
   std::string cutover_in_flight;  // "", "forward" or "rollback"
-  bool router_switched = false;   // inside a cutover: the router already leads to the new side
   std::vector<std::string> notes;  // things people must know (roles not carried, ...)
   nlohmann::json verification;     // the last verification report
   std::string last_error;

@@ -400,18 +400,7 @@ class DatabaseVerifier {
     }
     for (int round = 0; round < std::max(1, options_.max_rounds) && !keys.empty(); ++round) {
       ++v.rounds;
-      std::string arr = "{";
-      bool first = true;
-      for (const std::string& k : keys) {
-        std::string q = "\"";
-        for (char c : k) {
-          if (c == '"' || c == '\\') q += '\\';
-          q += c;
-        }
-        arr += (first ? "" : ",") + q + "\"";
-        first = false;
-      }
-      arr += "}";
+      std::string arr = pg::TextArrayLiteral(std::vector<std::string>(keys.begin(), keys.end()));
       PGSHIFT_ASSIGN_OR_RETURN(auto r, SourceThenTarget(p.name, src_sql.RowsByKey(hashes),
                                                         tgt_sql.RowsByKey(hashes), {arr}));
       keys = differing_keys(r.first, r.second);

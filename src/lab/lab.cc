@@ -79,6 +79,11 @@ std::vector<int> ProcessesIn(const std::string& dir) {
   return out;
 }
 
+// Where a router keeps its pid (the configs below name the same files).
+std::string RouterPidFile(const Instance& inst) {
+  return inst.dir + (inst.kind == Kind::kNginx ? "/nginx.pid" : "/pgbouncer.pid");
+}
+
 }  // namespace
 
 std::string KindName(Kind kind) {
@@ -221,8 +226,8 @@ Result<Instance> Lab::Get(const std::string& name) const {
 int Lab::ReadPid(const Instance& inst) const {
   switch (inst.kind) {
     case Kind::kPostgres: return ReadPidFile(inst.data_dir + "/postmaster.pid");
-    case Kind::kPgBouncer: return ReadPidFile(inst.dir + "/pgbouncer.pid");
-    case Kind::kNginx: return ReadPidFile(inst.dir + "/nginx.pid");
+    case Kind::kPgBouncer:
+    case Kind::kNginx: return ReadPidFile(RouterPidFile(inst));
   }
   return 0;
 }
@@ -484,7 +489,7 @@ Status Lab::WriteRouterConfig(const Instance& inst, const Instance& backend) con
         "server_reset_query =\n"
         "ignore_startup_parameters = extra_float_digits,options\n"
         "logfile = " + inst.log_file + "\n"
-        "pidfile = " + inst.dir + "/pgbouncer.pid\n"
+        "pidfile = " + RouterPidFile(inst) + "\n"
         "log_connections = 0\n"
         "log_disconnections = 0\n";
     PGSHIFT_RETURN_IF_ERROR(WriteFileAtomic(inst.config_file, ini, 0600));
@@ -497,7 +502,7 @@ Status Lab::WriteRouterConfig(const Instance& inst, const Instance& backend) con
         "# pgshift lab router '" + inst.name + "' in front of '" + backend.name + "'\n"
         "load_module " + module + ";\n"
         "worker_processes 1;\n"
-        "pid " + inst.dir + "/nginx.pid;\n"
+        "pid " + RouterPidFile(inst) + ";\n"
         "error_log " + inst.log_file + " warn;\n"
         "events { worker_connections 4096; }\n"
         "stream {\n"
@@ -570,7 +575,7 @@ Result<Instance> Lab::StartRouter(const std::string& name, const std::string& ba
     if (st.state == RunState::kCrashed) {
       LogWarn("router had crashed (stale pid " + std::to_string(st.pid) + "); restarting",
               {{"name", name}});
-      ::unlink((inst.dir + (kind == Kind::kNginx ? "/nginx.pid" : "/pgbouncer.pid")).c_str());
+      ::unlink(RouterPidFile(inst).c_str());
     }
     if (!PortFree(inst.host, inst.port)) {
       return Status::FailedPrecondition("port " + std::to_string(inst.port) + " of router '" +
@@ -622,7 +627,7 @@ Status Lab::StopPid(const Instance& inst, int pid) const {
     ::kill(pid, SIGKILL);
     SleepMillis(100);
   }
-  ::unlink((inst.dir + (inst.kind == Kind::kNginx ? "/nginx.pid" : "/pgbouncer.pid")).c_str());
+  ::unlink(RouterPidFile(inst).c_str());
   return Status::Ok();
 }
 
@@ -632,7 +637,7 @@ Status Lab::Stop(const std::string& name) {
   if (st.state == RunState::kStopped) return Status::Ok();
   if (st.state == RunState::kCrashed) {
     if (inst.kind != Kind::kPostgres) {
-      ::unlink((inst.dir + (inst.kind == Kind::kNginx ? "/nginx.pid" : "/pgbouncer.pid")).c_str());
+      ::unlink(RouterPidFile(inst).c_str());
     }
     return Status::Ok();
   }

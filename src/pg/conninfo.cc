@@ -32,6 +32,19 @@ std::string ConnInfo::Get(const std::string& key, const std::string& fallback) c
 
 void ConnInfo::Set(const std::string& key, const std::string& value) { params_[key] = value; }
 
+std::string TextArrayLiteral(const std::vector<std::string>& items) {
+  std::string out = "{";
+  for (size_t i = 0; i < items.size(); ++i) {
+    out += i ? ",\"" : "\"";
+    for (char c : items[i]) {
+      if (c == '"' || c == '\\') out += '\\';
+      out += c;
+    }
+    out += '"';
+  }
+  return out + "}";
+}
+
 std::string QuoteConnValue(const std::string& value) {
   std::string out = "'";
   for (char c : value) {

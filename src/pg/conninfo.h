@@ -4,6 +4,7 @@
 
 #include <map>
 #include <string>
+#include <vector>
 
 #include "common/status.h"
 
@@ -40,6 +41,10 @@ Result<std::string> DsnForDatabase(const std::string& dsn, const std::string& db
 // libpq environment variables (PGHOST, PGPORT, PGPASSWORD, ...) equivalent to `info`, for
 // child processes such as pg_dump: secrets go through the environment, never argv.
 std::map<std::string, std::string> ConnInfoEnv(const ConnInfo& info);
+
+// A text[] literal ('{"a","b\\"c"}') for passing a list of strings as one query parameter;
+// every element is quoted and escaped, whatever it holds.
+std::string TextArrayLiteral(const std::vector<std::string>& items);
 
 // Quotes a conninfo value: 'it''s' style with backslash escapes, as libpq parses them.
 std::string QuoteConnValue(const std::string& value);

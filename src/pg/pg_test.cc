@@ -46,3 +46,15 @@ TEST(Lsn, ParsesAndFormats) {
 
 }  // namespace
 }  // namespace pgshift::pg
+
+namespace pgshift::pg {
+namespace {
+
+TEST(TextArrayLiteral, QuotesAndEscapesEveryElement) {
+  EXPECT_EQ(TextArrayLiteral({}), "{}");
+  EXPECT_EQ(TextArrayLiteral({"app", "My DB"}), "{\"app\",\"My DB\"}");
+  EXPECT_EQ(TextArrayLiteral({"a\"b", "c\\d", "{x,y}"}), "{\"a\\\"b\",\"c\\\\d\",\"{x,y}\"}");
+}
+
+}  // namespace
+}  // namespace pgshift::pg
