@@ -278,7 +278,46 @@ Result<std::unique_ptr<Migration>> Migration::OpenOrCreate(const MigrationReques
   return m;
 }
 
-Status Migration::Save() { return SaveState(dir_, &state_); }
+Result<std::unique_ptr<Migration>> Migration::FromState(std::optional<MigrationState> state,
+                                                        const MigrationRequest& req,
+                                                        const ToolPaths& tools, StateSink sink) {
+  for (const auto& dsn : {req.source_dsn, req.target_dsn}) {
+    auto parsed = pg::ConnInfo::Parse(dsn);
+    if (!parsed.ok()) return parsed.status();
+  }
+  MigrationState s;
+  if (state.has_value()) {
+    s = std::move(*state);
+  } else {
+    s.id = RandomHex(8);
+    s.options = req.options;
+    s.created_at = NowUtc();
+    s.Enter(Phase::kPending);
+  }
+  s.source_dsn = req.source_dsn;
+  s.target_dsn = req.target_dsn;
+  auto m = std::unique_ptr<Migration>(new Migration(req.state_dir, std::move(s), tools));
+  m->sink_ = std::move(sink);
+  return m;
+}
+
+Status Migration::Save() {
+  if (sink_) {
+    state_.updated_at = NowUtc();
+    return sink_(state_);
+  }
+  return SaveState(dir_, &state_);
+}
+
+Status Migration::Wait(int64_t ms) {
+  const int64_t until = MonotonicMillis() + ms;
+  while (true) {
+    if (stop_ && stop_()) return Status::Aborted("stopped on request");
+    int64_t left = until - MonotonicMillis();
+    if (left <= 0) return Status::Ok();
+    SleepMillis(std::min<int64_t>(left, 100));
+  }
+}
 
 Status Migration::Move(Phase to) {
   if (!TransitionAllowed(state_.phase, to)) {
@@ -331,10 +370,11 @@ Status Migration::Run(Router* router) {
       default: return WriteReport();
     }
     if (!s.ok()) {
+      if (s.code() == StatusCode::kAborted && stop_ && stop_()) return s;  // resumable as is
       if (state_.phase == Phase::kPending || state_.phase == Phase::kPreflight) {
         // Nothing exists on either server before Provisioning: forget the attempt, so that
         // a corrected command (another DSN, a fixed server) starts afresh with this folder.
-        (void)RemoveAll(dir_ + "/state.json");
+        if (!sink_) (void)RemoveAll(dir_ + "/state.json");
         return s;
       }
       state_.last_error = s.message();
@@ -522,7 +562,7 @@ Status Migration::StepInitialCopy() {
                " tables ready");
       last_report = MonotonicMillis();
     }
-    SleepMillis(250);
+    PGSHIFT_RETURN_IF_ERROR(Wait(250));
   }
   Progress("initial copy done: every table is replicating");
   return Move(Phase::kCatchingUp);
@@ -610,7 +650,7 @@ Status Migration::StepCatchUp() {
     }
     if (total <= state_.options.max_lag_bytes) break;
     Progress("catching up: lag " + std::to_string(total) + " bytes");
-    SleepMillis(1000);
+    PGSHIFT_RETURN_IF_ERROR(Wait(1000));
   }
   PGSHIFT_RETURN_IF_ERROR(CheckDdlLog());
   PGSHIFT_RETURN_IF_ERROR(Verify());

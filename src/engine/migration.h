@@ -7,12 +7,14 @@
 
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "common/status.h"
 #include "engine/router.h"
 #include "engine/schema.h"
 #include "engine/state.h"
+#include "engine/stats.h"
 
 namespace pgshift::engine {
 
@@ -32,6 +34,14 @@ class Migration {
   // Opens an existing migration (status, cutover, rollback, finish, abort).
   static Result<std::unique_ptr<Migration>> Open(const std::string& state_dir,
                                                  const ToolPaths& tools);
+  // For callers that keep the state elsewhere (the operator: in the resource's status).
+  // `state` is a saved state, or nullopt to start one from `request` (its state_dir is only a
+  // work folder then). Every save goes to `sink` instead of <state_dir>/state.json. DSNs may
+  // differ from the saved ones (a server's address can change between restarts).
+  using StateSink = std::function<Status(const MigrationState&)>;
+  static Result<std::unique_ptr<Migration>> FromState(std::optional<MigrationState> state,
+                                                      const MigrationRequest& request,
+                                                      const ToolPaths& tools, StateSink sink);
 
   // Runs until RollbackReady (auto cutover) or ReadyForCutover (manual).
   Status Run(Router* router);
@@ -52,6 +62,11 @@ class Migration {
 
   // Progress lines go here (default: the log).
   void set_progress(std::function<void(const std::string&)> f) { progress_ = std::move(f); }
+  // Polled in every wait; when it returns true the running step stops with an Aborted status
+  // at a safe point (state saved, nothing half made that a resume cannot finish).
+  void set_stop(std::function<bool()> f) { stop_ = std::move(f); }
+  // Live figures (lag, tables synced, bytes copied, verification, cutovers); any thread.
+  const StatsBoard& stats() const { return stats_; }
 
  private:
   Migration(std::string dir, MigrationState state, ToolPaths tools)
@@ -60,6 +75,8 @@ class Migration {
   Status Save();
   Status Move(Phase to);
   void Progress(const std::string& line);
+  // Sleeps `ms`, returning Aborted when stop_ says so.
+  Status Wait(int64_t ms);
 
   Status StepPreflight();
   Status StepProvision();
@@ -81,6 +98,9 @@ class Migration {
   MigrationState state_;
   ToolPaths tools_;
   std::function<void(const std::string&)> progress_;
+  std::function<bool()> stop_;
+  StateSink sink_;
+  StatsBoard stats_;
 };
 
 // Replication lag of one database in bytes (source WAL not yet confirmed by the target's
