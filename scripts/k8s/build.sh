@@ -4,6 +4,7 @@
 #   etcd                      scripts/k8s/tools/etcd   (go.etcd.io/etcd/server/v3, etcdmain.Main)
 #   kube-apiserver            scripts/k8s/tools/kube   (k8s.io/kubernetes cmd/kube-apiserver)
 #   kube-controller-manager   scripts/k8s/tools/kube   (k8s.io/kubernetes cmd/kube-controller-manager)
+#   kubectl                   scripts/k8s/tools/kube   (k8s.io/kubernetes cmd/kubectl; make install/deploy, test/e2e)
 #   fakelet                   test/harness             (fake kubelet + service proxy)
 # Usage: scripts/k8s/build.sh [NAME...]   (default: all)
 set -euo pipefail
@@ -15,15 +16,18 @@ module_of() {
     etcd) echo "$K8S_SCRIPTS/tools/etcd ." ;;
     kube-apiserver) echo "$K8S_SCRIPTS/tools/kube ./cmd/kube-apiserver" ;;
     kube-controller-manager) echo "$K8S_SCRIPTS/tools/kube ./cmd/kube-controller-manager" ;;
+    kubectl) echo "$K8S_SCRIPTS/tools/kube ./cmd/kubectl" ;;
     fakelet) echo "$ROOT/test/harness ./fakelet" ;;
     *) k8s_log "unknown tool $1"; return 1 ;;
   esac
 }
 
-stamp_of() {  # a hash of everything that decides the binary
-  local dir="$1"
+stamp_of() {  # a hash of everything that decides the binary; the other mains of a module that
+  # holds several (tools/kube/cmd/*) do not count, so adding one rebuilds only that one
+  local dir="$1" pkg="$2"
   { go version; cat "$K8S_SCRIPTS/versions.env"
-    find "$dir" -type f \( -name '*.go' -o -name go.mod -o -name go.sum \) -print0 | sort -z | xargs -0 cat
+    find "$dir" -type f \( -name '*.go' -o -name go.mod -o -name go.sum \) \
+      \( -not -path "$dir/cmd/*" -o -path "$dir/${pkg#./}/*" \) -print0 | sort -z | xargs -0 cat
   } | sha256sum | cut -d' ' -f1
 }
 
@@ -31,11 +35,11 @@ build_one() {
   local name="$1" dir pkg
   read -r dir pkg <<<"$(module_of "$name")"
   local out="$K8S_BIN/$name" stamp
-  stamp="$(stamp_of "$dir")"
+  stamp="$(stamp_of "$dir" "$pkg")"
   if [ -x "$out" ] && [ "$(cat "$out.stamp" 2>/dev/null)" = "$stamp" ]; then return; fi
   local ldflags="-s -w"
   case "$name" in
-    kube-*)
+    kube-*|kubectl)
       local minor="${KUBERNETES_VERSION#v1.}"; minor="${minor%%.*}"
       ldflags="$ldflags -X k8s.io/component-base/version.gitVersion=$KUBERNETES_VERSION"
       ldflags="$ldflags -X k8s.io/component-base/version.gitMajor=1"
@@ -53,7 +57,7 @@ build_one() {
 main() {
   mkdir -p "$K8S_BIN"
   local names=("$@")
-  [ ${#names[@]} -gt 0 ] || names=(etcd kube-apiserver kube-controller-manager fakelet)
+  [ ${#names[@]} -gt 0 ] || names=(etcd kube-apiserver kube-controller-manager kubectl fakelet)
   # One at a time: each Kubernetes build alone saturates two cores.
   for n in "${names[@]}"; do build_one "$n"; done
 }
