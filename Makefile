@@ -7,6 +7,7 @@ JOBS ?= $(shell nproc)
 CMAKE_FLAGS ?=
 
 include $(ROOT)/mk/k8s.mk
+include $(ROOT)/mk/operator.mk
 
 .PHONY: all setup build build-asan test test-unit test-integration demo format clean lab-down help bench
 
@@ -18,6 +19,8 @@ help:
 	@echo "make build   build build/pgshift"
 	@echo "make setup   only install dependencies (idempotent; cached under .cache/)"
 	@echo "make k8s-up  a real etcd + kube-apiserver + kube-controller-manager + fake kubelet (tests)"
+	@echo "make install / uninstall   the PostgresUpgrade CRD, current kubeconfig (docs/kubernetes.md)"
+	@echo "make deploy / undeploy     the operator: namespace pgshift-system, RBAC, Deployment [IMG=...]"
 	@echo "make bench   the cutover benchmark (bench/RESULTS.md)"
 
 setup:
