@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Runs every k8s test: the unit tests, then the integration tests against the test control
-# plane. If the control plane is not running, it is started and, whatever the outcome,
-# stopped again; one that was already up (make k8s-up) is reused and left running.
+# Runs every k8s test: the unit tests, then the integration tests and the e2e tests (pytest,
+# test/e2e) against the test control plane. If the control plane is not running, it is
+# started and, whatever the outcome, stopped again; one that was already up (make k8s-up) is
+# reused and left running.
 #   BUILD=build scripts/k8s/test.sh [gtest args for the integration tests...]
 set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/env.sh"
@@ -30,5 +31,14 @@ if [ $rc -ne 0 ]; then
   k8s_log "integration tests failed; control plane logs in $K8S_LOGS, pod logs in $K8S_STATE/fakelet/pods"
   tail -n 20 "$K8S_LOGS/fakelet.log" >&2 || true
 fi
+
+# End-to-end tests (test/e2e, pytest): the CRD, make install/deploy, RBAC, the operator.
+"$K8S_SCRIPTS/build.sh" kubectl
+k8s_log "e2e tests (test/e2e) against $APISERVER_URL"
+e2e_rc=0
+PGSHIFT_K8S_DIR="$K8S_DIR" KUBECONFIG="$KUBECONFIG_PATH" PGSHIFT_BIN="$BUILD/pgshift" \
+  PGSHIFT_OPERATOR_BIN="$BUILD/pgshift-operator" \
+  python3 -m pytest -q "$ROOT/test/e2e" || e2e_rc=$?
+[ $e2e_rc -eq 0 ] || { k8s_log "e2e tests failed; logs in $K8S_LOGS"; [ $rc -ne 0 ] || rc=$e2e_rc; }
 [ $started = 1 ] || k8s_log "control plane left running (make k8s-down stops it)"
 exit $rc
