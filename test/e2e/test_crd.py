@@ -57,7 +57,8 @@ def test_sample_is_accepted_with_defaults(k):
     spec = k.json("get", "pgu", "orders-to-17")["spec"]
     assert spec["target"]["version"] == 17 and spec["source"]["service"] == "orders-db"
 
-    # The minimal resource gets every documented default.
+    # The minimal resource gets every documented default; 45 characters is the longest name.
+    k.apply(valid("a" * 45))
     k.apply(valid("minimal"))
     spec = k.json("get", "postgresupgrade", "minimal")["spec"]
     assert spec["source"]["port"] == 5432
@@ -159,6 +160,12 @@ def test_traffic_service_must_differ_from_source_service(k):
         "parameter-name", "rollback-without-reverse", "checkOnly-with-action"])
 def test_invalid_spec_is_rejected_with_a_message(k, change, message):
     assert message in rejected(k, with_(change))
+
+
+@pytest.mark.parametrize("name", ["a" * 46, "1st-upgrade", "orders.v17"])
+def test_names_that_cannot_name_the_target_are_rejected(k, name):
+    msg = rejected(k, valid(name))
+    assert "metadata.name must be at most 45 characters of lower case letters" in msg
 
 
 def test_unknown_fields_are_rejected(k):
