@@ -14,6 +14,8 @@ Environment (set by scripts/k8s/test.sh; the defaults suit a checkout with `make
 Every test gets a fresh namespace (`namespace` fixture, `e2e-<test>-<random>`), deleted
 afterwards. The CRD and the operator's namespace, RBAC and Deployment are cluster-wide: the
 `crd_installed` and `operator_deployed` fixtures apply them and leave them in place.
+test_deploy.py's last test runs `make undeploy`, which invalidates the ServiceAccount's tokens:
+do not run it beside another process's operator tests.
 """
 import json
 import os

@@ -241,6 +241,9 @@ def test_service_account_kubeconfig(kubectl, namespace, tmp_path):
 
 
 def test_make_undeploy_removes_them_and_keeps_the_crd(kubectl, namespace):
+    # Deletes pgshift-system and with it the ServiceAccount: tokens made for it stop working.
+    # In one pytest run that is harmless (operator_deployed deploys again, each operator test
+    # gets a new token), but an operator test running at the same time in another process fails.
     block_operator_pods(kubectl)
     assert make("deploy", kubectl=kubectl).returncode == 0
     k = kubectl.in_namespace(namespace)
