@@ -26,6 +26,7 @@ APT_PACKAGES=(
   build-essential cmake ninja-build pkg-config git curl ca-certificates openssl
   libpq-dev nlohmann-json3-dev libcli11-dev libgtest-dev libgmock-dev
   libcurl4-openssl-dev libyaml-cpp-dev clang-format
+  prometheus-cpp-dev libcpp-httplib-dev prometheus
   pgbouncer nginx libnginx-mod-stream postgresql-client-15
   bison flex dpkg-dev python3
 )
@@ -45,9 +46,9 @@ install_apt() {
   as_root env DEBIAN_FRONTEND=noninteractive \
     apt-get install -y -q --no-install-recommends "${missing[@]}" >>"$aptlog" 2>&1 \
     || { tail -n 30 "$aptlog" >&2; return 1; }
-  # The nginx and pgbouncer packages start system-wide daemons; stop them so they hold no
-  # ports and no pid files our lab needs.
-  for svc in nginx pgbouncer; do
+  # The nginx, pgbouncer and prometheus packages start system-wide daemons; stop them so they
+  # hold no ports and no pid files our lab needs (tests start their own Prometheus).
+  for svc in nginx pgbouncer prometheus; do
     if command -v service >/dev/null 2>&1; then as_root service "$svc" stop >/dev/null 2>&1 || true; fi
   done
 }

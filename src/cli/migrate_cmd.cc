@@ -16,6 +16,7 @@
 #include "engine/preflight.h"
 #include "engine/verify.h"
 #include "lab/paths.h"
+#include "obs/metrics_server.h"
 #include "pg/connection.h"
 #include "routers/routers.h"
 
@@ -36,6 +37,7 @@ struct MigrateArgs {
   std::string report;
   std::string level = "checksum";
   bool json = false, watch = false, confirm = false;
+  std::string metrics_addr;  // --metrics-addr HOST:PORT
 };
 
 engine::ToolPaths Tools() {
@@ -100,6 +102,30 @@ Result<std::unique_ptr<engine::Router>> RouterFor(const engine::MigrationState& 
   rc.config = s.options.router_config;
   rc.state_dir = dir;
   return routers::MakeRouter(rc);
+}
+
+void AddMetricsOption(CLI::App* c, MigrateArgs* a) {
+  c->add_option("--metrics-addr", a->metrics_addr,
+                "serve Prometheus metrics (and /healthz, /readyz) on HOST:PORT while this runs; "
+                "port 0 picks a free one (the URL is printed to stderr)");
+}
+
+// The metrics server for `m` when --metrics-addr was given (nullptr when not). It only reads
+// `m`'s stats board, which is thread-safe; `m` must outlive it.
+Result<std::unique_ptr<obs::MetricsServer>> StartMetrics(const std::string& addr,
+                                                         const engine::Migration& m) {
+  if (addr.empty()) return std::unique_ptr<obs::MetricsServer>();
+  obs::MigrationExtra extra;
+  extra.max_lag_bytes = m.state().options.max_lag_bytes;
+  extra.max_pause_ms = m.state().options.max_pause_ms;
+  const std::string id = m.state().id;
+  auto server = obs::MetricsServer::Start(addr, [&m, id, extra] {
+    return std::vector<obs::MigrationMetrics>{{{{"migration", id}}, m.stats().Snapshot(MonotonicMillis()), extra}};
+  });
+  if (!server.ok()) return server.status().WithContext("--metrics-addr");
+  fprintf(stderr, "pgshift: metrics at %s\n", (*server)->Url().c_str());
+  fflush(stderr);
+  return server;
 }
 
 void PrintStatus(const nlohmann::json& j) {
@@ -178,12 +204,15 @@ void AddMigrateCommands(CLI::App& app, GlobalOptions& /*global*/, Status* status
   upgrade->add_option("--target", a->target, "target DSN (an empty server of the wanted version)");
   upgrade->add_option("--state", a->state_dir, "folder for the migration's state")->required();
   AddMigrationOptions(upgrade, a.get());
+  AddMetricsOption(upgrade, a.get());
   upgrade->callback([=]() {
     engine::MigrationRequest req{a->source, a->target, a->state_dir, ToOptions(*a)};
     auto m = engine::Migration::OpenOrCreate(req, Tools());
     if (!m.ok()) return void(*status = m.status());
     auto router = RouterFor((*m)->state(), a->state_dir);
     if (!router.ok()) return void(*status = router.status());
+    auto metrics = StartMetrics(a->metrics_addr, **m);
+    if (!metrics.ok()) return void(*status = metrics.status());
     *status = (*m)->Run(router->get());
     if (status->ok()) {
       const auto& st = (*m)->state();
@@ -221,9 +250,13 @@ void AddMigrateCommands(CLI::App& app, GlobalOptions& /*global*/, Status* status
     if (std::string(name) == "cutover") {
       c->add_flag("--confirm", a->confirm, "--router manual: the application now uses the target");
     }
+    const bool with_metrics = std::string(name) == "cutover" || std::string(name) == "rollback";
+    if (with_metrics) AddMetricsOption(c, a.get());
     c->callback([=]() {
       auto m = engine::Migration::Open(a->state_dir, Tools());
       if (!m.ok()) return void(*status = m.status());
+      auto metrics = StartMetrics(with_metrics && !a->confirm ? a->metrics_addr : "", **m);
+      if (!metrics.ok()) return void(*status = metrics.status());
       *status = action(**m, a->state_dir);
       if (status->ok()) printf("phase %s\n", engine::PhaseName((*m)->state().phase).c_str());
     });

@@ -327,6 +327,14 @@ Status Migration::Move(Phase to) {
   Progress("phase " + PhaseName(state_.phase) + " -> " + PhaseName(to));
   state_.Enter(to);
   PGSHIFT_RETURN_IF_ERROR(Save());
+  const int64_t now = UnixMillis();
+  stats_.Update([&](StatsSnapshot& st) {
+    st.phase = PhaseName(to);
+    st.phase_entered_unix_ms = now;
+    // StepCatchUp checked every precondition just before this move; samples refine it.
+    st.ready_for_cutover = to == Phase::kReadyForCutover;
+  });
+  history_.AppendOrLog(HistoryPhase(now, PhaseName(to)));
   FaultPointForTest(PhaseName(to));
   return Status::Ok();
 }
@@ -339,17 +347,92 @@ void Migration::Progress(const std::string& line) {
   }
 }
 
+void Migration::InitStats() {
+  history_ = HistoryWriter(dir_.empty() ? "" : dir_ + "/" + kHistoryFile);
+  stats_.Update([&](StatsSnapshot& st) {
+    st.migration_id = state_.id;
+    st.phase = PhaseName(state_.phase);
+    auto t = state_.phase_times.find(st.phase);
+    st.phase_entered_unix_ms =
+        t == state_.phase_times.end() ? 0 : ParseUtcMillis(t->second.started_at).value_or(0);
+    st.ready_for_cutover = state_.phase == Phase::kReadyForCutover;
+    for (const auto& a : state_.cutovers) {
+      st.cutover_attempts++;
+      if (!a.succeeded) st.cutover_failures++;
+      if (a.succeeded) st.last_pause_ms = a.pause_ms;
+    }
+    const auto& v = state_.verification;
+    if (v.is_object() && v.contains("tables_verified") && v.contains("mismatches")) {
+      st.verify_tables_total = st.verify_tables_done = v["tables_verified"].get<int64_t>();
+      st.verify_mismatches = v["mismatches"].get<int64_t>();
+    }
+  });
+}
+
+Status Migration::SampleStats() {
+  last_sample_ms_ = MonotonicMillis();
+  if (IsTerminal(state_.phase)) {
+    sampler_.Close();
+    return Status::Ok();
+  }
+  Status s = sampler_.Sample(state_, &stats_);
+  StatsSnapshot snap = stats_.Snapshot(MonotonicMillis());
+  if (state_.phase == Phase::kReadyForCutover) {
+    // Still ready only while the lag stays under the threshold.
+    double lag = 0;
+    bool known = !snap.databases.empty();
+    for (const auto& [name, db] : snap.databases) {
+      auto v = snap.Fresh(db.lag_bytes);
+      if (!v) known = false;
+      lag += v.value_or(0);
+    }
+    bool ready = known && lag <= static_cast<double>(state_.options.max_lag_bytes);
+    stats_.Update([&](StatsSnapshot& st) { st.ready_for_cutover = ready; });
+  }
+  // Only whole samples go to the history: every database answered.
+  if (s.ok() && state_.phase >= Phase::kInitialCopy && state_.phase <= Phase::kCuttingOver) {
+    history_.AppendOrLog(HistorySample(UnixMillis(), snap));
+  }
+  return s;
+}
+
+void Migration::MaybeSampleStats() {
+  if (last_sample_ms_ >= 0 && MonotonicMillis() - last_sample_ms_ < 1000) return;
+  Status s = SampleStats();
+  if (!s.ok()) LogDebug("live figures: " + s.message(), {{"migration", state_.id}});
+}
+
+void Migration::RecordError(const Status& s) {
+  if (s.ok()) return;
+  std::string kind(StatusCodeName(s.code()));
+  std::replace(kind.begin(), kind.end(), ' ', '_');
+  stats_.Update([&](StatsSnapshot& st) { st.errors[kind]++; });
+  history_.AppendOrLog(HistoryError(UnixMillis(), s.message()));
+}
+
+void Migration::RecordCutover(const CutoverAttempt& a) {
+  stats_.Update([&](StatsSnapshot& st) {
+    if (!a.succeeded) st.cutover_failures++;
+    if (a.succeeded) st.last_pause_ms = a.pause_ms;
+  });
+  history_.AppendOrLog(HistoryCutover(UnixMillis(), a));
+}
+
 Status Migration::Run(Router* router) {
   if (IsTerminal(state_.phase)) {
     return Status::FailedPrecondition("migration " + state_.id + " already ended (" +
                                       PhaseName(state_.phase) + ")");
   }
   if (router != nullptr) {
-    Status s = router->Check();
-    if (!s.ok()) return s.WithContext("router");
+    Status s = router->Check().WithContext("router");
+    if (!s.ok()) {
+      RecordError(s);
+      return s;
+    }
   }
   while (true) {
     Status s;
+    const Phase step = state_.phase;
     switch (state_.phase) {
       case Phase::kPending:
       case Phase::kPreflight: s = StepPreflight(); break;
@@ -371,10 +454,12 @@ Status Migration::Run(Router* router) {
     }
     if (!s.ok()) {
       if (s.code() == StatusCode::kAborted && stop_ && stop_()) return s;  // resumable as is
+      if (step != Phase::kReadyForCutover) RecordError(s);  // Cutover() records its own
       if (state_.phase == Phase::kPending || state_.phase == Phase::kPreflight) {
         // Nothing exists on either server before Provisioning: forget the attempt, so that
         // a corrected command (another DSN, a fixed server) starts afresh with this folder.
         if (!sink_) (void)RemoveAll(dir_ + "/state.json");
+        if (!dir_.empty()) (void)RemoveAll(dir_ + "/" + kHistoryFile);
         return s;
       }
       state_.last_error = s.message();
@@ -557,6 +642,7 @@ Status Migration::StepInitialCopy() {
       total += c.total;
     }
     if (total > 0 && ready == total) break;
+    MaybeSampleStats();
     if (MonotonicMillis() - last_report > 2000) {
       Progress("initial copy: " + std::to_string(ready) + "/" + std::to_string(total) +
                " tables ready");
@@ -583,6 +669,10 @@ Status Migration::CheckDdlLog() {
     }
   }
   if (found.empty()) return Status::Ok();
+  // A lower bound (at most 20 rows are read per database); samples count them all.
+  stats_.Update([&](StatsSnapshot& st) {
+    st.ddl_events = std::max(st.ddl_events, static_cast<int64_t>(found.size()));
+  });
   return Status::FailedPrecondition(
       "DDL ran on the source after the schema copy, so the target's schema may differ; cutover "
       "is blocked:\n  " + Join(found, "\n  ") +
@@ -602,6 +692,7 @@ Status Migration::WaitForMarker(bool forward, int64_t deadline_ms) {
     while (true) {
       auto v = to->QueryValue("SELECT token FROM _pgshift.marker WHERE id = 1");
       if (v.ok() && *v == token) break;
+      MaybeSampleStats();
       if (MonotonicMillis() > deadline_ms) {
         return Status::DeadlineExceeded("replication of " + db.name + " did not catch up in time");
       }
@@ -620,13 +711,38 @@ Status Migration::Verify() {
   for (const auto& db : state_.databases) vo.databases.push_back(db.name);
   vo.max_rounds = 4;
   vo.settle = [this]() { return WaitForMarker(true, MonotonicMillis() + 120000); };
-  vo.on_table = [this](const TableVerification& t) {
+  int64_t last_history = 0;
+  vo.on_table = [this, &last_history](const TableVerification& t) {
     if (!t.match) Progress("verify: " + t.database + "." + t.schema + "." + t.table + " differs: " + t.note);
+    StatsSnapshot st;
+    stats_.Update([&](StatsSnapshot& s) {
+      s.verify_tables_done++;
+      if (!t.match) s.verify_mismatches++;
+      s.verify_tables_total = std::max(s.verify_tables_total, s.verify_tables_done);
+      st = s;
+    });
+    if (MonotonicMillis() - last_history >= 1000) {
+      last_history = MonotonicMillis();
+      history_.AppendOrLog(HistoryVerify(UnixMillis(), st.verify_tables_done,
+                                         st.verify_tables_total, st.verify_mismatches));
+    }
+    MaybeSampleStats();
   };
   Progress("verifying (" + state_.options.verify + ")");
+  auto to_verify = sampler_.CountVerifiedTables(state_);
+  stats_.Update([&](StatsSnapshot& s) {
+    s.verify_tables_total = to_verify.ok() ? *to_verify : 0;
+    s.verify_tables_done = s.verify_mismatches = 0;
+  });
   PGSHIFT_RETURN_IF_ERROR(WaitForMarker(true, MonotonicMillis() + 120000));
   PGSHIFT_ASSIGN_OR_RETURN(VerifyReport rep, VerifyDatabases(state_.source_dsn, state_.target_dsn, vo));
   state_.verification = rep.ToJson();
+  const auto verified = static_cast<int64_t>(rep.tables.size());
+  stats_.Update([&](StatsSnapshot& s) {
+    s.verify_tables_total = s.verify_tables_done = verified;
+    s.verify_mismatches = rep.mismatches();
+  });
+  history_.AppendOrLog(HistoryVerify(UnixMillis(), verified, verified, rep.mismatches()));
   PGSHIFT_RETURN_IF_ERROR(Save());
   if (!rep.clean()) {
     return Status::FailedPrecondition("verification found differences; cutover is blocked:\n" +
@@ -648,6 +764,7 @@ Status Migration::StepCatchUp() {
       }
       total += lag;
     }
+    MaybeSampleStats();
     if (total <= state_.options.max_lag_bytes) break;
     Progress("catching up: lag " + std::to_string(total) + " bytes");
     PGSHIFT_RETURN_IF_ERROR(Wait(1000));
@@ -689,11 +806,15 @@ Status Migration::Cutover(Router* router) {
     PGSHIFT_RETURN_IF_ERROR(CheckDdlLog());
     last = SwitchOver(router, true);
     if (last.ok()) return Status::Ok();
-    if (last.code() == StatusCode::kFailedPrecondition) return last;
+    if (last.code() == StatusCode::kFailedPrecondition) {
+      RecordError(last);
+      return last;
+    }
     Progress("cutover attempt " + std::to_string(attempt) + " undone: " + last.message() +
              "; traffic stays on the source");
     SleepMillis(1000 * attempt);
   }
+  RecordError(last);
   return last;
 }
 
@@ -716,6 +837,7 @@ Status Migration::Rollback(Router* router) {
     Progress("rollback attempt " + std::to_string(attempt) + " undone: " + last.message());
     SleepMillis(1000 * attempt);
   }
+  RecordError(last);
   return last;
 }
 
@@ -759,6 +881,7 @@ Status Migration::SwitchOver(Router* router, bool forward) {
   attempt.direction = forward ? "forward" : "rollback";
   attempt.started_at = NowUtc();
   state_.cutover_in_flight = attempt.direction;
+  stats_.Update([](StatsSnapshot& st) { st.cutover_attempts++; });
   bool switched = false;
   if (forward) {
     PGSHIFT_RETURN_IF_ERROR(Move(Phase::kCuttingOver));
@@ -897,6 +1020,7 @@ Status Migration::SwitchOver(Router* router, bool forward) {
       }
     }
     if (paused) (void)router->Resume();
+    RecordCutover(attempt);
     state_.cutovers.push_back(attempt);
     state_.cutover_in_flight.clear();
     if (forward) {
@@ -913,6 +1037,7 @@ Status Migration::SwitchOver(Router* router, bool forward) {
     (void)router->Resume();
   }
   attempt.succeeded = true;
+  RecordCutover(attempt);
   state_.cutovers.push_back(attempt);
   std::string steps;
   for (const auto& [k, v] : attempt.steps_ms) steps += " " + k + "=" + Ms(v);
@@ -1016,6 +1141,7 @@ Status Migration::Finish() {
                                       (state_.phase < Phase::kCuttingOver ? " (use abort before cutover)" : ""));
   }
   bool rolled_back = state_.phase == Phase::kRolledBack;
+  sampler_.Close();
   PGSHIFT_RETURN_IF_ERROR(DropEverything(/*keep_source_fence=*/!rolled_back));
   if (!rolled_back) {
     state_.notes.push_back("the source databases stay read-only (default_transaction_read_only) "
@@ -1039,6 +1165,7 @@ Status Migration::Abort(Router* router) {
     return Status::FailedPrecondition("migration " + state_.id + " already ended (" +
                                       PhaseName(state_.phase) + ")");
   }
+  sampler_.Close();
   PGSHIFT_RETURN_IF_ERROR(DropEverything(/*keep_source_fence=*/false));
   std::vector<std::string> kept;
   for (const auto& db : state_.databases) {

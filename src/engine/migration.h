@@ -11,7 +11,9 @@
 #include <string>
 
 #include "common/status.h"
+#include "engine/history.h"
 #include "engine/router.h"
+#include "engine/sampler.h"
 #include "engine/schema.h"
 #include "engine/state.h"
 #include "engine/stats.h"
@@ -67,16 +69,29 @@ class Migration {
   void set_stop(std::function<bool()> f) { stop_ = std::move(f); }
   // Live figures (lag, tables synced, bytes copied, verification, cutovers); any thread.
   const StatsBoard& stats() const { return stats_; }
+  // Reads the live figures from the servers now and appends a "sample" record to the history.
+  // Run() samples by itself about once a second while it waits; callers that hold the
+  // migration idle (the operator between reconciles) call this on the thread that runs it.
+  Status SampleStats();
 
  private:
   Migration(std::string dir, MigrationState state, ToolPaths tools)
-      : dir_(std::move(dir)), state_(std::move(state)), tools_(std::move(tools)) {}
+      : dir_(std::move(dir)), state_(std::move(state)), tools_(std::move(tools)) {
+    InitStats();
+  }
 
   Status Save();
   Status Move(Phase to);
   void Progress(const std::string& line);
   // Sleeps `ms`, returning Aborted when stop_ says so.
   Status Wait(int64_t ms);
+
+  // Live figures and history (stats_, history_): seeded from the saved state; sampled at most
+  // once a second from the wait loops.
+  void InitStats();
+  void MaybeSampleStats();
+  void RecordError(const Status& s);
+  void RecordCutover(const CutoverAttempt& a);
 
   Status StepPreflight();
   Status StepProvision();
@@ -101,6 +116,9 @@ class Migration {
   std::function<bool()> stop_;
   StateSink sink_;
   StatsBoard stats_;
+  StatsSampler sampler_;
+  HistoryWriter history_{""};
+  int64_t last_sample_ms_ = -1;
 };
 
 // Replication lag of one database in bytes (source WAL not yet confirmed by the target's
