@@ -138,13 +138,37 @@ Status SetFence(pg::Connection& c, const std::string& db, bool on) {
 }
 
 // Ends every client session on the databases of `db_array` (a text[] literal) but pgshift's.
+// Ends the client sessions of the databases `db_array`; returns how many there were.
+Result<int64_t> EndClientSessionsCounted(pg::Connection& c, const std::string& db_array) {
+  PGSHIFT_ASSIGN_OR_RETURN(
+      std::string n,
+      c.QueryValue("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                   "WHERE datname = ANY($1::text[]) AND pid <> pg_backend_pid() "
+                   "AND backend_type = 'client backend' "
+                   "AND coalesce(application_name, '') <> 'pgshift'",
+                   {db_array}));
+  return std::stoll(n);
+}
+
 Status EndClientSessions(pg::Connection& c, const std::string& db_array) {
-  return c.Query("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-                 "WHERE datname = ANY($1::text[]) AND pid <> pg_backend_pid() "
-                 "AND backend_type = 'client backend' "
-                 "AND coalesce(application_name, '') <> 'pgshift'",
-                 {db_array})
-      .status();
+  return EndClientSessionsCounted(c, db_array).status();
+}
+
+// After a switch by a router that cannot hold clients (nginx, a Kubernetes Service), new
+// connections reach the new side only once every proxy applied the change (kube-proxy on
+// every node, asynchronously); clients that reconnect before that land on the old, fenced
+// side and would stay there, failing every write. Their sessions are ended until none has
+// appeared for `quiet_ms` (at most `max_ms`), so they reconnect until they reach the new side.
+void DrainOldSide(pg::Connection& old_side, const std::string& db_array, int64_t quiet_ms,
+                  int64_t max_ms) {
+  const int64_t start = MonotonicMillis();
+  int64_t quiet_since = start;
+  while (MonotonicMillis() - start < max_ms && MonotonicMillis() - quiet_since < quiet_ms) {
+    auto n = EndClientSessionsCounted(old_side, db_array);
+    if (!n.ok()) return;
+    if (*n > 0) quiet_since = MonotonicMillis();
+    SleepMillis(50);
+  }
 }
 
 Status AdvanceSlotToNow(pg::Connection& c, const std::string& slot) {
@@ -998,6 +1022,9 @@ Status Migration::SwitchOver(Router* router, bool forward) {
 
   Status s = run();
   attempt.pause_ms = (MonotonicMicros() - t0) / 1000.0;
+  if (s.ok() && !router->HoldsTraffic() && !router->WaitsForPeople()) {
+    DrainOldSide(*conns[0].old_side, db_array, /*quiet_ms=*/1500, /*max_ms=*/15000);
+  }
   if (!s.ok() && !switched) {
     // Undo in reverse order; traffic is never left paused.
     attempt.failed_step = failed_step;

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
+#include <csignal>
 #include <cmath>
 #include <cstring>
 #include <nlohmann/json.hpp>
@@ -77,6 +78,12 @@ uint64_t Mix(uint64_t x) {
   return x;
 }
 
+// SIGINT/SIGTERM end a run early, as if its duration had passed: operations in flight finish,
+// the ledger, series and summary are written. Tests stop the load once the story they drive
+// is over.
+std::atomic<bool> g_stop_requested{false};
+extern "C" void OnStopSignal(int) { g_stop_requested.store(true); }
+
 class Client {
  public:
   Client(const LoadOptions& opts, Shared* shared, int index, int64_t run_id)
@@ -90,7 +97,7 @@ class Client {
     double offset = interval_us * index_ / opts_.clients;
     for (int64_t i = 0;; ++i) {
       int64_t scheduled = start_us + static_cast<int64_t>(offset + i * interval_us);
-      if (scheduled >= end_us) break;
+      if (scheduled >= end_us || g_stop_requested.load()) break;
       int64_t now = MonotonicMicros();
       if (scheduled > now) {
         std::this_thread::sleep_for(std::chrono::microseconds(scheduled - now));
@@ -326,6 +333,11 @@ Result<LoadSummary> RunLoad(const LoadOptions& opts) {
   for (int i = 0; i < opts.clients; ++i) {
     clients.push_back(std::make_unique<Client>(opts, &shared, i, run_id));
   }
+  struct sigaction sa = {};
+  sa.sa_handler = OnStopSignal;
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGINT, &sa, nullptr);
+  sigaction(SIGTERM, &sa, nullptr);
   int64_t start = MonotonicMicros() + 50000;
   int64_t end = start + static_cast<int64_t>(opts.duration_s * 1e6);
   shared.start_us = start;

@@ -1,0 +1,208 @@
+#include "operator/cluster.h"
+
+#include <algorithm>
+#include <set>
+
+#include "common/clock.h"
+#include "common/files.h"
+
+namespace pgshift::op {
+
+using nlohmann::json;
+
+std::map<std::string, std::string> AddressMap::Parse(const std::string& text) {
+  std::map<std::string, std::string> out;
+  json j = json::parse(text, nullptr, false);
+  if (!j.is_object()) return out;
+  for (const auto& [k, v] : j.items()) {
+    if (v.is_string()) {
+      out[k] = v.get<std::string>();
+    } else if (v.is_object() && v.contains("podIP") && v.contains("address") &&
+               v["podIP"].is_string() && v["address"].is_string()) {
+      out[v["podIP"].get<std::string>()] = v["address"].get<std::string>();
+    }
+  }
+  return out;
+}
+
+engine::Endpoint AddressMap::Translate(const std::string& pod_ip, int port) const {
+  engine::Endpoint e{pod_ip, port};
+  if (path_.empty()) return e;
+  auto text = ReadFile(path_);
+  if (!text.ok()) return e;
+  auto m = Parse(*text);
+  auto it = m.find(pod_ip);
+  if (it == m.end()) return e;
+  const std::string& a = it->second;
+  size_t colon = a.rfind(':');
+  if (colon == std::string::npos) return {a, port};
+  try {
+    return {a.substr(0, colon), std::stoi(a.substr(colon + 1))};
+  } catch (const std::exception&) {
+    return {a.substr(0, colon), port};
+  }
+}
+
+namespace {
+
+struct SliceEndpoint {
+  std::string ip;
+  int port = 0;
+};
+
+Result<std::vector<SliceEndpoint>> ReadySliceEndpoints(k8s::Client* client, const std::string& ns,
+                                                       const std::string& service) {
+  k8s::ListOptions lo;
+  lo.label_selector = "kubernetes.io/service-name=" + service;
+  PGSHIFT_ASSIGN_OR_RETURN(k8s::ObjectList list,
+                           client->List(k8s::resources::kEndpointSlices, ns, lo));
+  std::vector<SliceEndpoint> out;
+  for (const auto& slice : list.items) {
+    int port = 0;
+    if (slice.contains("ports") && slice["ports"].is_array() && !slice["ports"].empty()) {
+      port = slice["ports"][0].value("port", 0);
+    }
+    if (!slice.contains("endpoints") || !slice["endpoints"].is_array()) continue;
+    for (const auto& ep : slice["endpoints"]) {
+      bool ready = true;
+      if (ep.contains("conditions") && ep["conditions"].contains("ready") &&
+          ep["conditions"]["ready"].is_boolean()) {
+        ready = ep["conditions"]["ready"].get<bool>();
+      }
+      if (!ready || !ep.contains("addresses")) continue;
+      for (const auto& a : ep["addresses"]) out.push_back({a.get<std::string>(), port});
+    }
+  }
+  std::sort(out.begin(), out.end(), [](const auto& a, const auto& b) { return a.ip < b.ip; });
+  return out;
+}
+
+}  // namespace
+
+Result<std::vector<engine::Endpoint>> ReadyEndpoints(k8s::Client* client, const std::string& ns,
+                                                     const std::string& service,
+                                                     const AddressMap& map) {
+  PGSHIFT_ASSIGN_OR_RETURN(auto eps, ReadySliceEndpoints(client, ns, service));
+  std::vector<engine::Endpoint> out;
+  for (const auto& e : eps) out.push_back(map.Translate(e.ip, e.port));
+  return out;
+}
+
+Result<std::vector<std::string>> ReadyPodIps(k8s::Client* client, const std::string& ns,
+                                             const std::string& service) {
+  PGSHIFT_ASSIGN_OR_RETURN(auto eps, ReadySliceEndpoints(client, ns, service));
+  std::vector<std::string> out;
+  for (const auto& e : eps) out.push_back(e.ip);
+  out.erase(std::unique(out.begin(), out.end()), out.end());
+  return out;
+}
+
+Result<engine::Endpoint> ResolveService(k8s::Client* client, ConnectMode mode,
+                                        const std::string& ns, const std::string& service,
+                                        int port, const AddressMap& map) {
+  if (mode == ConnectMode::kServiceDns) return engine::Endpoint{service + "." + ns + ".svc", port};
+  PGSHIFT_ASSIGN_OR_RETURN(auto eps, ReadyEndpoints(client, ns, service, map));
+  if (eps.empty()) {
+    return Status::Unavailable("Service " + ns + "/" + service + " has no ready endpoint");
+  }
+  if (eps.size() > 1) {
+    return Status::FailedPrecondition("Service " + ns + "/" + service + " has " +
+                                      std::to_string(eps.size()) +
+                                      " ready endpoints; pgshift needs the one primary server");
+  }
+  return eps[0];
+}
+
+ServiceRouter::ServiceRouter(k8s::Client* client, std::string ns, std::string traffic_service,
+                             engine::Endpoint source, std::string source_service,
+                             engine::Endpoint target, std::string target_service,
+                             json target_selector, int settle_timeout_ms)
+    : client_(client),
+      ns_(std::move(ns)),
+      traffic_(std::move(traffic_service)),
+      source_service_(std::move(source_service)),
+      target_service_(std::move(target_service)),
+      source_(std::move(source)),
+      target_(std::move(target)),
+      target_selector_(std::move(target_selector)),
+      settle_timeout_ms_(settle_timeout_ms) {}
+
+Status ServiceRouter::Check() {
+  auto svc = client_->Get(k8s::resources::kServices, ns_, traffic_);
+  if (!svc.ok()) return svc.status().WithContext("traffic Service " + ns_ + "/" + traffic_);
+  const json& meta = (*svc)["metadata"];
+  if (meta.contains("annotations") && meta["annotations"].contains(kSourceSelectorAnnotation)) {
+    return Status::Ok();
+  }
+  json selector = (*svc)["spec"].value("selector", json::object());
+  if (selector.empty()) {
+    return Status::FailedPrecondition("traffic Service " + ns_ + "/" + traffic_ +
+                                      " has no selector; pgshift moves clients by changing it");
+  }
+  if (selector == target_selector_) return Status::Ok();  // already moved; nothing to remember
+  json patch = {{"metadata", {{"annotations", {{kSourceSelectorAnnotation, selector.dump()}}}}}};
+  auto r = client_->MergePatch(k8s::resources::kServices, ns_, traffic_, patch);
+  return r.ok() ? Status::Ok() : r.status().WithContext("annotating the traffic Service");
+}
+
+Status ServiceRouter::SwitchTo(const engine::Endpoint& to) {
+  if (!(to == source_) && !(to == target_)) {
+    return Status::InvalidArgument("the Service router knows " + source_.ToString() + " and " +
+                                   target_.ToString() + ", not " + to.ToString());
+  }
+  const bool to_target = to == target_;
+  auto updated = client_->Modify(
+      k8s::resources::kServices, ns_, traffic_, [&](json& svc) -> Status {
+        json& ann = svc["metadata"]["annotations"];
+        if (to_target) {
+          svc["spec"]["selector"] = target_selector_;
+          return Status::Ok();
+        }
+        if (!ann.is_object() || !ann.contains(kSourceSelectorAnnotation)) {
+          return Status::FailedPrecondition("the traffic Service lost its " +
+                                            std::string(kSourceSelectorAnnotation) +
+                                            " annotation; cannot restore the source's selector");
+        }
+        json sel = json::parse(ann[kSourceSelectorAnnotation].get<std::string>(), nullptr, false);
+        if (!sel.is_object()) return Status::Internal("bad source selector annotation");
+        svc["spec"]["selector"] = sel;
+        return Status::Ok();
+      });
+  if (!updated.ok()) return updated.status().WithContext("switching the traffic Service");
+  return WaitForEndpoints(to_target ? target_service_ : source_service_);
+}
+
+Status ServiceRouter::WaitForEndpoints(const std::string& like_service) {
+  const int64_t deadline = MonotonicMillis() + settle_timeout_ms_;
+  while (true) {
+    auto have = ReadyPodIps(client_, ns_, traffic_);
+    if (have.ok() && !have->empty()) {
+      if (!like_service.empty()) {
+        auto want = ReadyPodIps(client_, ns_, like_service);
+        if (want.ok() && *want == *have) return Status::Ok();
+      } else {
+        // Back to a source known by host: done once no target Pod is left behind the Service.
+        auto tgt = ReadyPodIps(client_, ns_, target_service_);
+        if (tgt.ok()) {
+          std::set<std::string> t(tgt->begin(), tgt->end());
+          bool any = std::any_of(have->begin(), have->end(),
+                                 [&](const std::string& ip) { return t.count(ip) > 0; });
+          if (!any) return Status::Ok();
+        }
+      }
+    }
+    if (MonotonicMillis() > deadline) {
+      return Status::DeadlineExceeded("the traffic Service's endpoints did not follow its new "
+                                      "selector in time");
+    }
+    SleepMillis(20);
+  }
+}
+
+Result<engine::Endpoint> ServiceRouter::Current() {
+  PGSHIFT_ASSIGN_OR_RETURN(json svc, client_->Get(k8s::resources::kServices, ns_, traffic_));
+  json selector = svc["spec"].value("selector", json::object());
+  return selector == target_selector_ ? target_ : source_;
+}
+
+}  // namespace pgshift::op

@@ -1,0 +1,644 @@
+#include "operator/controller.h"
+
+#include <algorithm>
+
+#include "common/clock.h"
+#include "common/files.h"
+#include "common/log.h"
+#include "common/strings.h"
+#include "engine/migration.h"
+#include "engine/preflight.h"
+#include "k8s/informer.h"
+#include "pg/conninfo.h"
+
+namespace pgshift::op {
+
+using nlohmann::json;
+namespace res = k8s::resources;
+
+struct Controller::Task {
+  std::string key, ns, name, uid;
+  json cr;  // as read when the task started (for Events)
+  Step step = Step::kNone;
+  int64_t generation = 0;
+  std::atomic<bool> done{false};
+  Status result;
+  std::mutex mu;
+  engine::Migration* migration = nullptr;  // while the step runs; guarded by mu
+  std::string last_line;                   // the engine's last progress line
+  std::string last_phase;
+  std::jthread thread;
+};
+
+namespace {
+
+std::string KeyOf(const std::string& ns, const std::string& name) { return ns + "/" + name; }
+
+bool HasFinalizer(const json& cr) {
+  const json& m = cr["metadata"];
+  if (!m.contains("finalizers")) return false;
+  for (const auto& f : m["finalizers"]) {
+    if (f == kFinalizer) return true;
+  }
+  return false;
+}
+
+std::optional<engine::MigrationState> SavedState(const json& cr) {
+  if (!cr.contains("status") || !cr["status"].contains("engine") ||
+      !cr["status"]["engine"].is_object() || cr["status"]["engine"].empty()) {
+    return std::nullopt;
+  }
+  auto s = engine::MigrationState::FromJson(cr["status"]["engine"]);
+  if (!s.ok()) return std::nullopt;
+  return *s;
+}
+
+std::string ReasonFor(const Status& s) {
+  switch (s.code()) {
+    case StatusCode::kInvalidArgument: return "InvalidSpec";
+    case StatusCode::kNotFound: return "NotFound";
+    case StatusCode::kFailedPrecondition: return "PreconditionFailed";
+    case StatusCode::kUnavailable: return "Unavailable";
+    case StatusCode::kDeadlineExceeded: return "Timeout";
+    case StatusCode::kAborted: return "Stopped";
+    default: return "EngineError";
+  }
+}
+
+}  // namespace
+
+Controller::Controller(k8s::Client* client, k8s::EventRecorder* events, ControllerOptions options)
+    : client_(client),
+      events_(events),
+      options_(std::move(options)),
+      queue_(k8s::Duration(500), std::chrono::seconds(60)) {}
+
+Controller::~Controller() {
+  std::vector<std::string> keys;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (const auto& [k, t] : tasks_) keys.push_back(k);
+  }
+  for (const auto& k : keys) StopTask(k);
+}
+
+std::vector<ResourceStats> Controller::Stats() const {
+  std::vector<ResourceStats> out;
+  std::lock_guard<std::mutex> lock(mu_);
+  const int64_t now = MonotonicMillis();
+  for (const auto& [key, snap] : last_stats_) {
+    ResourceStats r{key, snap};
+    auto it = tasks_.find(key);
+    if (it != tasks_.end()) {
+      std::lock_guard<std::mutex> tl(it->second->mu);
+      if (it->second->migration != nullptr) r.snapshot = it->second->migration->stats().Snapshot(now);
+    }
+    r.snapshot.now_ms = now;
+    out.push_back(std::move(r));
+  }
+  return out;
+}
+
+void Controller::Run(std::stop_token stop) {
+  k8s::Reflector::Options ro;
+  ro.resource = kPostgresUpgrades;
+  ro.ns = options_.watch_namespace;
+  k8s::Informer informer(client_, ro);
+  informer.AddHandler(k8s::EnqueueHandler(&queue_));
+  informer.Start();
+  while (!stop.stop_requested() && !informer.WaitForSync(std::chrono::seconds(1))) {
+  }
+  synced_ = true;
+  LogInfo("watching PostgresUpgrade resources",
+          {{"namespace", options_.watch_namespace.empty() ? "*" : options_.watch_namespace}});
+  std::vector<std::jthread> workers;
+  for (int i = 0; i < std::max(1, options_.workers); ++i) {
+    workers.emplace_back([this]() {
+      while (auto key = queue_.Get()) {
+        Status s = Reconcile(*key);
+        if (s.ok()) {
+          queue_.Forget(*key);
+        } else {
+          LogWarn("reconcile failed; will retry", {{"resource", *key}, {"error", s.message()}});
+          queue_.AddRateLimited(*key);
+        }
+        queue_.Done(*key);
+      }
+    });
+  }
+  std::stop_callback on_stop(stop, [this]() { queue_.ShutDown(); });
+  for (auto& w : workers) w.join();
+  informer.Stop();
+  std::vector<std::string> keys;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (const auto& [k, t] : tasks_) keys.push_back(k);
+  }
+  for (const auto& k : keys) StopTask(k);
+}
+
+Status Controller::PatchStatus(const std::string& ns, const std::string& name,
+                               const json& status) {
+  auto r = client_->MergePatch(kPostgresUpgrades, ns, name, {{"status", status}}, "status");
+  return r.ok() ? Status::Ok() : r.status();
+}
+
+Status Controller::ReportProblem(const json& cr, const std::string& reason,
+                                 const std::string& message, bool working) {
+  const std::string ns = cr["metadata"]["namespace"], name = cr["metadata"]["name"];
+  json status = cr.value("status", json::object());
+  std::string phase = status.value("phase", "");
+  json st = {{"message", message},
+             {"conditions", Conditions(status.value("conditions", json::array()), phase, working,
+                                       false, reason, message,
+                                       cr["metadata"].value("generation", int64_t{0}), NowUtc())}};
+  if (status.value("message", "") != message) {
+    (void)events_->Record(cr, k8s::EventType::kWarning, reason, message);
+  }
+  return PatchStatus(ns, name, st);
+}
+
+Status Controller::EnsureFinalizer(const json& cr) {
+  if (HasFinalizer(cr)) return Status::Ok();
+  auto r = client_->Modify(kPostgresUpgrades, cr["metadata"]["namespace"].get<std::string>(),
+                           cr["metadata"]["name"].get<std::string>(), [](json& o) {
+                             if (!HasFinalizer(o)) o["metadata"]["finalizers"].push_back(kFinalizer);
+                             return Status::Ok();
+                           });
+  return r.ok() ? Status::Ok() : r.status();
+}
+
+Result<std::pair<std::string, std::string>> Controller::SourceCredentials(const std::string& ns,
+                                                                          const UpgradeSpec& spec) {
+  auto secret = client_->Get(res::kSecrets, ns, spec.secret_name);
+  if (!secret.ok()) {
+    if (secret.status().code() == StatusCode::kNotFound) {
+      return Status::FailedPrecondition("Secret " + ns + "/" + spec.secret_name +
+                                        " (spec.source.credentialsSecret.name) does not exist");
+    }
+    return secret.status();
+  }
+  const json data = secret->value("data", json::object());
+  std::pair<std::string, std::string> out;
+  for (auto [key, dest] : {std::pair{spec.username_key, &out.first},
+                           std::pair{spec.password_key, &out.second}}) {
+    if (!data.contains(key) || !data[key].is_string()) {
+      return Status::FailedPrecondition("Secret " + ns + "/" + spec.secret_name + " has no key \"" +
+                                        key + "\" (spec.source.credentialsSecret)");
+    }
+    PGSHIFT_ASSIGN_OR_RETURN(*dest, k8s::Base64Decode(data[key].get<std::string>()));
+  }
+  if (out.first.empty()) {
+    return Status::FailedPrecondition("Secret " + ns + "/" + spec.secret_name + ": key \"" +
+                                      spec.username_key + "\" is empty");
+  }
+  return out;
+}
+
+Result<std::string> Controller::TargetPassword(const std::string& ns, const std::string& name) {
+  PGSHIFT_ASSIGN_OR_RETURN(json secret, client_->Get(res::kSecrets, ns, TargetName(name)));
+  const json data = secret.value("data", json::object());
+  if (!data.contains("password")) {
+    return Status::FailedPrecondition("the target's Secret " + TargetName(name) + " has no password");
+  }
+  return k8s::Base64Decode(data["password"].get<std::string>());
+}
+
+Status Controller::EnsureTarget(const json& cr, const UpgradeSpec& spec) {
+  const std::string ns = cr["metadata"]["namespace"], name = cr["metadata"]["name"];
+  auto secret = client_->Get(res::kSecrets, ns, TargetName(name));
+  if (!secret.ok()) {
+    if (secret.status().code() != StatusCode::kNotFound) return secret.status();
+    auto created = client_->CreateObject(res::kSecrets, ns, TargetSecret(cr, RandomHex(24)));
+    if (!created.ok() && created.status().code() != StatusCode::kAlreadyExists) {
+      return created.status().WithContext("creating the target's Secret");
+    }
+  }
+  k8s::ApplyOptions ao{kFieldManager, true};
+  auto svc = client_->Apply(res::kServices, ns, TargetService(cr), ao);
+  if (!svc.ok()) return svc.status().WithContext("applying the target's Service");
+  auto sts = client_->Apply(res::kStatefulSets, ns, TargetStatefulSet(cr, spec), ao);
+  if (!sts.ok()) return sts.status().WithContext("applying the target's StatefulSet");
+  return Status::Ok();
+}
+
+Result<Controller::Wiring> Controller::Wire(const json& cr, const UpgradeSpec& spec) {
+  const std::string ns = cr["metadata"]["namespace"], name = cr["metadata"]["name"];
+  PGSHIFT_ASSIGN_OR_RETURN(auto creds, SourceCredentials(ns, spec));
+  PGSHIFT_ASSIGN_OR_RETURN(std::string target_pw, TargetPassword(ns, name));
+  Wiring w;
+  if (!spec.source_service.empty()) {
+    PGSHIFT_ASSIGN_OR_RETURN(w.source, ResolveService(client_, options_.connect_mode, ns,
+                                                      spec.source_service, spec.source_port,
+                                                      options_.address_map));
+  } else {
+    w.source = {spec.source_host, spec.source_port};
+  }
+  PGSHIFT_ASSIGN_OR_RETURN(w.target, ResolveService(client_, options_.connect_mode, ns,
+                                                    TargetName(name), 5432, options_.address_map));
+  w.work_dir = options_.work_dir + "/" + ns + "/" + name;
+  PGSHIFT_RETURN_IF_ERROR(MakeDirs(w.work_dir, 0700));
+  const std::string pgpass = w.work_dir + "/pgpass";
+  PGSHIFT_RETURN_IF_ERROR(
+      WriteFileAtomic(pgpass,
+                      PgpassLine(w.source.host, w.source.port, creds.first, creds.second) +
+                          PgpassLine(w.target.host, w.target.port, "postgres", target_pw),
+                      0600));
+  auto dsn = [&](const engine::Endpoint& e, const std::string& user) {
+    pg::ConnInfo ci;
+    ci.Set("host", e.host);
+    ci.Set("port", std::to_string(e.port));
+    ci.Set("user", user);
+    ci.Set("dbname", "postgres");
+    ci.Set("passfile", pgpass);
+    ci.Set("connect_timeout", "10");
+    return ci.ToString();
+  };
+  w.source_dsn = dsn(w.source, creds.first);
+  w.target_dsn = dsn(w.target, "postgres");
+  return w;
+}
+
+Status Controller::Reconcile(const std::string& key) {
+  auto slash = key.find('/');
+  const std::string ns = key.substr(0, slash), name = key.substr(slash + 1);
+  auto got = client_->Get(kPostgresUpgrades, ns, name);
+  if (!got.ok()) {
+    if (got.status().code() == StatusCode::kNotFound) {
+      StopTask(key);
+      std::lock_guard<std::mutex> lock(mu_);
+      last_stats_.erase(key);
+      return Status::Ok();
+    }
+    return got.status();
+  }
+  json cr = *got;
+  if (!cr["metadata"].contains("namespace")) cr["metadata"]["namespace"] = ns;
+  if (cr["metadata"].contains("deletionTimestamp")) {
+    StopTask(key);
+    if (!HasFinalizer(cr)) return Status::Ok();
+    Status s = Finalize(cr);
+    if (!s.ok()) {
+      (void)events_->Record(cr, k8s::EventType::kWarning, "CleanupFailed", s.message());
+      return s;
+    }
+    auto r = client_->Modify(kPostgresUpgrades, ns, name, [](json& o) {
+      json& f = o["metadata"]["finalizers"];
+      f.erase(std::remove(f.begin(), f.end(), json(kFinalizer)), f.end());
+      return Status::Ok();
+    });
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      last_stats_.erase(key);
+    }
+    return r.ok() || r.status().code() == StatusCode::kNotFound ? Status::Ok() : r.status();
+  }
+  PGSHIFT_RETURN_IF_ERROR(EnsureFinalizer(cr));
+
+  // A step in flight: let it work; a finished one is collected here.
+  {
+    std::shared_ptr<Task> task;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      auto it = tasks_.find(key);
+      if (it != tasks_.end()) task = it->second;
+    }
+    if (task != nullptr) {
+      const int64_t gen = cr["metadata"].value("generation", int64_t{0});
+      if (!task->done && task->generation == gen) return Status::Ok();
+      // Done, or the spec changed under a running step: stop it at a safe point (every step
+      // resumes from the saved state) and decide again with the new spec.
+      const bool changed = !task->done;
+      StopTask(key);
+      if (changed) {
+        LogInfo("spec changed: restarting the step", {{"resource", key}});
+        PGSHIFT_ASSIGN_OR_RETURN(cr, client_->Get(kPostgresUpgrades, ns, name));
+        task = nullptr;
+      }
+    }
+    if (task != nullptr) {
+      if (!task->result.ok()) {
+        auto reread = client_->Get(kPostgresUpgrades, ns, name);
+        json fresh = reread.ok() ? *reread : cr;
+        (void)ReportProblem(fresh, ReasonFor(task->result), task->result.message());
+        // Retried with backoff: most failures (a server restarting, lag) pass.
+        return Status::Unavailable(StepName(task->step) + " failed: " + task->result.message());
+      }
+      PGSHIFT_ASSIGN_OR_RETURN(cr, client_->Get(kPostgresUpgrades, ns, name));
+    }
+  }
+
+  auto spec = ParseSpec(cr);
+  if (!spec.ok()) {
+    (void)ReportProblem(cr, "InvalidSpec", spec.status().message());
+    return Status::Ok();  // a spec change queues the resource again
+  }
+  const json status = cr.value("status", json::object());
+  std::optional<engine::MigrationState> saved = SavedState(cr);
+  std::optional<engine::Phase> phase;
+  if (saved) phase = saved->phase;
+  const int64_t generation = cr["metadata"].value("generation", int64_t{0});
+  const bool preflight_done = status.contains("preflight") &&
+                              status.value("observedGeneration", int64_t{-1}) == generation;
+  Step step = NextStep(*spec, phase, preflight_done);
+
+  if (step == Step::kNone) {
+    const std::string ph = status.value("phase", "");
+    const bool waiting = ph == "ReadyForCutover" && spec->cutover_mode == "manual";
+    json st = {{"observedGeneration", generation},
+               {"conditions", Conditions(status.value("conditions", json::array()), ph, false,
+                                         waiting, "", "", generation, NowUtc())},
+               {"message", waiting ? "ready for cutover: set spec.cutover.approved to true"
+                                   : status.value("message", "")}};
+    if (saved) st.update(StatusFromEngine(*saved));
+    return PatchStatus(ns, name, st);
+  }
+
+  // Target first (it is needed by the preflight too), then credentials and addresses.
+  if (!phase.has_value() || *phase < engine::Phase::kCuttingOver) {
+    Status s = EnsureTarget(cr, *spec);
+    if (!s.ok()) return s;
+  }
+  auto wiring = Wire(cr, *spec);
+  if (!wiring.ok()) {
+    const Status& s = wiring.status();
+    if (s.code() == StatusCode::kUnavailable) {
+      // The target (or the source) has no ready Pod yet: look again soon.
+      json st = {{"message", s.message()},
+                 {"observedGeneration", generation},
+                 {"conditions", Conditions(status.value("conditions", json::array()),
+                                           status.value("phase", ""), true, false, "", "",
+                                           generation, NowUtc())}};
+      if (!status.contains("phase")) st["phase"] = "Pending";
+      (void)PatchStatus(ns, name, st);
+      queue_.AddAfter(key, std::chrono::seconds(2));
+      return Status::Ok();
+    }
+    std::string reason = s.message().find("Secret") != std::string::npos ? "CredentialsProblem"
+                                                                            : ReasonFor(s);
+    (void)ReportProblem(cr, reason, s.message());
+    queue_.AddAfter(key, std::chrono::seconds(10));  // Secrets are not watched
+    return Status::Ok();
+  }
+  json st = {{"observedGeneration", generation},
+             {"conditions", Conditions(status.value("conditions", json::array()),
+                                       status.value("phase", ""), true, false, "", "", generation,
+                                       NowUtc())}};
+  if (!status.contains("phase")) st["phase"] = "Pending";
+  PGSHIFT_RETURN_IF_ERROR(PatchStatus(ns, name, st));
+  StartTask(cr, step);
+  return Status::Ok();
+}
+
+void Controller::StartTask(const json& cr, Step step) {
+  auto task = std::make_shared<Task>();
+  task->ns = cr["metadata"]["namespace"];
+  task->name = cr["metadata"]["name"];
+  task->uid = cr["metadata"].value("uid", "");
+  task->key = KeyOf(task->ns, task->name);
+  task->cr = cr;
+  task->step = step;
+  task->generation = cr["metadata"].value("generation", int64_t{0});
+  task->last_phase = cr.value("status", json::object()).value("phase", "");
+  LogInfo("starting step", {{"resource", task->key}, {"step", StepName(step)}});
+  (void)events_->Record(cr, k8s::EventType::kNormal, "Step", "running step " + StepName(step));
+  std::lock_guard<std::mutex> lock(mu_);
+  tasks_[task->key] = task;
+  task->thread = std::jthread([this, task](std::stop_token stop) { RunTask(task, stop); });
+}
+
+void Controller::StopTask(const std::string& key) {
+  std::shared_ptr<Task> task;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = tasks_.find(key);
+    if (it == tasks_.end()) return;
+    task = it->second;
+    tasks_.erase(it);
+  }
+  task->thread.request_stop();
+  if (task->thread.joinable()) task->thread.join();
+}
+
+void Controller::RunTask(std::shared_ptr<Task> task, std::stop_token stop) {
+  auto finish = [&](Status s) {
+    task->result = s;
+    task->done = true;
+    LogInfo("step ended", {{"resource", task->key},
+                           {"step", StepName(task->step)},
+                           {"result", s.ok() ? "ok" : s.message()}});
+    queue_.Add(task->key);
+  };
+  auto cr = client_->Get(kPostgresUpgrades, task->ns, task->name);
+  if (!cr.ok()) return finish(cr.status());
+  auto spec = ParseSpec(*cr);
+  if (!spec.ok()) return finish(spec.status());
+  auto wiring = Wire(*cr, *spec);
+  if (!wiring.ok()) return finish(wiring.status());
+
+  if (task->step == Step::kPreflight) {
+    engine::PreflightOptions po;
+    po.databases = spec->databases;
+    po.pg_dump_path = options_.tools.pg_dump;
+    po.rollback_replication = spec->keep_reverse_replication;
+    auto rep = engine::RunPreflight(wiring->source_dsn, wiring->target_dsn, po);
+    if (!rep.ok()) return finish(rep.status());
+    json lines = json::array();
+    for (const auto& r : rep->results) {
+      lines.push_back(std::string(engine::SeverityName(r.severity)) + " " + r.subject + ": " +
+                      r.message);
+    }
+    const int errors = rep->Count(engine::Severity::kError);
+    json st = {{"phase", "Preflight"},
+               {"preflight", lines},
+               {"sourceVersion", rep->source_major},
+               {"targetVersion", rep->target_major},
+               {"message", errors == 0 ? "preflight passed (checkOnly: nothing was changed)"
+                                       : "preflight found " + std::to_string(errors) +
+                                             " problem(s); see status.preflight"},
+               {"observedGeneration", (*cr)["metadata"].value("generation", int64_t{0})}};
+    Status s = PatchStatus(task->ns, task->name, st);
+    (void)events_->Record(*cr, errors == 0 ? k8s::EventType::kNormal : k8s::EventType::kWarning,
+                          "Preflight", st["message"].get<std::string>());
+    return finish(s);
+  }
+
+  engine::MigrationRequest req;
+  req.source_dsn = wiring->source_dsn;
+  req.target_dsn = wiring->target_dsn;
+  req.state_dir = wiring->work_dir;
+  req.options = EngineOptions(*spec);
+  const std::string ns = task->ns, name = task->name;
+  auto sink = [this, task, ns, name](const engine::MigrationState& state) -> Status {
+    json st = StatusFromEngine(state);
+    st["engine"] = state.ToJson();
+    if (!state.last_error.empty()) st["message"] = state.last_error;
+    Status s = PatchStatus(ns, name, st);
+    const std::string phase = engine::PhaseName(state.phase);
+    std::string previous;
+    {
+      std::lock_guard<std::mutex> lock(task->mu);
+      previous = task->last_phase;
+      task->last_phase = phase;
+    }
+    if (s.ok() && previous != phase) {
+      (void)events_->Record(task->cr, k8s::EventType::kNormal, "PhaseChanged",
+                            (previous.empty() ? "Pending" : previous) + " -> " + phase);
+    }
+    return s;
+  };
+  std::optional<engine::MigrationState> saved = SavedState(*cr);
+  if (saved) {
+    // Cutover settings follow the spec; what shaped the servers (databases, reverse
+    // replication) stays as it was started.
+    saved->options.cutover = req.options.cutover;
+    saved->options.max_lag_bytes = req.options.max_lag_bytes;
+    saved->options.max_pause_ms = req.options.max_pause_ms;
+    saved->options.verify = req.options.verify;
+  }
+  auto m = engine::Migration::FromState(saved, req, options_.tools, sink);
+  if (!m.ok()) return finish(m.status());
+  engine::Migration* mig = m->get();
+  mig->set_stop([&stop]() { return stop.stop_requested(); });
+  mig->set_progress([task](const std::string& line) {
+    LogInfo(line, {{"resource", task->key}});
+    std::lock_guard<std::mutex> lock(task->mu);
+    task->last_line = line;
+  });
+  {
+    std::lock_guard<std::mutex> lock(task->mu);
+    task->migration = mig;
+  }
+  ServiceRouter router(client_, ns, spec->traffic_service, wiring->source,
+                       spec->source_service, wiring->target, TargetName(name),
+                       TargetSelector(name));
+
+  // Live figures and the last progress line go to the status while the step runs.
+  std::jthread reporter([this, task, mig, ns, name](std::stop_token rs) {
+    while (!rs.stop_requested()) {
+      for (int i = 0; i < options_.status_interval_ms / 50 && !rs.stop_requested(); ++i) {
+        SleepMillis(50);
+      }
+      engine::StatsSnapshot snap = mig->stats().Snapshot(MonotonicMillis());
+      json st = StatusFromStats(snap);
+      {
+        std::lock_guard<std::mutex> lock(task->mu);
+        if (!task->last_line.empty()) st["message"] = task->last_line;
+      }
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        last_stats_[task->key] = snap;
+      }
+      (void)PatchStatus(ns, name, st);
+    }
+  });
+
+  Status s;
+  switch (task->step) {
+    case Step::kRun: s = mig->Run(&router); break;
+    case Step::kCutover: s = mig->Cutover(&router); break;
+    case Step::kRollback: s = mig->Rollback(&router); break;
+    case Step::kFinish: s = mig->Finish(); break;
+    default: s = Status::Internal("no step");
+  }
+  reporter.request_stop();
+  reporter.join();
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    engine::StatsSnapshot snap = mig->stats().Snapshot(MonotonicMillis());
+    snap.phase = engine::PhaseName(mig->state().phase);
+    last_stats_[task->key] = snap;
+  }
+  {
+    std::lock_guard<std::mutex> lock(task->mu);
+    task->migration = nullptr;
+  }
+  if (s.ok()) {
+    json st = StatusFromStats(mig->stats().Snapshot(MonotonicMillis()));
+    st["message"] = "step " + StepName(task->step) + " done: " + engine::PhaseName(mig->state().phase);
+    (void)PatchStatus(ns, name, st);
+    if (mig->state().phase == engine::Phase::kCompleted && mig->state().cutovers.size() > 0 &&
+        mig->state().cutovers.back().direction == "forward") {
+      // The target is the database in use now: it must outlive this resource.
+      Status d = DetachTarget(ns, name);
+      if (!d.ok()) LogWarn("could not detach the target", {{"resource", task->key}, {"error", d.message()}});
+    }
+  }
+  finish(s);
+}
+
+Status Controller::DetachTarget(const std::string& ns, const std::string& name) {
+  for (const auto* r : {&res::kStatefulSets, &res::kServices, &res::kSecrets}) {
+    auto m = client_->Modify(*r, ns, TargetName(name), [](json& o) {
+      o["metadata"].erase("ownerReferences");
+      return Status::Ok();
+    });
+    if (!m.ok() && m.status().code() != StatusCode::kNotFound) return m.status();
+  }
+  return Status::Ok();
+}
+
+// Detaches the target from the resource when traffic is on it; otherwise removes every
+// pgshift object from both servers and leaves the source as it was.
+Status Controller::Finalize(const json& cr) {
+  const std::string ns = cr["metadata"]["namespace"], name = cr["metadata"]["name"];
+  std::optional<engine::MigrationState> saved = SavedState(cr);
+  auto detach_target = [&]() { return DetachTarget(ns, name); };
+  if (!saved.has_value()) return Status::Ok();  // nothing was made on a server yet
+  using engine::Phase;
+  const Phase phase = saved->phase;
+  if (phase == Phase::kAborted || (phase == Phase::kCompleted && saved->cutovers.empty())) {
+    return Status::Ok();
+  }
+  bool forward_done = false;
+  for (const auto& c : saved->cutovers) {
+    if (c.succeeded) forward_done = c.direction == "forward";
+  }
+  if (phase == Phase::kCompleted) return forward_done ? detach_target() : Status::Ok();
+
+  auto spec = ParseSpec(cr);
+  if (!spec.ok()) return spec.status();
+  auto wiring = Wire(cr, *spec);
+  if (!wiring.ok()) return wiring.status().WithContext("cleanup needs both servers");
+  engine::MigrationRequest req;
+  req.source_dsn = wiring->source_dsn;
+  req.target_dsn = wiring->target_dsn;
+  req.state_dir = wiring->work_dir;
+  req.options = saved->options;
+  auto m = engine::Migration::FromState(saved, req, options_.tools,
+                                        [this, ns, name](const engine::MigrationState& st) {
+                                          json s = StatusFromEngine(st);
+                                          s["engine"] = st.ToJson();
+                                          return PatchStatus(ns, name, s);
+                                        });
+  if (!m.ok()) return m.status();
+  ServiceRouter router(client_, ns, spec->traffic_service, wiring->source, spec->source_service,
+                       wiring->target, TargetName(name), TargetSelector(name));
+  Status s;
+  if (phase == Phase::kRollbackReady || phase == Phase::kRolledBack) {
+    s = (*m)->Finish();
+    if (s.ok() && phase == Phase::kRollbackReady) s = detach_target();
+  } else {
+    s = (*m)->Abort(&router);
+    if (s.code() == StatusCode::kFailedPrecondition &&
+        (*m)->state().phase == Phase::kRollbackReady) {
+      // The interrupted cutover had switched traffic: keep the target.
+      s = (*m)->Finish();
+      if (s.ok()) s = detach_target();
+    }
+  }
+  if (!s.ok()) return s;
+  // The traffic Service keeps no trace of pgshift.
+  auto svc = client_->Modify(res::kServices, ns, spec->traffic_service, [](json& o) {
+    if (o["metadata"].contains("annotations")) {
+      o["metadata"]["annotations"].erase(kSourceSelectorAnnotation);
+    }
+    return Status::Ok();
+  });
+  if (!svc.ok() && svc.status().code() != StatusCode::kNotFound) return svc.status();
+  (void)events_->Record(cr, k8s::EventType::kNormal, "CleanedUp",
+                        "pgshift's slots, publications and subscriptions were removed");
+  return Status::Ok();
+}
+
+}  // namespace pgshift::op

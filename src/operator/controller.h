@@ -1,0 +1,105 @@
+// The PostgresUpgrade reconciler.
+//
+// Reconcile is short: it reads the resource, makes the target (Secret, Service, StatefulSet,
+// owned by the resource), and decides which engine step is due (spec.h: NextStep). Each step
+// runs on a worker thread of its own resource, so a long initial copy never holds up other
+// resources; the engine saves its state into the resource's status (status.engine) before and
+// after every side effect, so a restarted operator resumes where the last one stopped. When
+// the step ends, the resource is queued again and the next step is decided.
+//
+// Deleting the resource stops its worker, then the finalizer removes what pgshift made on the
+// servers: before cutover (Abort) the source is left as it was and the target goes with the
+// resource; after cutover (Finish) the target is the database in use, so it is detached from
+// the resource (owner references removed) and kept.
+#pragma once
+
+#include <atomic>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <stop_token>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "engine/schema.h"
+#include "engine/stats.h"
+#include "k8s/client.h"
+#include "k8s/events.h"
+#include "k8s/workqueue.h"
+#include "operator/cluster.h"
+#include "operator/spec.h"
+
+namespace pgshift::op {
+
+inline const k8s::Resource kPostgresUpgrades{"pgshift.dev", "v1alpha1", "postgresupgrades", true,
+                                             "PostgresUpgrade"};
+
+struct ControllerOptions {
+  std::string watch_namespace;  // "" : every namespace
+  ConnectMode connect_mode = ConnectMode::kServiceDns;
+  AddressMap address_map;
+  std::string work_dir = "/var/lib/pgshift-operator";
+  engine::ToolPaths tools;
+  int workers = 2;
+  int status_interval_ms = 2000;  // live figures (lag, tables) are written this often
+};
+
+// One resource's figures for the metrics endpoint.
+struct ResourceStats {
+  std::string key;  // namespace/name
+  engine::StatsSnapshot snapshot;
+};
+
+class Controller {
+ public:
+  Controller(k8s::Client* client, k8s::EventRecorder* events, ControllerOptions options);
+  ~Controller();
+
+  // Watches PostgresUpgrade resources and reconciles them until `stop` is requested; then
+  // stops every worker at a safe point and returns.
+  void Run(std::stop_token stop);
+  // True once the first list of resources arrived.
+  bool Synced() const { return synced_; }
+  std::vector<ResourceStats> Stats() const;
+
+  // One reconcile of `key` (namespace/name); public for tests.
+  Status Reconcile(const std::string& key);
+
+ private:
+  struct Task;
+
+  Status Finalize(const nlohmann::json& cr);
+  Status EnsureFinalizer(const nlohmann::json& cr);
+  Status EnsureTarget(const nlohmann::json& cr, const UpgradeSpec& spec);
+  // Source credentials from the Secret; FailedPrecondition naming what is missing.
+  Result<std::pair<std::string, std::string>> SourceCredentials(const std::string& ns,
+                                                                const UpgradeSpec& spec);
+  Result<std::string> TargetPassword(const std::string& ns, const std::string& name);
+  // DSNs (password in a pgpass file under the work folder) and the Service router.
+  struct Wiring {
+    std::string source_dsn, target_dsn, work_dir;
+    engine::Endpoint source, target;
+  };
+  Result<Wiring> Wire(const nlohmann::json& cr, const UpgradeSpec& spec);
+  Status PatchStatus(const std::string& ns, const std::string& name, const nlohmann::json& status);
+  Status ReportProblem(const nlohmann::json& cr, const std::string& reason,
+                       const std::string& message, bool working = false);
+  void StartTask(const nlohmann::json& cr, Step step);
+  // Removes the target's owner references, so it outlives the resource.
+  Status DetachTarget(const std::string& ns, const std::string& name);
+  void StopTask(const std::string& key);
+  void RunTask(std::shared_ptr<Task> task, std::stop_token stop);
+
+  k8s::Client* client_;
+  k8s::EventRecorder* events_;
+  ControllerOptions options_;
+  k8s::WorkQueue queue_;
+  std::atomic<bool> synced_{false};
+
+  mutable std::mutex mu_;
+  std::map<std::string, std::shared_ptr<Task>> tasks_;
+  std::map<std::string, engine::StatsSnapshot> last_stats_;
+};
+
+}  // namespace pgshift::op

@@ -1,0 +1,145 @@
+// pgshift-operator: reconciles PostgresUpgrade resources (see controller.h, docs/kubernetes.md).
+#include <csignal>
+#include <cstdlib>
+#include <iostream>
+#include <stop_token>
+#include <thread>
+
+#include <CLI/CLI.hpp>
+
+#include "common/clock.h"
+#include "common/log.h"
+#include "common/strings.h"
+#include "k8s/config.h"
+#include "k8s/events.h"
+#include "k8s/leader_election.h"
+#include "k8s/logging.h"
+#include "operator/controller.h"
+
+namespace {
+
+std::stop_source g_stop;
+
+void OnSignal(int) { g_stop.request_stop(); }
+
+std::string Hostname() {
+  char buf[256] = {0};
+  if (gethostname(buf, sizeof buf - 1) != 0) return "pgshift-operator";
+  return buf;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  using namespace pgshift;
+  CLI::App app{
+      "pgshift-operator: moves PostgreSQL databases to another major version for "
+      "PostgresUpgrade resources (pgshift.dev/v1alpha1)"};
+  std::string kubeconfig, ns, connect = "service-dns", address_map, work_dir = "/var/lib/pgshift-operator";
+  std::string pg_bin_dir, log_format = "text", lease_namespace, metrics_addr = ":8080",
+                          health_addr = ":8081";
+  bool leader_elect = false;
+  int workers = 2;
+  app.add_option("--kubeconfig", kubeconfig,
+                 "kubeconfig file (default: in-cluster, else $KUBECONFIG, else ~/.kube/config)");
+  app.add_option("--namespace", ns, "watch one namespace (default: every namespace)");
+  app.add_option("--connect", connect,
+                 "how to reach servers: service-dns (in a cluster) | endpoints (outside one: a "
+                 "ready EndpointSlice address)")
+      ->check(CLI::IsMember({"service-dns", "endpoints"}));
+  app.add_option("--pod-address-map", address_map,
+                 "JSON file mapping Pod IPs to host:port to dial (hosts where Pod IPs do not "
+                 "route; e.g. the test harness's pods.json)");
+  app.add_option("--work-dir", work_dir, "folder for pgpass files and migration reports");
+  app.add_option("--pg-bin-dir", pg_bin_dir,
+                 "folder with pg_dump, pg_dumpall and psql (default: from PATH); use the newest "
+                 "major of the versions involved");
+  app.add_option("--workers", workers, "reconcile workers")->check(CLI::Range(1, 16));
+  app.add_flag("--leader-elect", leader_elect, "run only while holding the Lease");
+  app.add_option("--lease-namespace", lease_namespace,
+                 "namespace of the Lease (default: the Pod's namespace, else pgshift-system)");
+  app.add_option("--metrics-addr", metrics_addr, "serve /metrics on HOST:PORT (\"0\" disables)");
+  app.add_option("--health-addr", health_addr, "serve /healthz and /readyz on HOST:PORT");
+  app.add_option("--log-format", log_format, "text | json")->check(CLI::IsMember({"text", "json"}));
+  CLI11_PARSE(app, argc, argv);
+
+  SetLogFormat(log_format == "json" ? LogFormat::kJson : LogFormat::kText);
+  k8s::SetLogSink([](k8s::LogLevel level, std::string_view line) {
+    if (level == k8s::LogLevel::kError) LogError(line);
+    else if (level == k8s::LogLevel::kWarning) LogWarn(line);
+    else if (level == k8s::LogLevel::kInfo) LogInfo(line);
+  });
+
+  auto config = kubeconfig.empty() ? k8s::LoadDefaultConfig() : k8s::LoadKubeconfig(kubeconfig);
+  if (!config.ok()) {
+    std::cerr << "pgshift-operator: " << config.status().message() << "\n";
+    return 2;
+  }
+  config->user_agent = "pgshift-operator";
+  auto client = k8s::Client::Create(*config);
+  if (!client.ok()) {
+    std::cerr << "pgshift-operator: " << client.status().message() << "\n";
+    return 2;
+  }
+  const std::string identity = Hostname() + "_" + RandomHex(6);
+  k8s::EventRecorder events(client->get(), "pgshift-operator", identity);
+
+  op::ControllerOptions co;
+  co.watch_namespace = ns;
+  co.connect_mode = connect == "endpoints" ? op::ConnectMode::kEndpoints : op::ConnectMode::kServiceDns;
+  co.address_map = op::AddressMap(address_map);
+  co.work_dir = work_dir;
+  co.workers = workers;
+  if (!pg_bin_dir.empty()) {
+    co.tools.pg_dump = pg_bin_dir + "/pg_dump";
+    co.tools.pg_dumpall = pg_bin_dir + "/pg_dumpall";
+    co.tools.psql = pg_bin_dir + "/psql";
+  }
+  op::Controller controller(client->get(), &events, co);
+
+  std::signal(SIGTERM, OnSignal);
+  std::signal(SIGINT, OnSignal);
+  LogInfo("pgshift-operator starting", {{"api", config->server}, {"identity", identity}});
+
+  if (!leader_elect) {
+    controller.Run(g_stop.get_token());
+    LogInfo("pgshift-operator stopped");
+    return 0;
+  }
+  k8s::LeaderElectionConfig lc;
+  lc.lease_namespace = lease_namespace;
+  if (lc.lease_namespace.empty()) {
+    const char* pod_ns = std::getenv("POD_NAMESPACE");
+    lc.lease_namespace = pod_ns != nullptr && *pod_ns ? pod_ns : "pgshift-system";
+  }
+  lc.lease_name = "pgshift-operator";
+  lc.identity = identity;
+  std::atomic<bool> lost{false};
+  k8s::LeaderCallbacks cb;
+  cb.on_started_leading = [&](std::stop_token stop) {
+    LogInfo("leading: reconciling");
+    std::stop_source both;
+    std::stop_callback a(stop, [&]() { both.request_stop(); });
+    std::stop_callback b(g_stop.get_token(), [&]() { both.request_stop(); });
+    controller.Run(both.get_token());
+  };
+  cb.on_stopped_leading = [&]() {
+    if (!g_stop.stop_requested()) lost = true;
+    g_stop.request_stop();
+  };
+  cb.on_new_leader = [](const std::string& who) { LogInfo("leader", {{"identity", who}}); };
+  auto elector = k8s::LeaderElector::Create(client->get(), lc, cb);
+  if (!elector.ok()) {
+    std::cerr << "pgshift-operator: " << elector.status().message() << "\n";
+    return 2;
+  }
+  (*elector)->Start();
+  while (!g_stop.stop_requested()) SleepMillis(200);
+  (*elector)->Stop();
+  if (lost) {
+    LogError("lost the leader Lease; exiting so that a fresh process campaigns again");
+    return 1;
+  }
+  LogInfo("pgshift-operator stopped");
+  return 0;
+}

@@ -1,0 +1,358 @@
+#include "operator/spec.h"
+
+#include <regex>
+
+namespace pgshift::op {
+namespace {
+
+Status Bad(const std::string& field, const std::string& why) {
+  return Status::InvalidArgument("spec." + field + ": " + why);
+}
+
+// Reads an optional typed member; a wrong type is an error naming the field.
+template <typename T>
+Status Read(const Json& obj, const char* key, const std::string& field, T* out) {
+  if (!obj.is_object() || !obj.contains(key) || obj[key].is_null()) return Status::Ok();
+  try {
+    *out = obj[key].get<T>();
+  } catch (const std::exception&) {
+    return Bad(field, "has the wrong type");
+  }
+  return Status::Ok();
+}
+
+const Json& Member(const Json& obj, const char* key) {
+  static const Json kEmpty = Json::object();
+  if (!obj.is_object() || !obj.contains(key) || !obj[key].is_object()) return kEmpty;
+  return obj[key];
+}
+
+}  // namespace
+
+Result<UpgradeSpec> ParseSpec(const Json& resource) {
+  UpgradeSpec s;
+  const Json& spec = Member(resource, "spec");
+  const Json& src = Member(spec, "source");
+  PGSHIFT_RETURN_IF_ERROR(Read(src, "service", "source.service", &s.source_service));
+  PGSHIFT_RETURN_IF_ERROR(Read(src, "host", "source.host", &s.source_host));
+  PGSHIFT_RETURN_IF_ERROR(Read(src, "port", "source.port", &s.source_port));
+  PGSHIFT_RETURN_IF_ERROR(Read(src, "databases", "source.databases", &s.databases));
+  const Json& cred = Member(src, "credentialsSecret");
+  PGSHIFT_RETURN_IF_ERROR(Read(cred, "name", "source.credentialsSecret.name", &s.secret_name));
+  PGSHIFT_RETURN_IF_ERROR(
+      Read(cred, "usernameKey", "source.credentialsSecret.usernameKey", &s.username_key));
+  PGSHIFT_RETURN_IF_ERROR(
+      Read(cred, "passwordKey", "source.credentialsSecret.passwordKey", &s.password_key));
+
+  const Json& tgt = Member(spec, "target");
+  PGSHIFT_RETURN_IF_ERROR(Read(tgt, "version", "target.version", &s.target_version));
+  PGSHIFT_RETURN_IF_ERROR(Read(tgt, "image", "target.image", &s.target_image));
+  const Json& storage = Member(tgt, "storage");
+  PGSHIFT_RETURN_IF_ERROR(Read(storage, "size", "target.storage.size", &s.storage_size));
+  PGSHIFT_RETURN_IF_ERROR(
+      Read(storage, "storageClassName", "target.storage.storageClassName", &s.storage_class));
+  if (tgt.contains("resources") && tgt["resources"].is_object()) s.resources = tgt["resources"];
+  PGSHIFT_RETURN_IF_ERROR(Read(tgt, "parameters", "target.parameters", &s.parameters));
+
+  PGSHIFT_RETURN_IF_ERROR(
+      Read(Member(spec, "traffic"), "service", "traffic.service", &s.traffic_service));
+  const Json& cut = Member(spec, "cutover");
+  PGSHIFT_RETURN_IF_ERROR(Read(cut, "mode", "cutover.mode", &s.cutover_mode));
+  PGSHIFT_RETURN_IF_ERROR(Read(cut, "approved", "cutover.approved", &s.cutover_approved));
+  PGSHIFT_RETURN_IF_ERROR(Read(cut, "maxLagBytes", "cutover.maxLagBytes", &s.max_lag_bytes));
+  PGSHIFT_RETURN_IF_ERROR(Read(cut, "maxPauseMs", "cutover.maxPauseMs", &s.max_pause_ms));
+  PGSHIFT_RETURN_IF_ERROR(Read(spec, "verify", "verify", &s.verify));
+  PGSHIFT_RETURN_IF_ERROR(Read(Member(spec, "rollback"), "keepReverseReplication",
+                               "rollback.keepReverseReplication", &s.keep_reverse_replication));
+  PGSHIFT_RETURN_IF_ERROR(Read(spec, "action", "action", &s.action));
+  PGSHIFT_RETURN_IF_ERROR(Read(spec, "checkOnly", "checkOnly", &s.check_only));
+
+  // The same rules as the CRD's schema and CEL rules.
+  if (s.source_service.empty() == s.source_host.empty()) {
+    return Bad("source", "set exactly one of source.service and source.host");
+  }
+  if (s.source_port < 1 || s.source_port > 65535) return Bad("source.port", "must be 1..65535");
+  if (s.secret_name.empty()) return Bad("source.credentialsSecret.name", "is required");
+  if (s.target_version < 12 || s.target_version > 18) {
+    return Bad("target.version", "must be a PostgreSQL major version from 12 to 18");
+  }
+  if (s.target_image.empty()) s.target_image = "postgres:" + std::to_string(s.target_version);
+  static const std::regex kParam("^[a-z][a-z0-9_.]*$");
+  for (const auto& [k, v] : s.parameters) {
+    if (!std::regex_match(k, kParam)) return Bad("target.parameters", "bad parameter name " + k);
+    if (k == "wal_level") return Bad("target.parameters", "wal_level is set by pgshift (logical)");
+  }
+  if (s.traffic_service.empty()) return Bad("traffic.service", "is required");
+  if (s.traffic_service == s.source_service) {
+    return Bad("traffic.service",
+               "must be the Service clients use, not the source's own Service (source.service)");
+  }
+  if (s.cutover_mode != "auto" && s.cutover_mode != "manual") {
+    return Bad("cutover.mode", "must be auto or manual");
+  }
+  if (s.max_lag_bytes < 0) return Bad("cutover.maxLagBytes", "must not be negative");
+  if (s.max_pause_ms < 1 || s.max_pause_ms > 600000) {
+    return Bad("cutover.maxPauseMs", "must be 1..600000");
+  }
+  if (s.verify != "none" && s.verify != "count" && s.verify != "checksum") {
+    return Bad("verify", "must be none, count or checksum");
+  }
+  if (!s.action.empty() && s.action != "Rollback" && s.action != "Finish") {
+    return Bad("action", "must be empty, Rollback or Finish");
+  }
+  return s;
+}
+
+std::string TargetName(const std::string& upgrade_name) { return upgrade_name + "-target"; }
+
+Json TargetSelector(const std::string& upgrade_name) {
+  return {{kUpgradeLabel, upgrade_name}, {kRoleLabel, "target"}};
+}
+
+Json OwnerReference(const Json& resource) {
+  return {{"apiVersion", kApiVersion},
+          {"kind", kKind},
+          {"name", resource["metadata"]["name"]},
+          {"uid", resource["metadata"]["uid"]},
+          {"controller", true},
+          {"blockOwnerDeletion", true}};
+}
+
+namespace {
+
+Json TargetMetadata(const Json& resource) {
+  const std::string name = resource["metadata"]["name"].get<std::string>();
+  Json labels = TargetSelector(name);
+  labels["app.kubernetes.io/managed-by"] = "pgshift-operator";
+  return {{"name", TargetName(name)},
+          {"namespace", resource["metadata"]["namespace"]},
+          {"labels", labels},
+          {"ownerReferences", Json::array({OwnerReference(resource)})}};
+}
+
+}  // namespace
+
+Json TargetSecret(const Json& resource, const std::string& password) {
+  return {{"apiVersion", "v1"},
+          {"kind", "Secret"},
+          {"metadata", TargetMetadata(resource)},
+          {"type", "Opaque"},
+          {"stringData", {{"username", "postgres"}, {"password", password}}}};
+}
+
+Json TargetService(const Json& resource) {
+  const std::string name = resource["metadata"]["name"].get<std::string>();
+  return {{"apiVersion", "v1"},
+          {"kind", "Service"},
+          {"metadata", TargetMetadata(resource)},
+          {"spec",
+           {{"selector", TargetSelector(name)},
+            {"ports", Json::array({{{"name", "postgres"},
+                                    {"port", 5432},
+                                    {"targetPort", 5432},
+                                    {"protocol", "TCP"}}})}}}};
+}
+
+Json TargetStatefulSet(const Json& resource, const UpgradeSpec& spec) {
+  const std::string name = resource["metadata"]["name"].get<std::string>();
+  const std::string target = TargetName(name);
+  Json args = Json::array({"-c", "wal_level=logical"});
+  for (const auto& [k, v] : spec.parameters) {
+    args.push_back("-c");
+    args.push_back(k + "=" + v);
+  }
+  Json container = {
+      {"name", "postgres"},
+      {"image", spec.target_image},
+      {"args", args},
+      {"ports", Json::array({{{"name", "postgres"}, {"containerPort", 5432}}})},
+      {"env",
+       Json::array({{{"name", "POSTGRES_PASSWORD"},
+                     {"valueFrom", {{"secretKeyRef", {{"name", target}, {"key", "password"}}}}}},
+                    {{"name", "PGDATA"}, {"value", "/var/lib/postgresql/data/pgdata"}}})},
+      {"volumeMounts", Json::array({{{"name", "data"}, {"mountPath", "/var/lib/postgresql/data"}}})},
+      {"readinessProbe",
+       {{"exec", {{"command", Json::array({"pg_isready", "-U", "postgres"})}}},
+        {"periodSeconds", 2}}}};
+  if (!spec.resources.empty()) container["resources"] = spec.resources;
+  Json claim_spec = {{"accessModes", Json::array({"ReadWriteOnce"})},
+                     {"resources", {{"requests", {{"storage", spec.storage_size}}}}}};
+  if (!spec.storage_class.empty()) claim_spec["storageClassName"] = spec.storage_class;
+  return {{"apiVersion", "apps/v1"},
+          {"kind", "StatefulSet"},
+          {"metadata", TargetMetadata(resource)},
+          {"spec",
+           {{"replicas", 1},
+            {"serviceName", target},
+            {"selector", {{"matchLabels", TargetSelector(name)}}},
+            {"persistentVolumeClaimRetentionPolicy",
+             {{"whenDeleted", "Delete"}, {"whenScaled", "Retain"}}},
+            {"template",
+             {{"metadata", {{"labels", TargetSelector(name)}}},
+              {"spec", {{"containers", Json::array({container})}}}}},
+            {"volumeClaimTemplates",
+             Json::array({{{"metadata", {{"name", "data"}}}, {"spec", claim_spec}}})}}}};
+}
+
+engine::MigrationOptions EngineOptions(const UpgradeSpec& spec) {
+  engine::MigrationOptions o;
+  o.router = "kubernetes-service";
+  o.cutover = spec.cutover_mode;
+  o.max_lag_bytes = spec.max_lag_bytes;
+  o.max_pause_ms = spec.max_pause_ms;
+  o.databases = spec.databases;
+  o.verify = spec.verify;
+  o.rollback_replication = spec.keep_reverse_replication;
+  return o;
+}
+
+Step NextStep(const UpgradeSpec& spec, std::optional<engine::Phase> phase, bool preflight_done) {
+  using engine::Phase;
+  if (spec.check_only) return preflight_done ? Step::kNone : Step::kPreflight;
+  if (!phase.has_value()) return Step::kRun;
+  switch (*phase) {
+    case Phase::kReadyForCutover:
+      if (spec.cutover_mode == "auto" || spec.cutover_approved) {
+        return spec.cutover_mode == "auto" ? Step::kRun : Step::kCutover;
+      }
+      return Step::kNone;
+    case Phase::kRollbackReady:
+      if (spec.action == "Rollback") return Step::kRollback;
+      if (spec.action == "Finish") return Step::kFinish;
+      return Step::kNone;
+    case Phase::kRolledBack:
+      return spec.action == "Finish" ? Step::kFinish : Step::kNone;
+    case Phase::kCompleted:
+    case Phase::kFailed:
+    case Phase::kAborted:
+      return Step::kNone;
+    default:
+      return Step::kRun;  // before cutover, or a cutover to finish or undo after a crash
+  }
+}
+
+std::string StepName(Step s) {
+  switch (s) {
+    case Step::kNone: return "none";
+    case Step::kPreflight: return "preflight";
+    case Step::kRun: return "run";
+    case Step::kCutover: return "cutover";
+    case Step::kRollback: return "rollback";
+    case Step::kFinish: return "finish";
+  }
+  return "?";
+}
+
+namespace {
+
+Json Condition(const Json& existing, const std::string& type, bool status,
+               const std::string& reason, const std::string& message, int64_t generation,
+               const std::string& now) {
+  std::string s = status ? "True" : "False";
+  std::string since = now;
+  if (existing.is_array()) {
+    for (const auto& c : existing) {
+      if (c.value("type", "") == type && c.value("status", "") == s) {
+        since = c.value("lastTransitionTime", now);
+      }
+    }
+  }
+  return {{"type", type},
+          {"status", s},
+          {"reason", reason},
+          {"message", message},
+          {"observedGeneration", generation},
+          {"lastTransitionTime", since}};
+}
+
+}  // namespace
+
+Json Conditions(const Json& existing, const std::string& phase, bool working,
+                bool waiting_for_approval, const std::string& error_reason,
+                const std::string& error, int64_t generation, const std::string& now) {
+  const bool on_target = phase == "RollbackReady" || phase == "Completed";
+  const bool ended = phase == "Completed" || phase == "RolledBack" || phase == "Aborted" ||
+                     phase == "Failed";
+  const std::string p = phase.empty() ? "Pending" : phase;
+  Json out = Json::array();
+  out.push_back(Condition(existing, "Ready", on_target, p,
+                          on_target ? "traffic is on the target" : "traffic is on the source",
+                          generation, now));
+  std::string why = working ? "a step is running"
+                    : waiting_for_approval ? "waiting for spec.cutover.approved"
+                    : ended ? "the migration ended"
+                            : "idle";
+  out.push_back(Condition(existing, "Progressing", working, working ? p : (waiting_for_approval ? "WaitingForApproval" : p),
+                          why, generation, now));
+  const bool cutover_ready = phase == "ReadyForCutover";
+  out.push_back(Condition(existing, "CutoverReady", cutover_ready, p,
+                          cutover_ready ? "replication caught up and verified; cutover can run"
+                                        : "not ready for cutover",
+                          generation, now));
+  out.push_back(Condition(existing, "Degraded", !error.empty(),
+                          error.empty() ? "AsExpected" : error_reason, error, generation, now));
+  return out;
+}
+
+Json StatusFromEngine(const engine::MigrationState& state) {
+  Json st;
+  st["phase"] = engine::PhaseName(state.phase);
+  if (state.source_major > 0) st["sourceVersion"] = state.source_major;
+  if (state.target_major > 0) st["targetVersion"] = state.target_major;
+  Json times = Json::object();
+  for (const auto& [phase, t] : state.phase_times) {
+    Json pt = Json::object();
+    if (!t.started_at.empty()) pt["started"] = t.started_at;
+    if (!t.finished_at.empty()) pt["finished"] = t.finished_at;
+    times[phase] = pt;
+  }
+  st["phaseTimes"] = times;
+  if (!state.cutovers.empty()) {
+    const engine::CutoverAttempt& c = state.cutovers.back();
+    Json lc = {{"direction", c.direction},
+               {"succeeded", c.succeeded},
+               {"pauseMs", c.pause_ms},
+               {"at", c.started_at}};
+    if (!c.error.empty()) lc["error"] = c.error;
+    st["lastCutover"] = lc;
+  }
+  return st;
+}
+
+Json StatusFromStats(const engine::StatsSnapshot& snap) {
+  // Absent when not fresh: a null in a merge patch removes the field.
+  double lag_bytes = 0, lag_seconds = 0, synced = 0, total = 0, copied = 0;
+  bool have_lag = !snap.databases.empty(), have_lag_s = have_lag, have_tables = have_lag,
+       have_copied = have_lag;
+  for (const auto& [db, d] : snap.databases) {
+    auto lb = snap.Fresh(d.lag_bytes), ls = snap.Fresh(d.lag_seconds);
+    auto ts = snap.Fresh(d.tables_synced), tt = snap.Fresh(d.tables_total);
+    auto bc = snap.Fresh(d.bytes_copied);
+    if (lb) lag_bytes += *lb; else have_lag = false;
+    if (ls) lag_seconds = std::max(lag_seconds, *ls); else have_lag_s = false;
+    if (ts && tt) { synced += *ts; total += *tt; } else have_tables = false;
+    if (bc) copied += *bc; else have_copied = false;
+  }
+  Json st;
+  st["lagBytes"] = have_lag ? Json(static_cast<int64_t>(lag_bytes)) : Json(nullptr);
+  st["lagSeconds"] = have_lag_s ? Json(lag_seconds) : Json(nullptr);
+  st["tablesSynced"] = have_tables ? Json(static_cast<int64_t>(synced)) : Json(nullptr);
+  st["tablesTotal"] = have_tables ? Json(static_cast<int64_t>(total)) : Json(nullptr);
+  st["bytesCopied"] = have_copied ? Json(static_cast<int64_t>(copied)) : Json(nullptr);
+  return st;
+}
+
+std::string PgpassLine(const std::string& host, int port, const std::string& user,
+                       const std::string& password) {
+  auto esc = [](const std::string& v) {
+    std::string o;
+    for (char c : v) {
+      if (c == ':' || c == '\\') o += '\\';
+      o += c;
+    }
+    return o;
+  };
+  return esc(host) + ":" + std::to_string(port) + ":*:" + esc(user) + ":" + esc(password) + "\n";
+}
+
+}  // namespace pgshift::op

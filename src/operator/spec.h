@@ -1,0 +1,110 @@
+// The PostgresUpgrade resource (pgshift.dev/v1alpha1) as the operator reads it, and the pure
+// functions that turn it into objects and status: the target StatefulSet, Service and Secret,
+// the engine's options, and the standard conditions. No I/O here (unit-tested in
+// spec_test.cc); deploy/crd/ holds the schema the API server validates first.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "common/status.h"
+#include "engine/state.h"
+#include "engine/stats.h"
+
+namespace pgshift::op {
+
+using Json = nlohmann::json;
+
+inline constexpr const char* kGroup = "pgshift.dev";
+inline constexpr const char* kApiVersion = "pgshift.dev/v1alpha1";
+inline constexpr const char* kKind = "PostgresUpgrade";
+inline constexpr const char* kFinalizer = "pgshift.dev/cleanup";
+inline constexpr const char* kUpgradeLabel = "pgshift.dev/upgrade";
+inline constexpr const char* kRoleLabel = "pgshift.dev/role";
+// On the traffic Service: its selector before pgshift moved it (JSON), to move it back.
+inline constexpr const char* kSourceSelectorAnnotation = "pgshift.dev/source-selector";
+inline constexpr const char* kFieldManager = "pgshift-operator";
+
+struct UpgradeSpec {
+  // source
+  std::string source_service;  // XOR source_host
+  std::string source_host;
+  int source_port = 5432;
+  std::vector<std::string> databases;
+  std::string secret_name;
+  std::string username_key = "username";
+  std::string password_key = "password";
+  // target
+  int target_version = 0;
+  std::string target_image;  // default postgres:<version>
+  std::string storage_size = "1Gi";
+  std::string storage_class;
+  Json resources = Json::object();
+  std::map<std::string, std::string> parameters;
+  // traffic, cutover, verify, rollback
+  std::string traffic_service;
+  std::string cutover_mode = "auto";  // auto | manual
+  bool cutover_approved = false;
+  int64_t max_lag_bytes = 16 << 20;
+  int max_pause_ms = 2000;
+  std::string verify = "checksum";
+  bool keep_reverse_replication = true;
+  std::string action;  // "" | Rollback | Finish
+  bool check_only = false;
+};
+
+// Reads .spec with the CRD's defaults, and checks it again (the CRD may be installed without
+// validation, or by an older version): an InvalidArgument says what to fix.
+Result<UpgradeSpec> ParseSpec(const Json& resource);
+
+// Names of the objects the operator makes for a resource.
+std::string TargetName(const std::string& upgrade_name);  // "<name>-target"
+// The labels of the target's Pods; also the traffic Service's selector after cutover.
+Json TargetSelector(const std::string& upgrade_name);
+
+// An ownerReference to `resource` (controller, blockOwnerDeletion).
+Json OwnerReference(const Json& resource);
+// The target's Secret: user postgres and `password`.
+Json TargetSecret(const Json& resource, const std::string& password);
+// A headless-free ClusterIP Service on 5432 selecting the target's Pod.
+Json TargetService(const Json& resource);
+// One replica of postgres:<version> with wal_level=logical, the spec's parameters, resources
+// and storage; the claim goes with the StatefulSet.
+Json TargetStatefulSet(const Json& resource, const UpgradeSpec& spec);
+
+// The engine's options from the spec.
+engine::MigrationOptions EngineOptions(const UpgradeSpec& spec);
+
+// What the operator must ask of the engine now, from the engine's phase and the spec.
+enum class Step {
+  kNone,       // nothing to do (waiting for approval, idle after cutover, ended)
+  kPreflight,  // checkOnly
+  kRun,        // to ReadyForCutover, and on through the cutover when mode is auto
+  kCutover,    // manual mode, approved
+  kRollback,   // action Rollback after cutover
+  kFinish,     // action Finish after cutover or rollback
+};
+Step NextStep(const UpgradeSpec& spec, std::optional<engine::Phase> phase, bool preflight_done);
+std::string StepName(Step s);
+
+// Standard conditions (Ready, Progressing, CutoverReady, Degraded) for the state at hand.
+// `error_reason`/`error` are the last failure (empty when none); `working` is true while a
+// worker runs a step. Existing conditions keep their lastTransitionTime when unchanged.
+Json Conditions(const Json& existing, const std::string& phase, bool working,
+                bool waiting_for_approval, const std::string& error_reason,
+                const std::string& error, int64_t generation, const std::string& now);
+
+// The status fields derived from the engine's state (phase, versions, phase times, last
+// cutover) and from live stats (lag, tables, bytes copied: absent when not fresh).
+Json StatusFromEngine(const engine::MigrationState& state);
+Json StatusFromStats(const engine::StatsSnapshot& snapshot);
+
+// A pgpass line, ':' and '\' escaped.
+std::string PgpassLine(const std::string& host, int port, const std::string& user,
+                       const std::string& password);
+
+}  // namespace pgshift::op

@@ -1,0 +1,390 @@
+"""pgshift-operator end to end on the test control plane (real etcd, kube-apiserver,
+kube-controller-manager; the fake kubelet runs real PostgreSQL for postgres:N Pods).
+
+The operator binary runs outside the cluster, as the pgshift-operator ServiceAccount of
+`make deploy` (a token kubeconfig), so the RBAC of deploy/rbac is what it has. It reaches the
+servers through EndpointSlice addresses translated by the harness's pods.json
+(--connect endpoints --pod-address-map); clients reach them through the fake kubelet's Service
+proxy, as Pods in a cluster would through a ClusterIP.
+"""
+import datetime
+import json
+import os
+import signal
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from conftest import (CACHE, K8S_DIR, OPERATOR_BIN, PGSHIFT_BIN, ROOT, sa_kubeconfig, wait_for)
+
+PSQL = str(CACHE / "pgclient" / "bin" / "psql")
+APP_SCHEMA = ROOT / "scripts" / "demo" / "app-schema.sql"
+RATE = 250  # operations per second, 20% reads
+
+
+def parse_kv(line):
+    return dict(p.split("=", 1) for p in line.split() if "=" in p)
+
+
+def harness_map(name):
+    path = K8S_DIR / name
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def pod_address(ns, pod):
+    entry = harness_map("pods.json").get(f"{ns}/{pod}")
+    return entry["address"] if entry else None
+
+
+def service_address(ns, service, port=5432):
+    return harness_map("services.json").get(f"{ns}/{service}/{port}")
+
+
+def dsn(address, db="postgres"):
+    host, port = address.rsplit(":", 1)
+    return f"host={host} port={port} user=postgres dbname={db} connect_timeout=5"
+
+
+def psql(address, password, query, db="postgres", check=True):
+    p = subprocess.run([PSQL, "-X", "-At", "-v", "ON_ERROR_STOP=1", "-d", dsn(address, db), "-c", query],
+                       env=dict(os.environ, PGPASSWORD=password), capture_output=True, text=True,
+                       timeout=60)
+    if check and p.returncode != 0:
+        raise AssertionError(f"psql on {address}: {p.stderr}")
+    return p
+
+
+def pgshift_leftovers(address, password):
+    """Names of every pgshift object on the server: slots, publications, subscriptions,
+    event triggers and the _pgshift schema, in every database."""
+    out = psql(address, password,
+               "SELECT slot_name FROM pg_replication_slots WHERE slot_name LIKE 'pgshift%' "
+               "UNION ALL SELECT subname FROM pg_subscription WHERE subname LIKE 'pgshift%'").stdout.split()
+    dbs = psql(address, password,
+               "SELECT datname FROM pg_database WHERE datallowconn AND NOT datistemplate").stdout.split()
+    for db in dbs:
+        out += psql(address, password,
+                    "SELECT pubname FROM pg_publication WHERE pubname LIKE 'pgshift%' "
+                    "UNION ALL SELECT evtname FROM pg_event_trigger WHERE evtname LIKE 'pgshift%' "
+                    "UNION ALL SELECT nspname FROM pg_namespace WHERE nspname LIKE '_pgshift%'",
+                    db=db).stdout.split()
+    return out
+
+
+class Source:
+    """A PostgreSQL StatefulSet (one replica) with its own Service and the Service the
+    application uses (`app-db`), both selecting it."""
+
+    def __init__(self, k, ns, version):
+        self.k, self.ns, self.version = k, ns, version
+        self.name = f"pg{version}"
+        self.password = uuid.uuid4().hex
+        labels = {"app": self.name}
+        k.apply({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": f"{self.name}-admin"},
+                 "stringData": {"username": "postgres", "password": self.password}})
+        k.apply({"apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": {"name": self.name},
+                 "spec": {"replicas": 1, "serviceName": self.name,
+                          "selector": {"matchLabels": labels},
+                          "template": {"metadata": {"labels": labels}, "spec": {"containers": [{
+                              "name": "postgres", "image": f"postgres:{version}",
+                              "args": ["-c", "wal_level=logical"],
+                              "env": [{"name": "POSTGRES_PASSWORD", "valueFrom": {"secretKeyRef": {
+                                  "name": f"{self.name}-admin", "key": "password"}}}]}]}},
+                          "volumeClaimTemplates": [{"metadata": {"name": "data"}, "spec": {
+                              "accessModes": ["ReadWriteOnce"],
+                              "resources": {"requests": {"storage": "1Gi"}}}}]}})
+        for svc in (self.name, "app-db"):
+            k.apply({"apiVersion": "v1", "kind": "Service", "metadata": {"name": svc},
+                     "spec": {"selector": labels, "ports": [{"name": "postgres", "port": 5432,
+                                                             "targetPort": 5432}]}})
+        wait_for(lambda: self.ready(), timeout=120, what=f"{self.name}-0 ready")
+        self.address = wait_for(lambda: pod_address(ns, f"{self.name}-0"), timeout=30,
+                                what="pod address")
+        self.app = wait_for(lambda: service_address(ns, "app-db"), timeout=30,
+                            what="app-db proxy port")
+        wait_for(lambda: psql(self.address, self.password, "SELECT 1", check=False).returncode == 0,
+                 timeout=60, what="source accepts connections")
+        subprocess.run([PSQL, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", dsn(self.address),
+                        "-f", str(APP_SCHEMA)], env=dict(os.environ, PGPASSWORD=self.password),
+                       check=True, capture_output=True, timeout=120)
+        # The application's own role (pgshift carries it, password hash included, to the
+        # target; the superuser pgshift connects as keeps each server's own password).
+        self.app_password = uuid.uuid4().hex
+        psql(self.address, self.password,
+             f"CREATE ROLE app LOGIN PASSWORD '{self.app_password}'; "
+             "GRANT CREATE ON DATABASE postgres TO app")
+
+    def ready(self):
+        pod = self.k.get("pod", f"{self.name}-0")
+        if not pod:
+            return False
+        return any(c["type"] == "Ready" and c["status"] == "True"
+                   for c in pod.get("status", {}).get("conditions", []))
+
+
+class Operator:
+    """pgshift-operator as a child process, with the ServiceAccount's kubeconfig."""
+
+    def __init__(self, ns, kubeconfig, work_dir, log_path):
+        self.ns, self.kubeconfig, self.work_dir, self.log_path = ns, kubeconfig, work_dir, log_path
+        self.proc = None
+
+    def start(self):
+        log = open(self.log_path, "a")
+        self.proc = subprocess.Popen(
+            [OPERATOR_BIN, "--kubeconfig", str(self.kubeconfig), "--namespace", self.ns,
+             "--connect", "endpoints", "--pod-address-map", str(K8S_DIR / "pods.json"),
+             "--pg-bin-dir", str(CACHE / "pgclient" / "bin"), "--work-dir", str(self.work_dir),
+             "--metrics-addr", "127.0.0.1:0", "--health-addr", "127.0.0.1:0"],
+            stdout=log, stderr=subprocess.STDOUT,
+            env=dict(os.environ, ASAN_OPTIONS="detect_leaks=0"))
+        return self
+
+    def kill9(self):
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=30)
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def log(self):
+        return Path(self.log_path).read_text(errors="replace")
+
+
+@pytest.fixture
+def operator(operator_deployed, namespace, tmp_path):
+    kubeconfig = sa_kubeconfig(tmp_path / "operator.kubeconfig")
+    op = Operator(namespace, kubeconfig, tmp_path / "work", tmp_path / "operator.log")
+    yield op
+    op.stop()
+    print("---- operator log (tail) ----\n" + "\n".join(op.log().splitlines()[-60:]))
+
+
+def upgrade(name, source, version, **spec):
+    body = {"apiVersion": "pgshift.dev/v1alpha1", "kind": "PostgresUpgrade",
+            "metadata": {"name": name},
+            "spec": {"source": {"service": source.name,
+                                "credentialsSecret": {"name": f"{source.name}-admin"}},
+                     "target": {"version": version},
+                     "traffic": {"service": "app-db"},
+                     "cutover": {"maxPauseMs": 5000}}}
+    for key, value in spec.items():
+        body["spec"][key] = value
+    return body
+
+
+def phase(k, name):
+    pu = k.get("postgresupgrade", name) or {}
+    return pu.get("status", {}).get("phase", "")
+
+
+def wait_phase(k, name, wanted, timeout, operator=None):
+    def check():
+        p = phase(k, name)
+        if operator is not None and operator.proc.poll() is not None:
+            raise AssertionError(f"operator exited ({operator.proc.returncode}):\n{operator.log()[-4000:]}")
+        return p in wanted and p
+    try:
+        return wait_for(check, timeout=timeout, interval=0.5, what=f"phase in {wanted}")
+    except AssertionError:
+        pu = k.get("postgresupgrade", name)
+        raise AssertionError(f"phase {phase(k, name)!r}, status:\n"
+                             f"{json.dumps((pu or {}).get('status', {}), indent=1)[:4000]}")
+
+
+def start_load(source, ledger, duration=600):
+    app_dsn = dsn(source.app).replace("user=postgres", "user=app")
+    return subprocess.Popen([PGSHIFT_BIN, "load", "run", "--dsn", app_dsn, "--rate", str(RATE),
+                             "--duration", str(duration), "--ledger", str(ledger), "--clients", "4"],
+                            env=dict(os.environ, PGPASSWORD=source.app_password),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def stop_load(proc):
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    print("load client:", err[-2000:])
+    lines = out.strip().splitlines()
+    return {**parse_kv(lines[0]), **parse_kv(lines[1])}
+
+
+def target_password(k, name):
+    import base64
+    secret = k.get("secret", f"{name}-target")
+    return base64.b64decode(secret["data"]["password"]).decode()
+
+
+def error_seconds_outside_cutover(ledger, cutover_at, pause_ms, slack_s=3.0):
+    """Seconds of the load run with client errors that are not within `slack_s` of the
+    cutover's window (fence .. switch)."""
+    summary = json.loads(Path(f"{ledger}.summary.json").read_text())
+    t0 = summary["started_unix_ms"] / 1000.0
+    start = datetime.datetime.fromisoformat(cutover_at.replace("Z", "+00:00")).timestamp()
+    end = start + pause_ms / 1000.0
+    bad = []
+    for row in Path(f"{ledger}.series.csv").read_text().splitlines()[1:]:
+        second, _ops, _w, _r, errors, _lat = row.split(",")
+        t = t0 + int(second)
+        if int(errors) > 0 and not (start - slack_s <= t <= end + slack_s):
+            bad.append((int(second), int(errors)))
+    return bad
+
+
+@pytest.mark.parametrize("src_version,dst_version", [(15, 17), (17, 15)])
+def test_upgrade_under_load_reaches_rollback_ready_and_moves_the_service(
+        k, namespace, operator, tmp_path, src_version, dst_version):
+    source = Source(k, namespace, src_version)
+    operator.start()
+    ledger = tmp_path / "app.ledger"
+    load = start_load(source, ledger)
+    time.sleep(2)
+    k.apply(upgrade("shop", source, dst_version))
+    wait_phase(k, "shop", {"RollbackReady"}, timeout=240, operator=operator)
+    time.sleep(2)  # clients go on writing on the target
+    s = stop_load(load)
+
+    pu = k.get("postgresupgrade", "shop")
+    st = pu["status"]
+    assert st["sourceVersion"] == src_version and st["targetVersion"] == dst_version
+    cut = st["lastCutover"]
+    assert cut["succeeded"] and cut["direction"] == "forward"
+    print(f"{src_version}->{dst_version}: cutover pause {cut['pauseMs']:.1f} ms; load {s}")
+    conds = {c["type"]: c for c in st["conditions"]}
+    assert conds["Ready"]["status"] == "True"
+    assert conds["Degraded"]["status"] == "False"
+    assert st["observedGeneration"] == pu["metadata"]["generation"]
+    for p in ("Preflight", "Schema", "InitialCopy", "CatchingUp", "CuttingOver", "RollbackReady"):
+        assert st["phaseTimes"][p]["started"], p
+
+    # The Service clients use now leads to the target, whose Pod the operator made.
+    svc = k.get("service", "app-db")
+    assert svc["spec"]["selector"] == {"pgshift.dev/upgrade": "shop", "pgshift.dev/role": "target"}
+    sts = k.get("statefulset", "shop-target")
+    assert sts["metadata"]["ownerReferences"][0]["name"] == "shop"
+    version = psql(source.app, target_password(k, "shop"), "SHOW server_version_num").stdout.strip()
+    assert version.startswith(str(dst_version)), version
+
+    # Every acknowledged write reached the target.
+    target = pod_address(namespace, "shop-target-0")
+    v = subprocess.run([PGSHIFT_BIN, "load", "verify", "--dsn", dsn(target), "--ledger", str(ledger)],
+                       env=dict(os.environ, PGPASSWORD=target_password(k, "shop")),
+                       capture_output=True, text=True, timeout=120)
+    assert v.returncode == 0, v.stderr
+    vr = parse_kv(v.stdout.replace("\n", " "))
+    assert vr["missing"] == "0" and vr["mismatched"] == "0", v.stdout
+    assert int(vr["acknowledged"]) == int(s["acknowledged"]) > 1000
+    # Clients may fail only while the Service flips (docs/kubernetes.md): never elsewhere.
+    assert error_seconds_outside_cutover(ledger, cut["at"], cut["pauseMs"]) == []
+    # The source is fenced: a direct write fails.
+    p = psql(source.address, source.password,
+             "INSERT INTO shop.products (sku, title, price_cents) VALUES ('x', 'y', 1)",
+             check=False)
+    assert p.returncode != 0 and "read-only" in p.stderr
+    events = k.json("get", "events", "--field-selector", "involvedObject.name=shop")["items"]
+    reasons = {e["reason"] for e in events}
+    assert "PhaseChanged" in reasons, reasons
+
+
+def big_table(source, rows):
+    """A table large enough that the initial copy takes a few seconds."""
+    psql(source.address, source.password,
+         "CREATE TABLE public.bulk (id bigint PRIMARY KEY, pad text NOT NULL); "
+         f"INSERT INTO public.bulk SELECT g, repeat(md5(g::text), 8) FROM generate_series(1, {rows}) g")
+
+
+def verify_on_target(k, namespace, ledger, acknowledged):
+    target = pod_address(namespace, "shop-target-0")
+    v = subprocess.run([PGSHIFT_BIN, "load", "verify", "--dsn", dsn(target), "--ledger", str(ledger)],
+                       env=dict(os.environ, PGPASSWORD=target_password(k, "shop")),
+                       capture_output=True, text=True, timeout=120)
+    assert v.returncode == 0, v.stderr
+    vr = parse_kv(v.stdout.replace("\n", " "))
+    assert vr["missing"] == "0" and vr["mismatched"] == "0", v.stdout
+    assert int(vr["acknowledged"]) == int(acknowledged)
+
+
+def test_operator_killed_during_copy_and_catch_up_resumes_and_loses_nothing(
+        k, namespace, operator, tmp_path):
+    source = Source(k, namespace, 15)
+    big_table(source, 1_500_000)
+    operator.start()
+    ledger = tmp_path / "app.ledger"
+    load = start_load(source, ledger)
+    time.sleep(1)
+    # maxLagBytes 0 keeps it catching up while the load writes, so it can be killed there too.
+    k.apply(upgrade("shop", source, 17, cutover={"maxPauseMs": 5000, "maxLagBytes": 0}))
+    wait_phase(k, "shop", {"InitialCopy"}, timeout=120, operator=operator)
+    time.sleep(1)
+    operator.kill9()
+    assert phase(k, "shop") == "InitialCopy"
+    operator.start()
+    wait_phase(k, "shop", {"CatchingUp"}, timeout=240, operator=operator)
+    time.sleep(2)
+    operator.kill9()
+    assert phase(k, "shop") == "CatchingUp"
+    operator.start()
+    time.sleep(3)
+    assert phase(k, "shop") == "CatchingUp"
+    # A spec change reaches the running step: it restarts with the new threshold.
+    k.run("patch", "postgresupgrade", "shop", "--type", "merge", "-p",
+          json.dumps({"spec": {"cutover": {"maxLagBytes": 8 << 20}}}))
+    wait_phase(k, "shop", {"RollbackReady"}, timeout=240, operator=operator)
+    time.sleep(2)
+    s = stop_load(load)
+    assert "resuming" in operator.log() or operator.log().count("starting step") >= 3
+    verify_on_target(k, namespace, ledger, s["acknowledged"])
+    st = k.get("postgresupgrade", "shop")["status"]
+    assert error_seconds_outside_cutover(ledger, st["lastCutover"]["at"], st["lastCutover"]["pauseMs"]) == []
+    target = pod_address(namespace, "shop-target-0")
+    assert psql(target, target_password(k, "shop"), "SELECT count(*) FROM public.bulk").stdout.strip() == "1500000"
+
+
+def test_deleting_the_resource_mid_way_leaves_nothing_on_the_source(k, namespace, operator, tmp_path):
+    source = Source(k, namespace, 15)
+    operator.start()
+    ledger = tmp_path / "app.ledger"
+    load = start_load(source, ledger)
+    k.apply(upgrade("shop", source, 17, cutover={"maxPauseMs": 5000, "maxLagBytes": 0}))
+    wait_phase(k, "shop", {"CatchingUp"}, timeout=180, operator=operator)
+    assert pgshift_leftovers(source.address, source.password)  # there was something to clean
+    k.run("delete", "postgresupgrade", "shop", "--wait=false")
+    wait_for(lambda: k.get("postgresupgrade", "shop") is None, timeout=120, what="resource gone")
+    assert pgshift_leftovers(source.address, source.password) == []
+    s = stop_load(load)
+    # The application never left the source, which takes writes as before.
+    assert int(s["errors"]) == 0, s
+    v = subprocess.run([PGSHIFT_BIN, "load", "verify", "--dsn", dsn(source.address), "--ledger", str(ledger)],
+                       env=dict(os.environ, PGPASSWORD=source.password), capture_output=True, text=True)
+    assert v.returncode == 0 and " missing=0" in " " + v.stdout.replace("\n", " "), v.stdout
+    svc = k.get("service", "app-db")
+    assert svc["spec"]["selector"] == {"app": "pg15"}
+    assert "pgshift.dev/source-selector" not in svc["metadata"].get("annotations", {})
+    # The target went with the resource (owner references).
+    wait_for(lambda: k.get("statefulset", "shop-target") is None, timeout=60, what="target gone")
+
+
+def test_missing_secret_key_is_reported_in_status(k, namespace, operator):
+    source = Source(k, namespace, 15)
+    operator.start()
+    body = upgrade("shop", source, 17)
+    body["spec"]["source"]["credentialsSecret"]["passwordKey"] = "pw"
+    k.apply(body)
+
+    def degraded():
+        st = (k.get("postgresupgrade", "shop") or {}).get("status", {})
+        c = {c["type"]: c for c in st.get("conditions", [])}.get("Degraded")
+        return c if c and c["status"] == "True" else None
+    c = wait_for(degraded, timeout=60, what="Degraded condition")
+    assert c["reason"] == "CredentialsProblem"
+    assert 'has no key "pw"' in c["message"], c
+    assert pgshift_leftovers(source.address, source.password) == []
