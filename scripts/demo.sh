@@ -2,8 +2,8 @@
 # The pgshift demo, the whole story on one machine: a PostgreSQL 15 "production" database with
 # a small shop application, PgBouncer in front of it, the load client writing and reading
 # through PgBouncer, and `pgshift upgrade --cutover auto` moving it to PostgreSQL 17 while the
-# client runs. Ends with the upgrade report and the load verdict: every acknowledged write
-# checked on the new server.
+# client runs. Ends with the upgrade report, the load verdict (every acknowledged write
+# checked on the new server) and an HTML report of the whole run, whose path it prints last.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PGSHIFT="${PGSHIFT_BIN:-$ROOT/build/pgshift}"
@@ -67,7 +67,12 @@ step "Verdict: every acknowledged write on the new server (PostgreSQL 17)"
 "$PSQL" -X -At -d "$APP" -c "SELECT 'clients now reach: ' || version()"
 "$PGSHIFT" load verify --dsn "$DST" --ledger "$OUT/load.ledger"
 echo "per-second client series: $OUT/load.ledger.series.csv"
+
+step "HTML report: phases, lag, copy progress, verification, what the clients felt"
+"$PGSHIFT" report --state "$OUT/state" --load "$OUT/load.ledger" -o "$OUT/report.html"
 echo
 echo "Next: roll back with   $PGSHIFT rollback --state $OUT/state"
 echo "   or keep the target: $PGSHIFT finish --state $OUT/state"
 echo "The lab keeps running; stop it with: PGSHIFT_LAB_DIR=$PGSHIFT_LAB_DIR $PGSHIFT lab down"
+echo
+echo "Report (open it in a browser; it loads nothing from the network): $OUT/report.html"

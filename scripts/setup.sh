@@ -29,6 +29,7 @@ APT_PACKAGES=(
   prometheus-cpp-dev libcpp-httplib-dev prometheus
   pgbouncer nginx libnginx-mod-stream postgresql-client-15
   bison flex dpkg-dev python3
+  chromium chromium-driver
 )
 
 install_apt() {
@@ -149,6 +150,46 @@ ensure_pytest() {
   python3 -m pip install -q pytest || as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q python3-pytest
 }
 
+# --- uPlot (charts of `pgshift report`), pinned in src/report/vendor.txt ------------------
+# npm checks the tarball against the registry's integrity; we also check it against the pin,
+# so a changed package is refused. CMake embeds the minified file at build time.
+fetch_npm_assets() {
+  local name version integrity
+  while read -r name version integrity; do
+    case "$name" in ''|'#'*) continue ;; esac
+    local dest="$CACHE/npm/$name-$version"
+    if [ -f "$dest/package/package.json" ]; then continue; fi
+    log "fetching $name $version from the npm registry"
+    local tmp
+    tmp="$(mktemp -d "$CACHE/tmp.XXXXXX")"
+    (cd "$tmp" && npm pack --silent --json "$name@$version" >pack.json 2>npm.log) || {
+      cat "$tmp/npm.log" >&2; rm -rf "$tmp"; return 1; }
+    if ! grep -q "\"integrity\": \"$integrity\"" "$tmp/pack.json"; then
+      log "$name $version: integrity differs from src/report/vendor.txt"; rm -rf "$tmp"; return 1
+    fi
+    tar -xzf "$tmp"/*.tgz -C "$tmp"
+    rm -rf "$dest"
+    mkdir -p "$dest"
+    mv "$tmp/package" "$dest/package"
+    rm -rf "$tmp"
+  done <"$ROOT/src/report/vendor.txt"
+}
+
+# --- test-only Python packages, into .cache/python (on the tests' sys.path): selenium drives
+# Debian's chromium for the report's browser test; pyte emulates a terminal for the progress
+# bars' test. Pinned; a second run only checks the versions.
+PY_TEST_PACKAGES="selenium==4.48.0 pyte==0.8.2"
+ensure_test_python() {
+  local dir="$CACHE/python"
+  local stamp="$dir/.pgshift-pins"
+  if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$PY_TEST_PACKAGES" ]; then return; fi
+  log "installing $PY_TEST_PACKAGES with pip into $dir"
+  # shellcheck disable=SC2086
+  python3 -m pip install -q --upgrade --target "$dir" $PY_TEST_PACKAGES >"$CACHE/setup-pip.log" 2>&1 \
+    || { tail -n 20 "$CACHE/setup-pip.log" >&2; return 1; }
+  printf '%s' "$PY_TEST_PACKAGES" >"$stamp"
+}
+
 main() {
   local extra=()
   while [ $# -gt 0 ]; do
@@ -164,6 +205,8 @@ main() {
   for m in $DEFAULT_MAJORS "${extra[@]}"; do fetch_pg "$m"; done
   build_client17
   ensure_pytest
+  fetch_npm_assets
+  ensure_test_python
   chmod a+rX "$CACHE"
 }
 

@@ -18,6 +18,7 @@ struct GlobalOptions {
 void AddLabCommands(CLI::App& app, GlobalOptions& global, Status* status);
 void AddLoadCommands(CLI::App& app, GlobalOptions& global, Status* status);
 void AddMigrateCommands(CLI::App& app, GlobalOptions& global, Status* status);
+void AddReportCommands(CLI::App& app, GlobalOptions& global, Status* status);
 
 // Process exit code for a status: 0 ok, 2 bad input, 3 failed precondition, 4 not found,
 // 5 unavailable (retry may help), 1 anything else.

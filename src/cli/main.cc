@@ -43,6 +43,7 @@ int main(int argc, char** argv) {
   cli::AddLabCommands(app, global, &status);
   cli::AddLoadCommands(app, global, &status);
   cli::AddMigrateCommands(app, global, &status);
+  cli::AddReportCommands(app, global, &status);
 
   try {
     app.parse(argc, argv);

@@ -7,6 +7,7 @@
 #include <memory>
 
 #include "cli/commands.h"
+#include "cli/progress.h"
 #include "common/clock.h"
 #include "common/files.h"
 #include "common/log.h"
@@ -38,6 +39,7 @@ struct MigrateArgs {
   std::string level = "checksum";
   bool json = false, watch = false, confirm = false;
   std::string metrics_addr;  // --metrics-addr HOST:PORT
+  std::string progress = "auto";
 };
 
 engine::ToolPaths Tools() {
@@ -102,6 +104,34 @@ Result<std::unique_ptr<engine::Router>> RouterFor(const engine::MigrationState& 
   rc.config = s.options.router_config;
   rc.state_dir = dir;
   return routers::MakeRouter(rc);
+}
+
+void AddProgressOption(CLI::App* c, MigrateArgs* a) {
+  c->add_option("--progress", a->progress,
+                "auto | plain | bars | detail: bars with rate and ETA at the bottom of the "
+                "terminal (auto: when stderr is one; detail adds the tables still copying); "
+                "plain log lines otherwise")
+      ->check(CLI::IsMember({"auto", "plain", "bars", "detail"}));
+}
+
+// Bars for a running migration when stderr is a terminal and the mode allows; else nullptr
+// and the engine's plain progress lines are all there is.
+std::unique_ptr<ProgressDisplay> StartBars(const std::string& mode_text, const engine::Migration& m,
+                                           const std::string& state_dir) {
+  auto mode = ParseProgressMode(mode_text);
+  if (!mode.ok() || !UseBars(*mode, STDERR_FILENO)) return nullptr;
+  ProgressDisplay::DetailPoll detail;
+  if (*mode == ProgressMode::kDetail) {
+    // Its own Migration from state.json, with its own connections: never touches `m`.
+    detail = [state_dir](size_t max_lines) {
+      auto o = engine::Migration::Open(state_dir, Tools());
+      if (!o.ok()) return std::vector<std::string>{};
+      return DetailLines((*o)->StatusJson(true), max_lines);
+    };
+  }
+  return ProgressDisplay::Start(
+      STDERR_FILENO, [&m] { return FiguresFromSnapshot(m.stats().Snapshot(MonotonicMillis())); },
+      std::move(detail));
 }
 
 void AddMetricsOption(CLI::App* c, MigrateArgs* a) {
@@ -205,6 +235,7 @@ void AddMigrateCommands(CLI::App& app, GlobalOptions& /*global*/, Status* status
   upgrade->add_option("--state", a->state_dir, "folder for the migration's state")->required();
   AddMigrationOptions(upgrade, a.get());
   AddMetricsOption(upgrade, a.get());
+  AddProgressOption(upgrade, a.get());
   upgrade->callback([=]() {
     engine::MigrationRequest req{a->source, a->target, a->state_dir, ToOptions(*a)};
     auto m = engine::Migration::OpenOrCreate(req, Tools());
@@ -214,7 +245,9 @@ void AddMigrateCommands(CLI::App& app, GlobalOptions& /*global*/, Status* status
     auto metrics = StartMetrics(a->metrics_addr, **m);
     if (!metrics.ok()) return void(*status = metrics.status());
     *status = (*m)->Run(router->get());
+    auto bars = StartBars(a->progress, **m, a->state_dir);
     if (status->ok()) {
+    bars.reset();
       const auto& st = (*m)->state();
       printf("phase %s\n", engine::PhaseName(st.phase).c_str());
       if (!st.cutovers.empty() && st.cutovers.back().succeeded) {
@@ -229,6 +262,7 @@ void AddMigrateCommands(CLI::App& app, GlobalOptions& /*global*/, Status* status
   stat->add_flag("--watch", a->watch, "refresh every 2 seconds until the migration ends");
   stat->callback([=]() {
     while (true) {
+    ProgressRates rates;
       auto m = engine::Migration::Open(a->state_dir, Tools());
       if (!m.ok()) return void(*status = m.status());
       nlohmann::json j = (*m)->StatusJson(true);
@@ -238,6 +272,15 @@ void AddMigrateCommands(CLI::App& app, GlobalOptions& /*global*/, Status* status
       } else {
         PrintStatus(j);
       }
+        if (a->watch && isatty(STDOUT_FILENO)) {
+          // The same bars as `upgrade` shows, from the live status and the history file.
+          ProgressFigures f = FiguresFromStatus(
+              j, ReadHistoryTail(a->state_dir + "/history.jsonl"), UnixMillis());
+          printf("\n");
+          for (const auto& line : RenderProgress(f, &rates, MonotonicMillis(), 100, true)) {
+            printf("%s\n", line.c_str());
+          }
+        }
       fflush(stdout);
       if (!a->watch || engine::IsTerminal((*m)->state().phase)) return;
       SleepMillis(2000);
@@ -309,6 +352,7 @@ void AddMigrateCommands(CLI::App& app, GlobalOptions& /*global*/, Status* status
   verify->add_option("--databases", a->databases, "a,b (default: every database of the source)");
   verify->add_flag("--json", a->json, "machine-readable output");
   verify->callback([=]() {
+  AddProgressOption(verify, a.get());
     engine::VerifyOptions vo;
     auto level = engine::ParseVerifyLevel(a->level);
     if (!level.ok()) return void(*status = level.status());
@@ -326,7 +370,28 @@ void AddMigrateCommands(CLI::App& app, GlobalOptions& /*global*/, Status* status
       return Status::Ok();
     };
     auto rep = engine::VerifyDatabases(a->source, a->target, vo);
+    auto done = std::make_shared<std::atomic<int64_t>>(0);
+    auto differ = std::make_shared<std::atomic<int64_t>>(0);
+    vo.on_table = [done, differ](const engine::TableVerification& t) {
+      ++*done;
+      if (!t.match) ++*differ;
+    };
+    std::unique_ptr<ProgressDisplay> bars;
+    if (auto mode = ParseProgressMode(a->progress); mode.ok() && UseBars(*mode, STDERR_FILENO)) {
+      bars = ProgressDisplay::Start(
+          STDERR_FILENO,
+          [done, differ] {
+            ProgressFigures f;
+            f.verify_only = true;
+            f.phase = "verify";
+            f.verify_done = *done;
+            f.verify_mismatches = *differ;
+            return f;
+          },
+          nullptr);
+    }
     if (!rep.ok()) return void(*status = rep.status());
+    bars.reset();
     printf("%s\n", a->json ? rep->ToJson().dump(2).c_str() : rep->Render().c_str());
     if (!rep->clean()) *status = Status::FailedPrecondition("the databases differ (see above)");
   });
