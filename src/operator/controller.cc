@@ -86,17 +86,36 @@ std::vector<ResourceStats> Controller::Stats() const {
   std::vector<ResourceStats> out;
   std::lock_guard<std::mutex> lock(mu_);
   const int64_t now = MonotonicMillis();
-  for (const auto& [key, snap] : last_stats_) {
-    ResourceStats r{key, snap};
+  for (const auto& [key, last] : last_stats_) {
+    ResourceStats r = last;
     auto it = tasks_.find(key);
     if (it != tasks_.end()) {
       std::lock_guard<std::mutex> tl(it->second->mu);
-      if (it->second->migration != nullptr) r.snapshot = it->second->migration->stats().Snapshot(now);
+      if (it->second->migration != nullptr) {
+        r.snapshot = it->second->migration->stats().Snapshot(now);
+        if (r.snapshot.phase.empty()) r.snapshot.phase = it->second->last_phase;
+      }
     }
     r.snapshot.now_ms = now;
     out.push_back(std::move(r));
   }
   return out;
+}
+
+void Controller::Remember(const json& cr, const UpgradeSpec* spec) {
+  const std::string key = KeyOf(cr["metadata"]["namespace"], cr["metadata"]["name"]);
+  const json status = cr.value("status", json::object());
+  std::lock_guard<std::mutex> lock(mu_);
+  ResourceStats& r = last_stats_[key];
+  r.key = key;
+  if (tasks_.count(key) == 0) r.snapshot.phase = status.value("phase", "Pending");
+  if (status.contains("engine") && status["engine"].is_object()) {
+    r.snapshot.migration_id = status["engine"].value("id", "");
+  }
+  if (spec != nullptr) {
+    r.max_lag_bytes = spec->max_lag_bytes;
+    r.max_pause_ms = spec->max_pause_ms;
+  }
 }
 
 void Controller::Run(std::stop_token stop) {
@@ -206,19 +225,20 @@ Result<std::string> Controller::TargetPassword(const std::string& ns, const std:
 
 Status Controller::EnsureTarget(const json& cr, const UpgradeSpec& spec) {
   const std::string ns = cr["metadata"]["namespace"], name = cr["metadata"]["name"];
-  auto secret = client_->Get(res::kSecrets, ns, TargetName(name));
-  if (!secret.ok()) {
-    if (secret.status().code() != StatusCode::kNotFound) return secret.status();
-    auto created = client_->CreateObject(res::kSecrets, ns, TargetSecret(cr, RandomHex(24)));
-    if (!created.ok() && created.status().code() != StatusCode::kAlreadyExists) {
-      return created.status().WithContext("creating the target's Secret");
-    }
-  }
   k8s::ApplyOptions ao{kFieldManager, true};
   auto svc = client_->Apply(res::kServices, ns, TargetService(cr), ao);
   if (!svc.ok()) return svc.status().WithContext("applying the target's Service");
   auto sts = client_->Apply(res::kStatefulSets, ns, TargetStatefulSet(cr, spec), ao);
   if (!sts.ok()) return sts.status().WithContext("applying the target's StatefulSet");
+  // The Pod waits for its Secret, as a kubelet does.
+  auto secret = client_->Get(res::kSecrets, ns, TargetName(name));
+  if (!secret.ok()) {
+    if (secret.status().code() != StatusCode::kNotFound) return secret.status();
+    auto created = client_->CreateObject(res::kSecrets, ns, TargetSecret(cr, *sts, RandomHex(24)));
+    if (!created.ok() && created.status().code() != StatusCode::kAlreadyExists) {
+      return created.status().WithContext("creating the target's Secret");
+    }
+  }
   return Status::Ok();
 }
 
@@ -329,6 +349,7 @@ Status Controller::Reconcile(const std::string& key) {
   }
 
   auto spec = ParseSpec(cr);
+  Remember(cr, spec.ok() ? &*spec : nullptr);
   if (!spec.ok()) {
     (void)ReportProblem(cr, "InvalidSpec", spec.status().message());
     return Status::Ok();  // a spec change queues the resource again
@@ -527,7 +548,7 @@ void Controller::RunTask(std::shared_ptr<Task> task, std::stop_token stop) {
       }
       {
         std::lock_guard<std::mutex> lock(mu_);
-        last_stats_[task->key] = snap;
+        last_stats_[task->key].snapshot = snap;
       }
       (void)PatchStatus(ns, name, st);
     }
@@ -547,7 +568,7 @@ void Controller::RunTask(std::shared_ptr<Task> task, std::stop_token stop) {
     std::lock_guard<std::mutex> lock(mu_);
     engine::StatsSnapshot snap = mig->stats().Snapshot(MonotonicMillis());
     snap.phase = engine::PhaseName(mig->state().phase);
-    last_stats_[task->key] = snap;
+    last_stats_[task->key].snapshot = snap;
   }
   {
     std::lock_guard<std::mutex> lock(task->mu);
@@ -568,7 +589,8 @@ void Controller::RunTask(std::shared_ptr<Task> task, std::stop_token stop) {
 }
 
 Status Controller::DetachTarget(const std::string& ns, const std::string& name) {
-  for (const auto* r : {&res::kStatefulSets, &res::kServices, &res::kSecrets}) {
+  // The Secret is the StatefulSet's (spec.h): it stays with it.
+  for (const auto* r : {&res::kStatefulSets, &res::kServices}) {
     auto m = client_->Modify(*r, ns, TargetName(name), [](json& o) {
       o["metadata"].erase("ownerReferences");
       return Status::Ok();

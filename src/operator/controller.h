@@ -1,7 +1,7 @@
 // The PostgresUpgrade reconciler.
 //
-// Reconcile is short: it reads the resource, makes the target (Secret, Service, StatefulSet,
-// owned by the resource), and decides which engine step is due (spec.h: NextStep). Each step
+// Reconcile is short: it reads the resource, makes the target (a StatefulSet and a Service
+// owned by the resource, a Secret owned by the StatefulSet), and decides which engine step is due (spec.h: NextStep). Each step
 // runs on a worker thread of its own resource, so a long initial copy never holds up other
 // resources; the engine saves its state into the resource's status (status.engine) before and
 // after every side effect, so a restarted operator resumes where the last one stopped. When
@@ -49,6 +49,8 @@ struct ControllerOptions {
 struct ResourceStats {
   std::string key;  // namespace/name
   engine::StatsSnapshot snapshot;
+  std::optional<int64_t> max_lag_bytes;  // the spec's cutover thresholds
+  std::optional<int64_t> max_pause_ms;
 };
 
 class Controller {
@@ -99,7 +101,10 @@ class Controller {
 
   mutable std::mutex mu_;
   std::map<std::string, std::shared_ptr<Task>> tasks_;
-  std::map<std::string, engine::StatsSnapshot> last_stats_;
+  // The last figures of every resource seen (phase, and the live ones while a step runs).
+  std::map<std::string, ResourceStats> last_stats_;
+  // Keeps the phase and thresholds of `cr` in last_stats_.
+  void Remember(const nlohmann::json& cr, const UpgradeSpec* spec);
 };
 
 }  // namespace pgshift::op

@@ -14,6 +14,7 @@
 #include "k8s/events.h"
 #include "k8s/leader_election.h"
 #include "k8s/logging.h"
+#include "obs/metrics_server.h"
 #include "operator/controller.h"
 
 namespace {
@@ -97,6 +98,48 @@ int main(int argc, char** argv) {
   }
   op::Controller controller(client->get(), &events, co);
 
+  // /metrics: the engine's figures of every resource (label migration="namespace/name");
+  // /healthz while the process serves; /readyz once the resources were listed (a standby
+  // replica waiting for the Lease is ready too: it has nothing to load).
+  std::atomic<bool> leading{false};
+  auto collect = [&controller]() {
+    std::vector<obs::MigrationMetrics> out;
+    for (auto& r : controller.Stats()) {
+      obs::MigrationMetrics m;
+      m.labels = {{"migration", r.key}};
+      m.stats = std::move(r.snapshot);
+      m.extra.max_lag_bytes = r.max_lag_bytes;
+      m.extra.max_pause_ms = r.max_pause_ms;
+      out.push_back(std::move(m));
+    }
+    return out;
+  };
+  auto ready = [&]() { return controller.Synced() || (leader_elect && !leading); };
+  std::unique_ptr<obs::MetricsServer> metrics, health;
+  if (metrics_addr != "0") {
+    auto m = obs::MetricsServer::Start(metrics_addr, collect, ready);
+    if (!m.ok()) {
+      std::cerr << "pgshift-operator: --metrics-addr: " << m.status().message() << "\n";
+      return 2;
+    }
+    metrics = std::move(*m);
+    LogInfo("metrics", {{"url", metrics->Url()}});
+  }
+  // One address for both serves both from one server (port 0 means two servers).
+  const bool shared = metrics != nullptr && health_addr == metrics_addr &&
+                      !(metrics_addr.size() >= 2 && metrics_addr.substr(metrics_addr.size() - 2) == ":0");
+  if (shared) {
+    LogInfo("health probes", {{"url", "http://" + metrics->host() + ":" + std::to_string(metrics->port()) + "/healthz"}});
+  } else if (health_addr != "0") {
+    auto h = obs::MetricsServer::Start(health_addr, nullptr, ready);
+    if (!h.ok()) {
+      std::cerr << "pgshift-operator: --health-addr: " << h.status().message() << "\n";
+      return 2;
+    }
+    health = std::move(*h);
+    LogInfo("health probes", {{"url", "http://" + health->host() + ":" + std::to_string(health->port()) + "/healthz"}});
+  }
+
   std::signal(SIGTERM, OnSignal);
   std::signal(SIGINT, OnSignal);
   LogInfo("pgshift-operator starting", {{"api", config->server}, {"identity", identity}});
@@ -117,6 +160,7 @@ int main(int argc, char** argv) {
   std::atomic<bool> lost{false};
   k8s::LeaderCallbacks cb;
   cb.on_started_leading = [&](std::stop_token stop) {
+    leading = true;
     LogInfo("leading: reconciling");
     std::stop_source both;
     std::stop_callback a(stop, [&]() { both.request_stop(); });

@@ -132,10 +132,15 @@ Json TargetMetadata(const Json& resource) {
 
 }  // namespace
 
-Json TargetSecret(const Json& resource, const std::string& password) {
+Json TargetSecret(const Json& resource, const Json& statefulset, const std::string& password) {
+  Json meta = TargetMetadata(resource);
+  meta["ownerReferences"] = Json::array({{{"apiVersion", "apps/v1"},
+                                          {"kind", "StatefulSet"},
+                                          {"name", statefulset["metadata"]["name"]},
+                                          {"uid", statefulset["metadata"]["uid"]}}});
   return {{"apiVersion", "v1"},
           {"kind", "Secret"},
-          {"metadata", TargetMetadata(resource)},
+          {"metadata", meta},
           {"type", "Opaque"},
           {"stringData", {{"username", "postgres"}, {"password", password}}}};
 }

@@ -68,8 +68,10 @@ Json TargetSelector(const std::string& upgrade_name);
 
 // An ownerReference to `resource` (controller, blockOwnerDeletion).
 Json OwnerReference(const Json& resource);
-// The target's Secret: user postgres and `password`.
-Json TargetSecret(const Json& resource, const std::string& password);
+// The target's Secret: user postgres and `password`. Owned by the target's StatefulSet
+// (not by the resource), so it lives exactly as long as the server that uses it: gone with
+// the resource before cutover, kept with the StatefulSet when the target is detached.
+Json TargetSecret(const Json& resource, const Json& statefulset, const std::string& password);
 // A headless-free ClusterIP Service on 5432 selecting the target's Pod.
 Json TargetService(const Json& resource);
 // One replica of postgres:<version> with wal_level=logical, the spec's parameters, resources

@@ -84,7 +84,12 @@ TEST(TargetObjects, StatefulSetRunsTheVersionWithLogicalWalAndIsOwned) {
   EXPECT_EQ(claim["resources"]["requests"]["storage"], "5Gi");
   EXPECT_EQ(claim["storageClassName"], "fast");
   EXPECT_EQ(TargetService(Resource(spec))["spec"]["selector"], TargetSelector("shop"));
-  EXPECT_EQ(TargetSecret(Resource(spec), "pw")["stringData"]["password"], "pw");
+  Json applied = sts;
+  applied["metadata"]["uid"] = "sts-uid";
+  Json secret = TargetSecret(Resource(spec), applied, "pw");
+  EXPECT_EQ(secret["stringData"]["password"], "pw");
+  EXPECT_EQ(secret["metadata"]["ownerReferences"][0]["kind"], "StatefulSet");
+  EXPECT_EQ(secret["metadata"]["ownerReferences"][0]["uid"], "sts-uid");
 }
 
 TEST(NextStep, FollowsPhaseAndSpec) {

@@ -29,6 +29,16 @@ def parse_kv(line):
     return dict(p.split("=", 1) for p in line.split() if "=" in p)
 
 
+def http_get(url):
+    import urllib.error
+    import urllib.request
+    try:
+        with urllib.request.urlopen(url, timeout=10) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
 def harness_map(name):
     path = K8S_DIR / name
     return json.loads(path.read_text()) if path.exists() else {}
@@ -143,6 +153,29 @@ class Operator:
             env=dict(os.environ, ASAN_OPTIONS="detect_leaks=0"))
         return self
 
+    def metrics_url(self):
+        def find():
+            for line in self.log().splitlines():
+                if " metrics url=" in line:
+                    return line.split(" metrics url=", 1)[1].split()[0]
+            return None
+        return wait_for(find, timeout=20, what="the operator's metrics URL in its log")
+
+    def health_url(self):
+        def find():
+            for line in self.log().splitlines():
+                if " health probes url=" in line:
+                    return line.split(" health probes url=", 1)[1].split()[0].rsplit("/", 1)[0]
+            return None
+        return wait_for(find, timeout=20, what="the operator's health URL in its log")
+
+    def memory_kb(self, field):
+        """VmRSS (now) or VmHWM (peak) of the operator process, in kB."""
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+        raise AssertionError(field)
+
     def kill9(self):
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait(timeout=30)
@@ -245,11 +278,33 @@ def test_upgrade_under_load_reaches_rollback_ready_and_moves_the_service(
         k, namespace, operator, tmp_path, src_version, dst_version):
     source = Source(k, namespace, src_version)
     operator.start()
+    health = operator.health_url()
+    wait_for(lambda: http_get(health + "/readyz")[0] == 200, timeout=20, what="/readyz 200")
+    assert http_get(health + "/healthz") == (200, "ok\n")
+    metrics = operator.metrics_url()
+    time.sleep(1)
+    idle_kb = operator.memory_kb("VmRSS")
     ledger = tmp_path / "app.ledger"
     load = start_load(source, ledger)
     time.sleep(2)
     k.apply(upgrade("shop", source, dst_version))
-    wait_phase(k, "shop", {"RollbackReady"}, timeout=240, operator=operator)
+    # Scrapes while it works: the resource's phase, and its live figures while it copies.
+    series = set()
+    key = f'migration="{namespace}/shop"'
+
+    def scraped_rollback_ready():
+        code, text = http_get(metrics)
+        assert code == 200
+        for line in text.splitlines():
+            if key in line and not line.startswith("#"):
+                series.add(line.split("{")[0])
+        return f'pgshift_phase{{{key},phase="RollbackReady"}} 1' in text
+    wait_for(scraped_rollback_ready, timeout=240, interval=0.3, what="RollbackReady in /metrics")
+    wait_phase(k, "shop", {"RollbackReady"}, timeout=30, operator=operator)
+    assert {"pgshift_phase", "pgshift_replication_lag_bytes", "pgshift_tables",
+            "pgshift_tables_synced"} <= series, series
+    peak_kb = operator.memory_kb("VmHWM")
+    print(f"operator memory: idle RSS {idle_kb} kB, peak RSS during the migration {peak_kb} kB")
     time.sleep(2)  # clients go on writing on the target
     s = stop_load(load)
 
@@ -388,3 +443,50 @@ def test_missing_secret_key_is_reported_in_status(k, namespace, operator):
     assert c["reason"] == "CredentialsProblem"
     assert 'has no key "pw"' in c["message"], c
     assert pgshift_leftovers(source.address, source.password) == []
+
+
+def test_manual_cutover_then_rollback_then_finish(k, namespace, operator, tmp_path):
+    """Manual mode waits at ReadyForCutover until approved; after cutover, action Rollback
+    brings clients back to the source with every write made on the target (reverse
+    replication); Finish then removes every pgshift object from both servers."""
+    source = Source(k, namespace, 15)
+    operator.start()
+    ledger = tmp_path / "app.ledger"
+    load = start_load(source, ledger)
+    k.apply(upgrade("shop", source, 17, cutover={"mode": "manual", "maxPauseMs": 5000}))
+    wait_phase(k, "shop", {"ReadyForCutover"}, timeout=180, operator=operator)
+    time.sleep(3)
+    st = k.get("postgresupgrade", "shop")["status"]
+    assert st["phase"] == "ReadyForCutover"  # it waits
+    conds = {c["type"]: c for c in st["conditions"]}
+    assert conds["CutoverReady"]["status"] == "True"
+    assert conds["Progressing"]["reason"] == "WaitingForApproval"
+    assert k.get("service", "app-db")["spec"]["selector"] == {"app": "pg15"}
+    k.run("patch", "postgresupgrade", "shop", "--type", "merge", "-p",
+          json.dumps({"spec": {"cutover": {"approved": True}}}))
+    wait_phase(k, "shop", {"RollbackReady"}, timeout=120, operator=operator)
+    time.sleep(3)  # writes land on the target
+    k.run("patch", "postgresupgrade", "shop", "--type", "merge", "-p",
+          json.dumps({"spec": {"action": "Rollback"}}))
+    wait_phase(k, "shop", {"RolledBack"}, timeout=120, operator=operator)
+    time.sleep(2)
+    s = stop_load(load)
+    st = k.get("postgresupgrade", "shop")["status"]
+    assert st["lastCutover"]["direction"] == "rollback" and st["lastCutover"]["succeeded"]
+    assert k.get("service", "app-db")["spec"]["selector"] == {"app": "pg15"}
+    # Every acknowledged write, before, during and after the stay on the target, is on the source.
+    v = subprocess.run([PGSHIFT_BIN, "load", "verify", "--dsn", dsn(source.address), "--ledger", str(ledger)],
+                       env=dict(os.environ, PGPASSWORD=source.password), capture_output=True, text=True)
+    assert v.returncode == 0, v.stderr
+    vr = parse_kv(v.stdout.replace("\n", " "))
+    assert vr["missing"] == "0" and vr["mismatched"] == "0", v.stdout
+    assert int(vr["acknowledged"]) == int(s["acknowledged"])
+    k.run("patch", "postgresupgrade", "shop", "--type", "merge", "-p",
+          json.dumps({"spec": {"action": "Finish"}}))
+    wait_phase(k, "shop", {"Completed"}, timeout=120, operator=operator)
+    assert pgshift_leftovers(source.address, source.password) == []
+    target = pod_address(namespace, "shop-target-0")
+    assert pgshift_leftovers(target, target_password(k, "shop")) == []
+    # The source is the database in use and takes writes.
+    psql(source.address, source.password,
+         "INSERT INTO shop.products (sku, title, price_cents) VALUES ('after', 'finish', 1)")
