@@ -41,6 +41,7 @@ int main(int argc, char** argv) {
                           health_addr = ":8081";
   bool leader_elect = false;
   int workers = 2;
+  double lease_seconds = 15;
   app.add_option("--kubeconfig", kubeconfig,
                  "kubeconfig file (default: in-cluster, else $KUBECONFIG, else ~/.kube/config)");
   app.add_option("--namespace", ns, "watch one namespace (default: every namespace)");
@@ -57,6 +58,10 @@ int main(int argc, char** argv) {
                  "major of the versions involved");
   app.add_option("--workers", workers, "reconcile workers")->check(CLI::Range(1, 16));
   app.add_flag("--leader-elect", leader_elect, "run only while holding the Lease");
+  app.add_option("--lease-duration", lease_seconds,
+                 "seconds a leader may go without renewing before another takes over; it "
+                 "renews every duration/5 and gives up after 2/3 of it")
+      ->check(CLI::Range(1.0, 300.0));
   app.add_option("--lease-namespace", lease_namespace,
                  "namespace of the Lease (default: the Pod's namespace, else pgshift-system)");
   app.add_option("--metrics-addr", metrics_addr, "serve /metrics on HOST:PORT (\"0\" disables)");
@@ -156,6 +161,9 @@ int main(int argc, char** argv) {
     lc.lease_namespace = pod_ns != nullptr && *pod_ns ? pod_ns : "pgshift-system";
   }
   lc.lease_name = "pgshift-operator";
+  lc.lease_duration = std::chrono::milliseconds(static_cast<int64_t>(lease_seconds * 1000));
+  lc.renew_deadline = lc.lease_duration * 2 / 3;
+  lc.retry_period = lc.lease_duration / 5;
   lc.identity = identity;
   std::atomic<bool> lost{false};
   k8s::LeaderCallbacks cb;

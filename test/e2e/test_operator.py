@@ -142,10 +142,10 @@ class Operator:
         self.ns, self.kubeconfig, self.work_dir, self.log_path = ns, kubeconfig, work_dir, log_path
         self.proc = None
 
-    def start(self):
+    def start(self, *extra):
         log = open(self.log_path, "a")
         self.proc = subprocess.Popen(
-            [OPERATOR_BIN, "--kubeconfig", str(self.kubeconfig), "--namespace", self.ns,
+            [OPERATOR_BIN, *extra, "--kubeconfig", str(self.kubeconfig), "--namespace", self.ns,
              "--connect", "endpoints", "--pod-address-map", str(K8S_DIR / "pods.json"),
              "--pg-bin-dir", str(CACHE / "pgclient" / "bin"), "--work-dir", str(self.work_dir),
              "--metrics-addr", "127.0.0.1:0", "--health-addr", "127.0.0.1:0"],
@@ -490,3 +490,33 @@ def test_manual_cutover_then_rollback_then_finish(k, namespace, operator, tmp_pa
     # The source is the database in use and takes writes.
     psql(source.address, source.password,
          "INSERT INTO shop.products (sku, title, price_cents) VALUES ('after', 'finish', 1)")
+
+
+def test_leader_election_one_operator_works_and_a_standby_takes_over(
+        k, namespace, operator, tmp_path):
+    """Two operators with --leader-elect: only the Lease holder reconciles; kill -9 it mid-way
+    and the standby takes the Lease and finishes the migration."""
+    source = Source(k, namespace, 15)
+    standby = Operator(namespace, operator.kubeconfig, tmp_path / "work2", tmp_path / "operator2.log")
+    lease = ["--leader-elect", "--lease-duration", "3"]
+    operator.start(*lease)
+    wait_for(lambda: "leading: reconciling" in operator.log(), timeout=30, what="first operator leads")
+    standby.start(*lease)
+    try:
+        ledger = tmp_path / "app.ledger"
+        load = start_load(source, ledger)
+        k.apply(upgrade("shop", source, 17, cutover={"maxPauseMs": 5000, "maxLagBytes": 0}))
+        wait_phase(k, "shop", {"CatchingUp"}, timeout=180, operator=operator)
+        assert "starting step" not in standby.log()  # the standby does nothing
+        operator.kill9()
+        wait_for(lambda: "leading: reconciling" in standby.log(), timeout=30, what="standby leads")
+        k.run("patch", "postgresupgrade", "shop", "--type", "merge", "-p",
+              json.dumps({"spec": {"cutover": {"maxLagBytes": 8 << 20}}}))
+        wait_phase(k, "shop", {"RollbackReady"}, timeout=180, operator=standby)
+        s = stop_load(load)
+        verify_on_target(k, namespace, ledger, s["acknowledged"])
+        lease_obj = k.in_namespace("pgshift-system").get("lease", "pgshift-operator")
+        assert lease_obj["spec"]["holderIdentity"] in standby.log()
+    finally:
+        standby.stop()
+        print("---- standby log (tail) ----\n" + "\n".join(standby.log().splitlines()[-30:]))
