@@ -226,6 +226,8 @@ def test_service_account_kubeconfig(kubectl, namespace, tmp_path):
                  "spec": {"selector": {"app": "t"}, "ports": [{"port": 5432}]}})
     mine.run("patch", "service", "target", "--type=merge",
              "-p", json.dumps({"spec": {"selector": {"app": "flipped"}}}))
+    # A Lease left by an operator run (the leader election test) would make the create fail.
+    kubectl.run("-n", OPERATOR_NAMESPACE, "delete", "lease", "pgshift-operator", "--ignore-not-found")
     lease = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
              "metadata": {"name": "pgshift-operator", "namespace": OPERATOR_NAMESPACE},
              "spec": {"holderIdentity": "e2e-dry-run"}}

@@ -519,4 +519,6 @@ def test_leader_election_one_operator_works_and_a_standby_takes_over(
         assert lease_obj["spec"]["holderIdentity"] in standby.log()
     finally:
         standby.stop()
+        operator.stop()
+        k.in_namespace("pgshift-system").run("delete", "lease", "pgshift-operator", "--ignore-not-found")
         print("---- standby log (tail) ----\n" + "\n".join(standby.log().splitlines()[-30:]))
