@@ -162,6 +162,18 @@ def test_report_of_a_real_run_renders_in_chromium(lab):
     summary = parse_kv(out.strip().splitlines()[0])
     assert int(summary["errors"]) == 0, out
 
+    # Not a terminal: no escape sequences, whatever --progress asks for.
+    v = lab.run("verify", "--source", src, "--target", dst, "--level", "count",
+                "--progress", "bars", check=False)
+    assert "shop.filler" in v.stdout and "\x1b" not in v.stderr + v.stdout, v
+    # On a terminal, verify shows its count in the bottom lines, then gives them back.
+    rc, out, screens, final = run_on_terminal(lab, "verify", "--source", src, "--target", dst,
+                                              "--level", "count")
+    assert "shop.filler" in out, (rc, out, final)
+    assert any(s[ROWS - 4] == "pgshift verify".ljust(COLS) and s[ROWS - 3].startswith("verify  ")
+               for s in screens), final
+    assert not any(line.startswith("pgshift verify") for line in final), final
+
     history = [json.loads(l) for l in (state / "history.jsonl").read_text().splitlines()]
     kinds = {h["kind"] for h in history}
     assert {"phase", "sample", "cutover"} <= kinds, kinds
