@@ -150,7 +150,8 @@ Result<std::unique_ptr<obs::MetricsServer>> StartMetrics(const std::string& addr
   extra.max_pause_ms = m.state().options.max_pause_ms;
   const std::string id = m.state().id;
   auto server = obs::MetricsServer::Start(addr, [&m, id, extra] {
-    return std::vector<obs::MigrationMetrics>{{{{"migration", id}}, m.stats().Snapshot(MonotonicMillis()), extra}};
+    obs::MigrationMetrics mm{{{"migration", id}}, m.stats().Snapshot(MonotonicMillis()), extra};
+    return std::vector<obs::MigrationMetrics>{std::move(mm)};
   });
   if (!server.ok()) return server.status().WithContext("--metrics-addr");
   fprintf(stderr, "pgshift: metrics at %s\n", (*server)->Url().c_str());
@@ -234,8 +235,8 @@ void AddMigrateCommands(CLI::App& app, GlobalOptions& /*global*/, Status* status
   upgrade->add_option("--target", a->target, "target DSN (an empty server of the wanted version)");
   upgrade->add_option("--state", a->state_dir, "folder for the migration's state")->required();
   AddMigrationOptions(upgrade, a.get());
-  AddMetricsOption(upgrade, a.get());
   AddProgressOption(upgrade, a.get());
+  AddMetricsOption(upgrade, a.get());
   upgrade->callback([=]() {
     engine::MigrationRequest req{a->source, a->target, a->state_dir, ToOptions(*a)};
     auto m = engine::Migration::OpenOrCreate(req, Tools());
@@ -244,10 +245,10 @@ void AddMigrateCommands(CLI::App& app, GlobalOptions& /*global*/, Status* status
     if (!router.ok()) return void(*status = router.status());
     auto metrics = StartMetrics(a->metrics_addr, **m);
     if (!metrics.ok()) return void(*status = metrics.status());
-    *status = (*m)->Run(router->get());
     auto bars = StartBars(a->progress, **m, a->state_dir);
-    if (status->ok()) {
+    *status = (*m)->Run(router->get());
     bars.reset();
+    if (status->ok()) {
       const auto& st = (*m)->state();
       printf("phase %s\n", engine::PhaseName(st.phase).c_str());
       if (!st.cutovers.empty() && st.cutovers.back().succeeded) {
@@ -261,8 +262,8 @@ void AddMigrateCommands(CLI::App& app, GlobalOptions& /*global*/, Status* status
   stat->add_flag("--json", a->json, "machine-readable output");
   stat->add_flag("--watch", a->watch, "refresh every 2 seconds until the migration ends");
   stat->callback([=]() {
-    while (true) {
     ProgressRates rates;
+    while (true) {
       auto m = engine::Migration::Open(a->state_dir, Tools());
       if (!m.ok()) return void(*status = m.status());
       nlohmann::json j = (*m)->StatusJson(true);
@@ -271,7 +272,6 @@ void AddMigrateCommands(CLI::App& app, GlobalOptions& /*global*/, Status* status
         printf("%s\n", j.dump(2).c_str());
       } else {
         PrintStatus(j);
-      }
         if (a->watch && isatty(STDOUT_FILENO)) {
           // The same bars as `upgrade` shows, from the live status and the history file.
           ProgressFigures f = FiguresFromStatus(
@@ -281,6 +281,7 @@ void AddMigrateCommands(CLI::App& app, GlobalOptions& /*global*/, Status* status
             printf("%s\n", line.c_str());
           }
         }
+      }
       fflush(stdout);
       if (!a->watch || engine::IsTerminal((*m)->state().phase)) return;
       SleepMillis(2000);
@@ -351,8 +352,8 @@ void AddMigrateCommands(CLI::App& app, GlobalOptions& /*global*/, Status* status
       ->check(CLI::IsMember({"count", "checksum"}));
   verify->add_option("--databases", a->databases, "a,b (default: every database of the source)");
   verify->add_flag("--json", a->json, "machine-readable output");
-  verify->callback([=]() {
   AddProgressOption(verify, a.get());
+  verify->callback([=]() {
     engine::VerifyOptions vo;
     auto level = engine::ParseVerifyLevel(a->level);
     if (!level.ok()) return void(*status = level.status());
@@ -369,7 +370,6 @@ void AddMigrateCommands(CLI::App& app, GlobalOptions& /*global*/, Status* status
       SleepMillis(1000);
       return Status::Ok();
     };
-    auto rep = engine::VerifyDatabases(a->source, a->target, vo);
     auto done = std::make_shared<std::atomic<int64_t>>(0);
     auto differ = std::make_shared<std::atomic<int64_t>>(0);
     vo.on_table = [done, differ](const engine::TableVerification& t) {
@@ -390,8 +390,9 @@ void AddMigrateCommands(CLI::App& app, GlobalOptions& /*global*/, Status* status
           },
           nullptr);
     }
-    if (!rep.ok()) return void(*status = rep.status());
+    auto rep = engine::VerifyDatabases(a->source, a->target, vo);
     bars.reset();
+    if (!rep.ok()) return void(*status = rep.status());
     printf("%s\n", a->json ? rep->ToJson().dump(2).c_str() : rep->Render().c_str());
     if (!rep->clean()) *status = Status::FailedPrecondition("the databases differ (see above)");
   });

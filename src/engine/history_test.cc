@@ -81,7 +81,8 @@ TEST(HistoryTest, WriterAppendsOneLinePerRecord) {
   EXPECT_EQ(lines[2]["ts"], 3);
   // A writer without a path drops records; one whose folder is gone reports it.
   EXPECT_TRUE(HistoryWriter("").Append(HistoryPhase(4, "x")).ok());
-  EXPECT_FALSE(HistoryWriter(std::string(tmpl) + "/missing/h.jsonl").Append(HistoryPhase(4, "x")).ok());
+  EXPECT_FALSE(
+      HistoryWriter(std::string(tmpl) + "/missing/h.jsonl").Append(HistoryPhase(4, "x")).ok());
   std::remove(path.c_str());
   rmdir(tmpl);
 }

@@ -70,8 +70,9 @@ Result<pg::Connection*> StatsSampler::Conn(const std::string& dsn, const std::st
   auto c = pg::Connection::Connect(d, 2, "pgshift");
   if (!c.ok()) return c.status().WithContext(std::string(source ? "source" : "target") + " " + db);
   // A sample never holds the engine up for long, and never writes.
-  PGSHIFT_RETURN_IF_ERROR((*c)->Exec("SET statement_timeout = '5s'; SET lock_timeout = '1s'; "
-                                     "SET default_transaction_read_only = on"));
+  PGSHIFT_RETURN_IF_ERROR(
+      (*c)->Exec("SET statement_timeout = '5s'; SET lock_timeout = '1s'; "
+                 "SET default_transaction_read_only = on"));
   pg::Connection* raw = c->get();
   conns_[key] = std::move(*c);
   return raw;
@@ -107,7 +108,8 @@ Status StatsSampler::SampleDatabase(const MigrationState& state, const DatabaseS
   PGSHIFT_ASSIGN_OR_RETURN(pg::Connection * src, Conn(state.source_dsn, db.name, true));
   PGSHIFT_ASSIGN_OR_RETURN(pg::QueryResult lag,
                            src->Query(kSourceSql, {sub, std::to_string(db.ddl_mark)}));
-  PGSHIFT_ASSIGN_OR_RETURN(pg::QueryResult sizes, src->Query(kSourceSizesSql, {state.PublicationName(db)}));
+  PGSHIFT_ASSIGN_OR_RETURN(pg::QueryResult sizes,
+                           src->Query(kSourceSizesSql, {state.PublicationName(db)}));
   const int64_t src_at = MonotonicMillis();
   PGSHIFT_ASSIGN_OR_RETURN(pg::Connection * dst, Conn(state.target_dsn, db.name, false));
   PGSHIFT_ASSIGN_OR_RETURN(pg::QueryResult tables, dst->Query(kTargetTablesSql, {sub}));

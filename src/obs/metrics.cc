@@ -92,8 +92,7 @@ std::vector<MetricFamily> MigrationFamilies(const std::vector<MigrationMetrics>&
   Family last_pause("pgshift_cutover_last_pause_seconds",
                     "How long the last successful cutover or rollback held clients", G);
   Family ddl("pgshift_ddl_events_total",
-             "DDL statements recorded on the source after the schema copy (they block cutover)",
-             C);
+             "DDL statements recorded on the source after the schema copy (they block cutover)", C);
   Family errors("pgshift_errors_total", "Errors that stopped a step, by kind (status code)", C);
 
   for (const MigrationMetrics& m : migrations) {
@@ -126,14 +125,15 @@ std::vector<MetricFamily> MigrationFamilies(const std::vector<MigrationMetrics>&
     failures.Add(l, static_cast<double>(s.cutover_failures));
     if (s.last_pause_ms) last_pause.Add(l, *s.last_pause_ms / 1000.0);
     ddl.Add(l, static_cast<double>(s.ddl_events));
-    for (const auto& [kind, n] : s.errors) errors.Add(With(l, "kind", kind), static_cast<double>(n));
+    for (const auto& [kind, n] : s.errors)
+      errors.Add(With(l, "kind", kind), static_cast<double>(n));
   }
 
   std::vector<MetricFamily> out;
-  for (Family* f : {&phase, &entered, &ready, &max_lag, &max_pause, &lag_bytes, &lag_seconds,
-                    &tables, &synced, &copy_size, &copied_bytes, &copied_rows, &verify_tables,
-                    &verify_done, &verify_mismatches, &attempts, &failures, &last_pause, &ddl,
-                    &errors}) {
+  for (Family* f : {&phase,        &entered,     &ready,         &max_lag,     &max_pause,
+                    &lag_bytes,    &lag_seconds, &tables,        &synced,      &copy_size,
+                    &copied_bytes, &copied_rows, &verify_tables, &verify_done, &verify_mismatches,
+                    &attempts,     &failures,    &last_pause,    &ddl,         &errors}) {
     out.push_back(f->Take());
   }
   return out;

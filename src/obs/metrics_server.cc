@@ -21,14 +21,16 @@ struct MetricsServer::Impl {
 Result<HostPort> ParseHostPort(const std::string& text) {
   auto colon = text.rfind(':');
   if (colon == std::string::npos) {
-    return Status::InvalidArgument("metrics address '" + text + "': expected HOST:PORT (e.g. 127.0.0.1:9187, :9187, [::1]:0)");
+    return Status::InvalidArgument("metrics address '" + text +
+                                   "': expected HOST:PORT (e.g. 127.0.0.1:9187, :9187, [::1]:0)");
   }
   HostPort hp;
   hp.host = text.substr(0, colon);
   if (hp.host.size() >= 2 && hp.host.front() == '[' && hp.host.back() == ']') {
     hp.host = hp.host.substr(1, hp.host.size() - 2);
   } else if (hp.host.find(':') != std::string::npos) {
-    return Status::InvalidArgument("metrics address '" + text + "': write IPv6 hosts in brackets, e.g. [::1]:9187");
+    return Status::InvalidArgument("metrics address '" + text +
+                                   "': write IPv6 hosts in brackets, e.g. [::1]:9187");
   }
   if (hp.host.empty()) hp.host = "0.0.0.0";
   long long port = -1;
@@ -57,6 +59,10 @@ Result<std::unique_ptr<MetricsServer>> MetricsServer::Start(const std::string& h
     int yes = 1;
     setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof yes);
   });
+  // Headers and body go out in separate writes: without TCP_NODELAY, Nagle plus the client's
+  // delayed ACK add ~40 ms to every scrape on a kept-alive connection (measured).
+  http.set_tcp_nodelay(true);
+  http.set_keep_alive_max_count(1000);
   http.set_keep_alive_timeout(2);
   http.set_read_timeout(5);
   http.set_write_timeout(5);
@@ -76,17 +82,18 @@ Result<std::unique_ptr<MetricsServer>> MetricsServer::Start(const std::string& h
     res.status = ok ? 200 : 503;
     res.set_content(ok ? "ready\n" : "not ready\n", "text/plain");
   });
-  http.set_exception_handler([](const httplib::Request&, httplib::Response& res, std::exception_ptr ep) {
-    std::string what = "unknown error";
-    try {
-      std::rethrow_exception(ep);
-    } catch (const std::exception& e) {
-      what = e.what();
-    } catch (...) {
-    }
-    res.status = 500;
-    res.set_content("internal error: " + what + "\n", "text/plain");
-  });
+  http.set_exception_handler(
+      [](const httplib::Request&, httplib::Response& res, std::exception_ptr ep) {
+        std::string what = "unknown error";
+        try {
+          std::rethrow_exception(ep);
+        } catch (const std::exception& e) {
+          what = e.what();
+        } catch (...) {
+        }
+        res.status = 500;
+        res.set_content("internal error: " + what + "\n", "text/plain");
+      });
 
   int port = hp.port;
   if (port == 0) {

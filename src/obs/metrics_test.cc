@@ -66,13 +66,16 @@ TEST(MetricsTest, RendersEveryFamilyExactly) {
       "replicating, lag under the threshold, no DDL, verification clean)\n"
       "# TYPE pgshift_ready_for_cutover gauge\n"
       "pgshift_ready_for_cutover{migration=\"ab12cd34\"} 0\n"
-      "# HELP pgshift_cutover_max_lag_bytes Replication lag under which cutover may start (--max-lag)\n"
+      "# HELP pgshift_cutover_max_lag_bytes Replication lag under which cutover may start "
+      "(--max-lag)\n"
       "# TYPE pgshift_cutover_max_lag_bytes gauge\n"
       "pgshift_cutover_max_lag_bytes{migration=\"ab12cd34\"} 16777216\n"
-      "# HELP pgshift_cutover_max_pause_seconds Longest time the cutover may hold clients (--max-pause)\n"
+      "# HELP pgshift_cutover_max_pause_seconds Longest time the cutover may hold clients "
+      "(--max-pause)\n"
       "# TYPE pgshift_cutover_max_pause_seconds gauge\n"
       "pgshift_cutover_max_pause_seconds{migration=\"ab12cd34\"} 2\n"
-      "# HELP pgshift_replication_lag_bytes Source WAL not yet confirmed by the target's subscription\n"
+      "# HELP pgshift_replication_lag_bytes Source WAL not yet confirmed by the target's "
+      "subscription\n"
       "# TYPE pgshift_replication_lag_bytes gauge\n"
       "pgshift_replication_lag_bytes{database=\"shop\",migration=\"ab12cd34\"} 4096\n"
       "# HELP pgshift_replication_lag_seconds Replication delay reported by the source's walsender "
@@ -82,10 +85,12 @@ TEST(MetricsTest, RendersEveryFamilyExactly) {
       "# HELP pgshift_tables Tables replicated by the migration's subscription\n"
       "# TYPE pgshift_tables gauge\n"
       "pgshift_tables{database=\"shop\",migration=\"ab12cd34\"} 4\n"
-      "# HELP pgshift_tables_synced Tables whose initial copy finished and that replicate (state s or r)\n"
+      "# HELP pgshift_tables_synced Tables whose initial copy finished and that replicate (state s "
+      "or r)\n"
       "# TYPE pgshift_tables_synced gauge\n"
       "pgshift_tables_synced{database=\"shop\",migration=\"ab12cd34\"} 3\n"
-      "# HELP pgshift_copy_size_bytes Initial copy: on-disk size of every published table on the source\n"
+      "# HELP pgshift_copy_size_bytes Initial copy: on-disk size of every published table on the "
+      "source\n"
       "# TYPE pgshift_copy_size_bytes gauge\n"
       "pgshift_copy_size_bytes{database=\"shop\",migration=\"ab12cd34\"} 81920\n"
       "# HELP pgshift_copied_bytes Initial copy: source size of the tables already copied plus the "
@@ -105,13 +110,16 @@ TEST(MetricsTest, RendersEveryFamilyExactly) {
       "# HELP pgshift_verify_mismatches Tables that differ after verification\n"
       "# TYPE pgshift_verify_mismatches gauge\n"
       "pgshift_verify_mismatches{migration=\"ab12cd34\"} 1\n"
-      "# HELP pgshift_cutover_attempts_total Cutover and rollback attempts started (failed ones included)\n"
+      "# HELP pgshift_cutover_attempts_total Cutover and rollback attempts started (failed ones "
+      "included)\n"
       "# TYPE pgshift_cutover_attempts_total counter\n"
       "pgshift_cutover_attempts_total{migration=\"ab12cd34\"} 2\n"
-      "# HELP pgshift_cutover_failures_total Cutover and rollback attempts undone (traffic stayed where it was)\n"
+      "# HELP pgshift_cutover_failures_total Cutover and rollback attempts undone (traffic stayed "
+      "where it was)\n"
       "# TYPE pgshift_cutover_failures_total counter\n"
       "pgshift_cutover_failures_total{migration=\"ab12cd34\"} 1\n"
-      "# HELP pgshift_cutover_last_pause_seconds How long the last successful cutover or rollback held clients\n"
+      "# HELP pgshift_cutover_last_pause_seconds How long the last successful cutover or rollback "
+      "held clients\n"
       "# TYPE pgshift_cutover_last_pause_seconds gauge\n"
       "pgshift_cutover_last_pause_seconds{migration=\"ab12cd34\"} 0.0315\n"
       "# HELP pgshift_ddl_events_total DDL statements recorded on the source after the schema copy "
@@ -138,7 +146,8 @@ TEST(MetricsTest, StaleFiguresAreAbsentNotOld) {
   EXPECT_EQ(text.find("pgshift_tables{"), std::string::npos);
   // Families stay declared, and figures that are not measurements stay.
   EXPECT_NE(text.find("# TYPE pgshift_replication_lag_bytes gauge"), std::string::npos);
-  EXPECT_NE(text.find("pgshift_cutover_attempts_total{migration=\"ab12cd34\"} 2"), std::string::npos);
+  EXPECT_NE(text.find("pgshift_cutover_attempts_total{migration=\"ab12cd34\"} 2"),
+            std::string::npos);
   // Never measured at all: absent too.
   m.stats.databases["shop"].lag_seconds = engine::Measured{};
   m.stats.now_ms = 99500;
@@ -152,9 +161,9 @@ TEST(MetricsTest, UnknownOptionalFiguresAreAbsent) {
   m.labels = {{"migration", "x"}};
   m.stats.phase = "Pending";
   std::string text = Render(m);
-  for (const char* absent : {"pgshift_phase_entered_timestamp_seconds{", "pgshift_cutover_max_lag_bytes{",
-                             "pgshift_cutover_last_pause_seconds{", "pgshift_verify_tables{",
-                             "pgshift_errors_total{"}) {
+  for (const char* absent :
+       {"pgshift_phase_entered_timestamp_seconds{", "pgshift_cutover_max_lag_bytes{",
+        "pgshift_cutover_last_pause_seconds{", "pgshift_verify_tables{", "pgshift_errors_total{"}) {
     EXPECT_EQ(text.find(absent), std::string::npos) << absent;
   }
   EXPECT_NE(text.find("pgshift_phase{migration=\"x\",phase=\"Pending\"} 1"), std::string::npos);
@@ -165,8 +174,10 @@ TEST(MetricsTest, SeveralMigrationsKeepTheirLabels) {
   b.labels = {{"migration", "ns/other"}};
   b.stats.phase = "Completed";
   std::string text = RenderText(MigrationFamilies({a, b}));
-  EXPECT_NE(text.find("pgshift_phase{migration=\"ns/other\",phase=\"Completed\"} 1"), std::string::npos);
-  EXPECT_NE(text.find("pgshift_phase{migration=\"ab12cd34\",phase=\"CatchingUp\"} 1"), std::string::npos);
+  EXPECT_NE(text.find("pgshift_phase{migration=\"ns/other\",phase=\"Completed\"} 1"),
+            std::string::npos);
+  EXPECT_NE(text.find("pgshift_phase{migration=\"ab12cd34\",phase=\"CatchingUp\"} 1"),
+            std::string::npos);
   // One HELP per family, whatever the number of migrations.
   size_t first = text.find("# HELP pgshift_phase ");
   EXPECT_EQ(text.find("# HELP pgshift_phase ", first + 1), std::string::npos);
@@ -196,7 +207,8 @@ TEST(MetricsServerTest, ParsesAddresses) {
 TEST(MetricsServerTest, ServesMetricsAndProbesOnAFreePort) {
   std::atomic<bool> ready{false};
   auto server = MetricsServer::Start(
-      "127.0.0.1:0", [] { return std::vector<MigrationMetrics>{Fake()}; }, [&] { return ready.load(); },
+      "127.0.0.1:0", [] { return std::vector<MigrationMetrics>{Fake()}; },
+      [&] { return ready.load(); },
       [] {
         prometheus::MetricFamily f;
         f.name = "pgshift_operator_reconciles_total";
