@@ -277,7 +277,9 @@ void AddMigrateCommands(CLI::App& app, GlobalOptions& /*global*/, Status* status
           ProgressFigures f = FiguresFromStatus(
               j, ReadHistoryTail(a->state_dir + "/history.jsonl"), UnixMillis());
           printf("\n");
-          for (const auto& line : RenderProgress(f, &rates, MonotonicMillis(), 100, true)) {
+          const int cols = TerminalColumns(STDOUT_FILENO, 100);
+          for (const auto& line :
+               RenderProgress(f, &rates, MonotonicMillis(), cols, Utf8Locale())) {
             printf("%s\n", line.c_str());
           }
         }

@@ -364,17 +364,6 @@ void RestoreOnSignal(int sig) {
   raise(sig);
 }
 
-bool Utf8Locale() {
-  for (const char* var : {"LC_ALL", "LC_CTYPE", "LANG"}) {
-    const char* v = std::getenv(var);
-    if (v != nullptr && *v != '\0') {
-      std::string s = ToLower(v);
-      return s.find("utf-8") != std::string::npos || s.find("utf8") != std::string::npos;
-    }
-  }
-  return false;
-}
-
 void WriteAll(int fd, const std::string& s) {
   size_t off = 0;
   while (off < s.size()) {
@@ -393,6 +382,22 @@ bool TerminalSize(int fd, int* rows, int* cols) {
 }
 
 }  // namespace
+
+bool Utf8Locale() {
+  for (const char* var : {"LC_ALL", "LC_CTYPE", "LANG"}) {
+    const char* v = std::getenv(var);
+    if (v != nullptr && *v != '\0') {
+      std::string s = ToLower(v);
+      return s.find("utf-8") != std::string::npos || s.find("utf8") != std::string::npos;
+    }
+  }
+  return false;
+}
+
+int TerminalColumns(int fd, int fallback) {
+  int rows = 0, cols = 0;
+  return TerminalSize(fd, &rows, &cols) && cols > 0 ? cols : fallback;
+}
 
 std::unique_ptr<ProgressDisplay> ProgressDisplay::Start(int fd, Poll poll, DetailPoll detail) {
   int rows = 0, cols = 0;

@@ -121,5 +121,9 @@ class ProgressDisplay {
 
 // True when `mode` asks for bars and `fd` is a terminal that can show them.
 bool UseBars(ProgressMode mode, int fd);
+// The width of the terminal on `fd`, or `fallback` when it is not one.
+int TerminalColumns(int fd, int fallback);
+// Whether the locale's character set is UTF-8 (block characters for the bars), else ASCII.
+bool Utf8Locale();
 
 }  // namespace pgshift::cli
