@@ -246,16 +246,6 @@ std::optional<double> RateMeter::PerSecond() const {
   return (v1 - v0) * 1000.0 / static_cast<double>(t1 - t0);
 }
 
-std::string FormatBytes(double b) {
-  const char* units[] = {"B", "kB", "MB", "GB", "TB"};
-  int u = 0;
-  while (std::fabs(b) >= 1024 && u < 4) {
-    b /= 1024;
-    ++u;
-  }
-  return Fixed(b, u == 0 ? 0 : 1) + " " + units[u];
-}
-
 std::string FormatEta(std::optional<double> seconds) {
   if (!seconds || !std::isfinite(*seconds) || *seconds < 0) return "-";
   return Duration(*seconds);

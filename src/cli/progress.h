@@ -79,7 +79,7 @@ struct ProgressRates {
   RateMeter bytes, tables, verify;
 };
 
-std::string FormatBytes(double bytes);
+// FormatBytes: common/strings.h.
 // "0:42", "1:02:03"; "-" when unknown.
 std::string FormatEta(std::optional<double> seconds);
 // A bar of `cells` cells filled to `fraction` (0..1): Unicode eighths, or ASCII '#'/'.'.

@@ -1,3 +1,5 @@
+#include <cmath>
+#include <cstdio>
 #include "common/strings.h"
 
 #include <algorithm>
@@ -74,6 +76,18 @@ std::string RandomHex(size_t n) {
     out.push_back(kHex[b & 0xf]);
   }
   return out;
+}
+
+std::string FormatBytes(double b) {
+  const char* units[] = {"B", "kB", "MB", "GB", "TB"};
+  int u = 0;
+  while (std::fabs(b) >= 1024 && u < 4) {
+    b /= 1024;
+    ++u;
+  }
+  char buf[64];
+  snprintf(buf, sizeof buf, "%.*f %s", u == 0 ? 0 : 1, b, units[u]);
+  return buf;
 }
 
 }  // namespace pgshift

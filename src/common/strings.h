@@ -14,6 +14,8 @@ std::string ToLower(std::string_view s);
 bool ParseInt64(std::string_view s, long long* out);
 // Hides passwords in conninfo strings, URIs and "password: x"-like text, for logs and errors.
 std::string RedactSecrets(std::string_view text);
+// "512 B", "1.5 kB", "142.6 MB" (powers of 1024), for people.
+std::string FormatBytes(double bytes);
 // Random lowercase hex of `n` characters from the OS CSPRNG.
 std::string RandomHex(size_t n);
 

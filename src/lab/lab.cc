@@ -193,19 +193,10 @@ Status Lab::WritePgpass() const {
   auto all = List();
   if (!all.ok()) return all.status();
   std::string content;
-  auto escape = [](const std::string& s) {
-    std::string o;
-    for (char c : s) {
-      if (c == ':' || c == '\\') o += '\\';
-      o += c;
-    }
-    return o;
-  };
   for (const auto& st : *all) {
     const Instance& i = st.instance;
     if (i.password.empty()) continue;
-    content += escape(i.host) + ":" + std::to_string(i.port) + ":*:" + escape(i.user) + ":" +
-               escape(i.password) + "\n";
+    content += pg::PgpassLine(i.host, i.port, i.user, i.password);
   }
   return WriteFileAtomic(pgpass_, content, 0600);
 }

@@ -261,8 +261,8 @@ Result<Controller::Wiring> Controller::Wire(const json& cr, const UpgradeSpec& s
   const std::string pgpass = w.work_dir + "/pgpass";
   PGSHIFT_RETURN_IF_ERROR(
       WriteFileAtomic(pgpass,
-                      PgpassLine(w.source.host, w.source.port, creds.first, creds.second) +
-                          PgpassLine(w.target.host, w.target.port, "postgres", target_pw),
+                      pg::PgpassLine(w.source.host, w.source.port, creds.first, creds.second) +
+                          pg::PgpassLine(w.target.host, w.target.port, "postgres", target_pw),
                       0600));
   auto dsn = [&](const engine::Endpoint& e, const std::string& user) {
     pg::ConnInfo ci;

@@ -105,8 +105,4 @@ Json Conditions(const Json& existing, const std::string& phase, bool working,
 Json StatusFromEngine(const engine::MigrationState& state);
 Json StatusFromStats(const engine::StatsSnapshot& snapshot);
 
-// A pgpass line, ':' and '\' escaped.
-std::string PgpassLine(const std::string& host, int port, const std::string& user,
-                       const std::string& password);
-
 }  // namespace pgshift::op

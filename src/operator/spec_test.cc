@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include "operator/cluster.h"
+#include "pg/conninfo.h"
 
 namespace pgshift::op {
 namespace {
@@ -159,7 +160,7 @@ TEST(StatusFromStats, StaleFiguresAreRemovedNotShown) {
 }
 
 TEST(Pgpass, EscapesSeparators) {
-  EXPECT_EQ(PgpassLine("h", 5432, "u:x", "p\\w:d"), "h:5432:*:u\\:x:p\\\\w\\:d\n");
+  EXPECT_EQ(pg::PgpassLine("h", 5432, "u:x", "p\\w:d"), "h:5432:*:u\\:x:p\\\\w\\:d\n");
 }
 
 TEST(AddressMap, ReadsPlainAndHarnessForms) {

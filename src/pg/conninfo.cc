@@ -91,4 +91,17 @@ std::string ConnInfo::Redacted() const {
   return copy.ToString();
 }
 
+std::string PgpassLine(const std::string& host, int port, const std::string& user,
+                       const std::string& password) {
+  auto esc = [](const std::string& v) {
+    std::string o;
+    for (char c : v) {
+      if (c == ':' || c == '\\') o += '\\';
+      o += c;
+    }
+    return o;
+  };
+  return esc(host) + ":" + std::to_string(port) + ":*:" + esc(user) + ":" + esc(password) + "\n";
+}
+
 }  // namespace pgshift::pg

@@ -35,6 +35,10 @@ class ConnInfo {
   std::map<std::string, std::string> params_;
 };
 
+// One line of a pgpass file (any database), with ':' and '\\' escaped as libpq wants.
+std::string PgpassLine(const std::string& host, int port, const std::string& user,
+                       const std::string& password);
+
 // `dsn` with its database replaced by `dbname` (keyword=value form).
 Result<std::string> DsnForDatabase(const std::string& dsn, const std::string& dbname);
 

@@ -48,16 +48,6 @@ std::string Fixed(double v, int digits) {
   return buf;
 }
 
-std::string FormatBytes(double b) {
-  const char* units[] = {"B", "kB", "MB", "GB", "TB"};
-  int u = 0;
-  while (std::fabs(b) >= 1024 && u < 4) {
-    b /= 1024;
-    ++u;
-  }
-  return Fixed(b, u == 0 ? 0 : 1) + " " + units[u];
-}
-
 std::string FormatDuration(double seconds) {
   if (seconds < 1) return Fixed(seconds * 1000, 0) + " ms";
   if (seconds < 60) return Fixed(seconds, 1) + " s";
