@@ -5,7 +5,8 @@
 //   phase    {"phase": "InitialCopy"}                           on every phase change
 //   sample   {"phase", "lag_bytes", "lag_seconds", "tables_total", "tables_synced",
 //             "bytes_copied", "bytes_total", "rows_copied"}     sums over databases; a figure
-//             that is unknown for any database is null; at most about one per second
+//             that is unknown for any database is null; at most about one per second,
+//             plus one when the initial copy and one when the catch-up finished
 //   verify   {"tables_done", "tables_total", "mismatches"}      during and after verification
 //   cutover  {"direction", "succeeded", "pause_ms", "steps_ms": {...}, "error"}
 //   error    {"message"}                                        secrets redacted

@@ -161,7 +161,8 @@ def test_dashboard_is_importable_json():
 
 
 class Scraper(threading.Thread):
-    """Scrapes /metrics every 0.2 s, checking each answer and keeping what it saw."""
+    """Scrapes /metrics every 50 ms (CatchingUp can last well under a second), checking each
+    answer and keeping what it saw."""
 
     def __init__(self, url, migration_id):
         super().__init__(daemon=True)
@@ -177,7 +178,7 @@ class Scraper(threading.Thread):
                 status, ctype, text = http_get(self.url)
             except OSError as e:  # the process may be busy exiting at the very end
                 self.errors.append(str(e))
-                time.sleep(0.2)
+                time.sleep(0.05)
                 continue
             assert status == 200
             self.content_types.add(ctype)
@@ -190,7 +191,7 @@ class Scraper(threading.Thread):
                 if name == "pgshift_phase" and value == 1:
                     self.phases.add(labels["phase"])
             self.count += 1
-            time.sleep(0.2)
+            time.sleep(0.05)
 
 
 def start_prometheus(workdir, port, target):
@@ -278,7 +279,7 @@ def test_metrics_of_a_real_upgrade_under_load_scraped_by_prometheus(lab):
         scraper.stop.set()
         scraper.join(timeout=10)
 
-        assert scraper.count >= 20, scraper.count
+        assert scraper.count >= 50, scraper.count
         assert not scraper.problems, scraper.problems[:20]
         assert scraper.content_types == {"text/plain; version=0.0.4; charset=utf-8"}
         for name, typ in FAMILIES.items():
@@ -339,7 +340,7 @@ def test_metrics_of_a_real_upgrade_under_load_scraped_by_prometheus(lab):
     for p in ("InitialCopy", "CatchingUp", "ReadyForCutover", "CuttingOver", "RollbackReady"):
         assert p in phases, phases
     samples = [r for r in records if r["kind"] == "sample"]
-    assert len(samples) >= 2, samples  # the copy and catch-up of this small shop take seconds
+    assert len(samples) >= 2, samples  # the end of the copy, the end of the catch-up
     for s in samples:
         assert set(s) >= {"ts", "phase", "lag_bytes", "lag_seconds", "tables_total", "tables_synced",
                           "bytes_copied", "bytes_total", "rows_copied"}
@@ -350,8 +351,9 @@ def test_metrics_of_a_real_upgrade_under_load_scraped_by_prometheus(lab):
     last = samples[-1]
     assert last["tables_total"] == tables and last["tables_synced"] == tables, last
     assert last["bytes_total"] > 0 and last["bytes_copied"] == last["bytes_total"], last
-    gaps = [b["ts"] - a["ts"] for a, b in zip(samples, samples[1:])]
-    assert min(gaps) >= 900, gaps  # at most about one per second
+    # At most about one per second, plus one at the end of the copy and one of the catch-up.
+    span_s = (samples[-1]["ts"] - samples[0]["ts"]) / 1000
+    assert len(samples) <= span_s + 3, (len(samples), span_s)
     verify = [r for r in records if r["kind"] == "verify"]
     assert verify and verify[-1]["tables_done"] == verify[-1]["tables_total"] == tables, verify
     assert verify[-1]["mismatches"] == 0
