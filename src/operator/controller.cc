@@ -27,6 +27,7 @@ struct Controller::Task {
   engine::Migration* migration = nullptr;  // while the step runs; guarded by mu
   std::string last_line;                   // the engine's last progress line
   std::string last_phase;
+  bool degraded = false;  // Degraded was True when the step started: cleared on progress
   std::jthread thread;
 };
 
@@ -316,6 +317,7 @@ Status Controller::Reconcile(const std::string& key) {
   PGSHIFT_RETURN_IF_ERROR(EnsureFinalizer(cr));
 
   // A step in flight: let it work; a finished one is collected here.
+  bool previous_step_ok = false;
   {
     std::shared_ptr<Task> task;
     {
@@ -344,6 +346,7 @@ Status Controller::Reconcile(const std::string& key) {
         // Retried with backoff: most failures (a server restarting, lag) pass.
         return Status::Unavailable(StepName(task->step) + " failed: " + task->result.message());
       }
+      previous_step_ok = true;
       PGSHIFT_ASSIGN_OR_RETURN(cr, client_->Get(kPostgresUpgrades, ns, name));
     }
   }
@@ -362,6 +365,17 @@ Status Controller::Reconcile(const std::string& key) {
   const bool preflight_done = status.contains("preflight") &&
                               status.value("observedGeneration", int64_t{-1}) == generation;
   Step step = NextStep(*spec, phase, preflight_done);
+  // A failed step is retried with backoff; Degraded stays True (with its reason) through the
+  // retries and clears once a step succeeds.
+  std::string degraded_reason, degraded_message;
+  if (!previous_step_ok && status.contains("conditions") && status["conditions"].is_array()) {
+    for (const auto& c : status["conditions"]) {
+      if (c.value("type", "") == "Degraded" && c.value("status", "") == "True") {
+        degraded_reason = c.value("reason", "");
+        degraded_message = c.value("message", "");
+      }
+    }
+  }
 
   if (step == Step::kNone) {
     const std::string ph = status.value("phase", "");
@@ -388,8 +402,9 @@ Status Controller::Reconcile(const std::string& key) {
       json st = {{"message", s.message()},
                  {"observedGeneration", generation},
                  {"conditions", Conditions(status.value("conditions", json::array()),
-                                           status.value("phase", ""), true, false, "", "",
-                                           generation, NowUtc())}};
+                                           status.value("phase", ""), true, false,
+                                           degraded_reason, degraded_message, generation,
+                                           NowUtc())}};
       if (!status.contains("phase")) st["phase"] = "Pending";
       (void)PatchStatus(ns, name, st);
       queue_.AddAfter(key, std::chrono::seconds(2));
@@ -403,8 +418,8 @@ Status Controller::Reconcile(const std::string& key) {
   }
   json st = {{"observedGeneration", generation},
              {"conditions", Conditions(status.value("conditions", json::array()),
-                                       status.value("phase", ""), true, false, "", "", generation,
-                                       NowUtc())}};
+                                       status.value("phase", ""), true, false, degraded_reason,
+                                       degraded_message, generation, NowUtc())}};
   if (!status.contains("phase")) st["phase"] = "Pending";
   PGSHIFT_RETURN_IF_ERROR(PatchStatus(ns, name, st));
   StartTask(cr, step);
@@ -421,6 +436,9 @@ void Controller::StartTask(const json& cr, Step step) {
   task->step = step;
   task->generation = cr["metadata"].value("generation", int64_t{0});
   task->last_phase = cr.value("status", json::object()).value("phase", "");
+  for (const auto& c : cr.value("status", json::object()).value("conditions", json::array())) {
+    if (c.value("type", "") == "Degraded" && c.value("status", "") == "True") task->degraded = true;
+  }
   LogInfo("starting step", {{"resource", task->key}, {"step", StepName(step)}});
   (void)events_->Record(cr, k8s::EventType::kNormal, "Step", "running step " + StepName(step));
   std::lock_guard<std::mutex> lock(mu_);
@@ -505,6 +523,21 @@ void Controller::RunTask(std::shared_ptr<Task> task, std::stop_token stop) {
     if (s.ok() && previous != phase) {
       (void)events_->Record(task->cr, k8s::EventType::kNormal, "PhaseChanged",
                             (previous.empty() ? "Pending" : previous) + " -> " + phase);
+      bool clear = false;
+      {
+        std::lock_guard<std::mutex> lock(task->mu);
+        std::swap(clear, task->degraded);
+      }
+      if (clear) {
+        // The step got past where the last attempt failed.
+        const json& meta = task->cr["metadata"];
+        (void)PatchStatus(ns, name,
+                          {{"conditions",
+                            Conditions(task->cr.value("status", json::object())
+                                           .value("conditions", json::array()),
+                                       phase, true, false, "", "",
+                                       meta.value("generation", int64_t{0}), NowUtc())}});
+      }
     }
     return s;
   };

@@ -437,6 +437,12 @@ def test_missing_secret_key_is_reported_in_status(k, namespace, operator):
     assert c["reason"] == "CredentialsProblem"
     assert 'has no key "pw"' in c["message"], c
     assert pgshift_leftovers(source.address, source.password) == []
+    # Fixed: the operator notices (Secrets are looked at again every 10 s), migrates, and
+    # Degraded clears once the migration moves on.
+    k.run("patch", "secret", f"{source.name}-admin", "--type", "merge", "-p",
+          json.dumps({"stringData": {"pw": source.password}}))
+    wait_phase(k, "shop", {"RollbackReady"}, timeout=180, operator=operator)
+    assert degraded() is None
 
 
 def test_manual_cutover_then_rollback_then_finish(k, namespace, operator, tmp_path):
