@@ -9,7 +9,7 @@ CMAKE_FLAGS ?=
 include $(ROOT)/mk/k8s.mk
 include $(ROOT)/mk/operator.mk
 
-.PHONY: all setup build build-asan test test-unit test-integration demo format clean lab-down help bench
+.PHONY: all setup build build-asan test test-unit test-integration demo format clean lab-down help bench bench-metrics
 
 all: build
 
@@ -54,6 +54,9 @@ demo: build
 
 bench: build
 	python3 $(ROOT)/bench/cutover.py --runs 5
+
+bench-metrics: build
+	python3 $(ROOT)/bench/metrics.py --runs 4 --modes off,scraped,served
 
 lab-down:
 	-$(BUILD)/pgshift lab down
