@@ -172,9 +172,8 @@ Status Controller::ReportProblem(const json& cr, const std::string& reason,
              {"conditions", Conditions(status.value("conditions", json::array()), phase, working,
                                        false, reason, message,
                                        cr["metadata"].value("generation", int64_t{0}), NowUtc())}};
-  if (status.value("message", "") != message) {
-    (void)events_->Record(cr, k8s::EventType::kWarning, reason, message);
-  }
+  // Repeats of the same failure are aggregated by the recorder (one Event, its count bumped).
+  (void)events_->Record(cr, k8s::EventType::kWarning, reason, message);
   return PatchStatus(ns, name, st);
 }
 

@@ -436,6 +436,8 @@ def test_missing_secret_key_is_reported_in_status(k, namespace, operator):
     c = wait_for(degraded, timeout=60, what="Degraded condition")
     assert c["reason"] == "CredentialsProblem"
     assert 'has no key "pw"' in c["message"], c
+    events = k.json("get", "events", "--field-selector", "involvedObject.name=shop")["items"]
+    assert any(e["type"] == "Warning" and e["reason"] == "CredentialsProblem" for e in events), events
     assert pgshift_leftovers(source.address, source.password) == []
     # Fixed: the operator notices (Secrets are looked at again every 10 s), migrates, and
     # Degraded clears once the migration moves on.
