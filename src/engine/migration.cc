@@ -137,8 +137,8 @@ Status SetFence(pg::Connection& c, const std::string& db, bool on) {
                 (on ? " SET default_transaction_read_only = on" : " RESET default_transaction_read_only"));
 }
 
-// Ends every client session on the databases of `db_array` (a text[] literal) but pgshift's.
-// Ends the client sessions of the databases `db_array`; returns how many there were.
+// Ends every client session on the databases of `db_array` (a text[] literal) but pgshift's;
+// returns how many there were.
 Result<int64_t> EndClientSessionsCounted(pg::Connection& c, const std::string& db_array) {
   PGSHIFT_ASSIGN_OR_RETURN(
       std::string n,
@@ -1026,9 +1026,6 @@ Status Migration::SwitchOver(Router* router, bool forward) {
 
   Status s = run();
   attempt.pause_ms = (MonotonicMicros() - t0) / 1000.0;
-  if (s.ok() && !router->HoldsTraffic() && !router->WaitsForPeople()) {
-    DrainOldSide(*conns[0].old_side, db_array, /*quiet_ms=*/1500, /*max_ms=*/15000);
-  }
   if (!s.ok() && !switched) {
     // Undo in reverse order; traffic is never left paused.
     attempt.failed_step = failed_step;
@@ -1084,7 +1081,12 @@ Status Migration::SwitchOver(Router* router, bool forward) {
     }
   }
   state_.cutover_in_flight.clear();
-  return Move(forward ? Phase::kRollbackReady : Phase::kRolledBack);
+  PGSHIFT_RETURN_IF_ERROR(Move(forward ? Phase::kRollbackReady : Phase::kRolledBack));
+  // Saved as done first: the drain only helps clients along, and may take seconds.
+  if (!router->HoldsTraffic() && !router->WaitsForPeople()) {
+    DrainOldSide(*conns[0].old_side, db_array, /*quiet_ms=*/1500, /*max_ms=*/15000);
+  }
+  return Status::Ok();
 }
 
 // A restart found a cutover in flight: finish it when the router already switched, else undo.
