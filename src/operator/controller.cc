@@ -20,6 +20,8 @@ struct Controller::Task {
   std::string key, ns, name, uid;
   json cr;  // as read when the task started (for Events)
   Step step = Step::kNone;
+  UpgradeSpec spec;  // as parsed, and the servers as wired, by the reconcile that started it
+  Wiring wiring;
   int64_t generation = 0;
   std::atomic<bool> done{false};
   Status result;
@@ -161,6 +163,14 @@ Status Controller::PatchStatus(const std::string& ns, const std::string& name,
                                const json& status) {
   auto r = client_->MergePatch(kPostgresUpgrades, ns, name, {{"status", status}}, "status");
   return r.ok() ? Status::Ok() : r.status();
+}
+
+Status Controller::SaveEngineState(const std::string& ns, const std::string& name,
+                                   const engine::MigrationState& state) {
+  json st = StatusFromEngine(state);
+  st["engine"] = state.ToJson();
+  if (!state.last_error.empty()) st["message"] = state.last_error;
+  return PatchStatus(ns, name, st);
 }
 
 Status Controller::ReportProblem(const json& cr, const std::string& reason,
@@ -421,11 +431,11 @@ Status Controller::Reconcile(const std::string& key) {
                                        degraded_message, generation, NowUtc())}};
   if (!status.contains("phase")) st["phase"] = "Pending";
   PGSHIFT_RETURN_IF_ERROR(PatchStatus(ns, name, st));
-  StartTask(cr, step);
+  StartTask(cr, *spec, step, std::move(*wiring));
   return Status::Ok();
 }
 
-void Controller::StartTask(const json& cr, Step step) {
+void Controller::StartTask(const json& cr, const UpgradeSpec& spec, Step step, Wiring wiring) {
   auto task = std::make_shared<Task>();
   task->ns = cr["metadata"]["namespace"];
   task->name = cr["metadata"]["name"];
@@ -433,6 +443,8 @@ void Controller::StartTask(const json& cr, Step step) {
   task->key = KeyOf(task->ns, task->name);
   task->cr = cr;
   task->step = step;
+  task->spec = spec;
+  task->wiring = std::move(wiring);
   task->generation = cr["metadata"].value("generation", int64_t{0});
   task->last_phase = cr.value("status", json::object()).value("phase", "");
   for (const auto& c : cr.value("status", json::object()).value("conditions", json::array())) {
@@ -467,12 +479,9 @@ void Controller::RunTask(std::shared_ptr<Task> task, std::stop_token stop) {
                            {"result", s.ok() ? "ok" : s.message()}});
     queue_.Add(task->key);
   };
-  auto cr = client_->Get(kPostgresUpgrades, task->ns, task->name);
-  if (!cr.ok()) return finish(cr.status());
-  auto spec = ParseSpec(*cr);
-  if (!spec.ok()) return finish(spec.status());
-  auto wiring = Wire(*cr, *spec);
-  if (!wiring.ok()) return finish(wiring.status());
+  const json* cr = &task->cr;
+  const UpgradeSpec* spec = &task->spec;
+  const Wiring* wiring = &task->wiring;
 
   if (task->step == Step::kPreflight) {
     engine::PreflightOptions po;
@@ -508,10 +517,7 @@ void Controller::RunTask(std::shared_ptr<Task> task, std::stop_token stop) {
   req.options = EngineOptions(*spec);
   const std::string ns = task->ns, name = task->name;
   auto sink = [this, task, ns, name](const engine::MigrationState& state) -> Status {
-    json st = StatusFromEngine(state);
-    st["engine"] = state.ToJson();
-    if (!state.last_error.empty()) st["message"] = state.last_error;
-    Status s = PatchStatus(ns, name, st);
+    Status s = SaveEngineState(ns, name, state);
     const std::string phase = engine::PhaseName(state.phase);
     std::string previous;
     {
@@ -661,9 +667,7 @@ Status Controller::Finalize(const json& cr) {
   req.options = saved->options;
   auto m = engine::Migration::FromState(saved, req, options_.tools,
                                         [this, ns, name](const engine::MigrationState& st) {
-                                          json s = StatusFromEngine(st);
-                                          s["engine"] = st.ToJson();
-                                          return PatchStatus(ns, name, s);
+                                          return SaveEngineState(ns, name, st);
                                         });
   if (!m.ok()) return m.status();
   ServiceRouter router(client_, ns, spec->traffic_service, wiring->source, spec->source_service,

@@ -85,9 +85,13 @@ class Controller {
   };
   Result<Wiring> Wire(const nlohmann::json& cr, const UpgradeSpec& spec);
   Status PatchStatus(const std::string& ns, const std::string& name, const nlohmann::json& status);
+  // The engine's state into status.engine, with the fields derived from it.
+  Status SaveEngineState(const std::string& ns, const std::string& name,
+                         const engine::MigrationState& state);
   Status ReportProblem(const nlohmann::json& cr, const std::string& reason,
                        const std::string& message, bool working = false);
-  void StartTask(const nlohmann::json& cr, Step step);
+  // Starts `step` on a thread of its own, with the spec and servers this reconcile found.
+  void StartTask(const nlohmann::json& cr, const UpgradeSpec& spec, Step step, Wiring wiring);
   // Removes the target's owner references, so it outlives the resource.
   Status DetachTarget(const std::string& ns, const std::string& name);
   void StopTask(const std::string& key);
