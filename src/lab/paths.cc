@@ -56,11 +56,12 @@ std::string Paths::ServerLib(int major) const {
   return cache + "/postgres/" + std::to_string(major) + "/native/lib";
 }
 
-std::string Paths::ClientTool(const std::string& name) const {
-  std::string ours = cache + "/pgclient/bin/" + name;
-  if (::access(ours.c_str(), X_OK) == 0) return ours;
-  std::string found = FindOnPath(name);
-  return found.empty() ? name : found;
+std::string Paths::ClientBinDir() const {
+  const char* env = std::getenv("PGSHIFT_PG_BIN");
+  if (env && *env) return AbsolutePath(env);
+  std::string ours = cache + "/pgclient/bin";
+  if (::access((ours + "/pg_dump").c_str(), X_OK) == 0) return ours;
+  return "";
 }
 
 std::string ServerOsUser() {

@@ -17,8 +17,10 @@ struct Paths {
   // bin folder of the PostgreSQL server build of `major`, fetching it on demand.
   Result<std::string> ServerBin(int major) const;
   std::string ServerLib(int major) const;
-  // The newest client tools (pg_dump, psql, ...): our PostgreSQL 17 build, else PATH.
-  std::string ClientTool(const std::string& name) const;
+  // The folder of the client tools (pg_dump, pg_dumpall, psql, pgbench): $PGSHIFT_PG_BIN,
+  // else the newest major's tools scripts/setup.sh fetched (<cache>/pgclient/bin), else ""
+  // (PATH).
+  std::string ClientBinDir() const;
 };
 
 // The unprivileged OS user servers run as when pgshift runs as root ($PGSHIFT_OS_USER).
