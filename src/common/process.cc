@@ -10,6 +10,8 @@
 
 #include <cerrno>
 #include <cstring>
+#include <mutex>
+#include <map>
 
 #include "common/clock.h"
 #include "common/strings.h"
@@ -36,6 +38,7 @@ class Fd {
     if (fd_ >= 0) ::close(fd_);
     fd_ = -1;
   }
+  void Release() { fd_ = -1; }
 
  private:
   int fd_ = -1;
@@ -49,7 +52,37 @@ bool MakePipe(Fd* r, Fd* w) {
   return true;
 }
 
+// Our environment with `env` added (replacing variables of the same name), as KEY=VALUE.
+std::vector<std::string> EnvironmentWith(const std::map<std::string, std::string>& env) {
+  std::vector<std::string> out;
+  for (char** e = environ; *e != nullptr; ++e) {
+    std::string_view kv(*e);
+    if (env.count(std::string(kv.substr(0, kv.find('='))))) continue;
+    out.emplace_back(kv);
+  }
+  for (const auto& [k, v] : env) out.push_back(k + "=" + v);
+  return out;
+}
+
+// A NULL-terminated array of pointers into `strings`, which must outlive it.
+std::vector<char*> CStrings(std::vector<std::string>& strings) {
+  std::vector<char*> out;
+  for (auto& s : strings) out.push_back(s.data());
+  out.push_back(nullptr);
+  return out;
+}
+
 }  // namespace
+
+void IgnoreSigpipe() {
+  static std::once_flag once;
+  std::call_once(once, [] {
+    struct sigaction sa {};
+    sa.sa_handler = SIG_IGN;
+    sigemptyset(&sa.sa_mask);
+    ::sigaction(SIGPIPE, &sa, nullptr);
+  });
+}
 
 std::string ProcessResult::Describe() const {
   std::string what = term_signal ? "killed by signal " + std::to_string(term_signal)
@@ -61,6 +94,9 @@ std::string ProcessResult::Describe() const {
 
 Result<ProcessResult> RunProcess(const ProcessOptions& options) {
   if (options.argv.empty()) return Status::InvalidArgument("no program to run");
+  // A child that exits before reading all of its input (psql stopping at the first error)
+  // must cost us an EPIPE on the write, not our life.
+  IgnoreSigpipe();
   uid_t uid = 0;
   gid_t gid = 0;
   std::string home;
@@ -77,28 +113,16 @@ Result<ProcessResult> RunProcess(const ProcessOptions& options) {
   }
 
   // Build argv and envp before fork: only async-signal-safe calls are allowed after it.
-  std::vector<std::string> env_strings;
-  for (char** e = environ; *e != nullptr; ++e) {
-    std::string_view kv(*e);
-    auto eq = kv.find('=');
-    std::string key(kv.substr(0, eq));
-    if (options.env.count(key)) continue;
-    if (switch_user && (key == "HOME" || key == "USER" || key == "LOGNAME")) continue;
-    env_strings.emplace_back(kv);
-  }
-  for (const auto& [k, v] : options.env) env_strings.push_back(k + "=" + v);
+  std::map<std::string, std::string> env = options.env;
   if (switch_user) {
-    env_strings.push_back("HOME=" + home);
-    env_strings.push_back("USER=" + options.run_as);
-    env_strings.push_back("LOGNAME=" + options.run_as);
+    env["HOME"] = home;
+    env["USER"] = options.run_as;
+    env["LOGNAME"] = options.run_as;
   }
-  std::vector<char*> envp;
-  for (auto& s : env_strings) envp.push_back(s.data());
-  envp.push_back(nullptr);
+  std::vector<std::string> env_strings = EnvironmentWith(env);
+  std::vector<char*> envp = CStrings(env_strings);
   std::vector<std::string> argv_copy = options.argv;
-  std::vector<char*> argv;
-  for (auto& s : argv_copy) argv.push_back(s.data());
-  argv.push_back(nullptr);
+  std::vector<char*> argv = CStrings(argv_copy);
   std::string program = options.argv[0];
   if (program.find('/') == std::string::npos) {
     std::string found = FindOnPath(program);
@@ -116,6 +140,12 @@ Result<ProcessResult> RunProcess(const ProcessOptions& options) {
   if (pid < 0) return Status::Unavailable(std::string("fork: ") + strerror(errno));
   if (pid == 0) {
     ::setpgid(0, 0);
+    // Signals the parent blocks to take them as stop requests (StopSignals) are the child's own.
+    sigset_t none;
+    sigemptyset(&none);
+    ::sigprocmask(SIG_SETMASK, &none, nullptr);
+    // Ignored signals stay ignored across exec: give the child the default SIGPIPE back.
+    ::signal(SIGPIPE, SIG_DFL);
     ::dup2(options.stdin_data ? in_r.get() : devnull.get(), 0);
     ::dup2(options.capture_stdout ? out_w.get() : devnull.get(), 1);
     ::dup2(options.capture_stderr ? err_w.get() : devnull.get(), 2);
@@ -130,6 +160,8 @@ Result<ProcessResult> RunProcess(const ProcessOptions& options) {
   out_w.Close();
   err_w.Close();
   if (!options.stdin_data) in_w.Close();
+  // Never block on the child's input while it blocks on a full output pipe we should drain.
+  if (in_w.get() >= 0) ::fcntl(in_w.get(), F_SETFL, O_NONBLOCK);
 
   ProcessResult result;
   size_t in_off = 0;
@@ -154,9 +186,13 @@ Result<ProcessResult> RunProcess(const ProcessOptions& options) {
       if (p.revents == 0) continue;
       if (p.fd == in_w.get()) {
         const std::string& data = *options.stdin_data;
+        if ((p.revents & (POLLERR | POLLHUP)) != 0) {
+          in_w.Close();  // the child closed its input (or exited): the rest is not wanted
+          continue;
+        }
         ssize_t w = ::write(in_w.get(), data.data() + in_off, data.size() - in_off);
         if (w > 0) in_off += static_cast<size_t>(w);
-        if (w < 0 || in_off >= data.size()) in_w.Close();
+        if ((w < 0 && errno != EINTR && errno != EAGAIN) || in_off >= data.size()) in_w.Close();
         continue;
       }
       char buf[65536];
@@ -197,6 +233,46 @@ std::string FindOnPath(const std::string& name) {
     if (::access(candidate.c_str(), X_OK) == 0) return candidate;
   }
   return "";
+}
+
+Result<int> StartDaemon(const std::string& program, const std::vector<std::string>& argv,
+                        const std::map<std::string, std::string>& env,
+                        const std::string& log_file) {
+  if (argv.empty()) return Status::InvalidArgument("no program to run");
+  std::vector<std::string> env_strings = EnvironmentWith(env);
+  std::vector<char*> envp = CStrings(env_strings);
+  std::vector<std::string> argv_copy = argv;
+  std::vector<char*> args = CStrings(argv_copy);
+  Fd out_r, out_w, devnull, log;
+  if (!MakePipe(&out_r, &out_w)) return Status::Internal(std::string("pipe: ") + strerror(errno));
+  devnull.Reset(::open("/dev/null", O_RDWR | O_CLOEXEC));
+  if (!log_file.empty()) {
+    log.Reset(::open(log_file.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600));
+  }
+  int err_fd = log.get() >= 0 ? log.get() : devnull.get();
+  pid_t pid = ::fork();
+  if (pid < 0) return Status::Unavailable(std::string("fork: ") + strerror(errno));
+  if (pid == 0) {
+    // A session of its own: no signal sent to pgshift's process group or terminal reaches it.
+    ::setsid();
+    pid_t grandchild = ::fork();
+    if (grandchild != 0) _exit(grandchild < 0 ? 1 : 0);
+    ::dup2(devnull.get(), 0);
+    ::dup2(out_w.get(), 1);
+    ::dup2(err_fd, 2);
+    ::execve(program.c_str(), args.data(), envp.data());
+    _exit(127);
+  }
+  out_w.Close();
+  int wstatus = 0;
+  while (::waitpid(pid, &wstatus, 0) < 0 && errno == EINTR) {
+  }
+  if (!WIFEXITED(wstatus) || WEXITSTATUS(wstatus) != 0) {
+    return Status::Unavailable("could not start " + argv[0] + " (fork failed)");
+  }
+  int fd = out_r.get();
+  out_r.Release();
+  return fd;
 }
 
 bool ProcessAlive(int pid) {

@@ -1,8 +1,29 @@
 // What the cutover needs from the thing that routes clients to a server. Implementations live
 // in src/routers (PgBouncer, nginx, manual) and in the operator (a Kubernetes Service).
+//
+// The cutover (cutover.h, docs/engine.md) is a table of steps; four of them act on the router:
+//   pause  -> Pause()      resume -> Resume()      switch -> SwitchTo(new)   undo -> SwitchTo(old)
+// and every recovery decision reads Observe(). The contract each implementation keeps:
+//   - Every action is idempotent: Pause() on a paused router, Resume() on a running one,
+//     SwitchTo(x) when it already leads to x all succeed (and do what is still missing, e.g.
+//     SwitchTo(x) after a crash between a config rewrite and its reload redoes the reload).
+//   - An action that fails may have happened in part. The engine never trusts its result
+//     alone: it calls Observe() and decides from what the router really does.
+//   - Observe() reports the router's live view (PgBouncer's SHOW DATABASES / SHOW STATE, the
+//     Service's selector and EndpointSlices), not pgshift's memory of what it asked for and
+//     not a config file the running router may not have loaded. Only when there is no live
+//     view to read (the router is down; nginx has no admin interface) does it fall back to
+//     what the router will load when it (re)starts, and says so with live = false.
+//   - Nothing here fences or unfences a server: the engine does that; a router only moves
+//     and holds clients.
+// One Router object is used by one thread at a time.
 #pragma once
 
+#include <algorithm>
+#include <functional>
+#include <optional>
 #include <string>
+#include <vector>
 
 #include "common/status.h"
 
@@ -15,24 +36,75 @@ struct Endpoint {
   bool operator==(const Endpoint&) const = default;
 };
 
+// What a router does right now, as Observe() read it.
+struct RouterState {
+  // Where new and pooled client connections go. Several when the router is split (some of its
+  // entries or endpoints lead to one server, some to the other); empty when it routes nothing
+  // it can report (e.g. a PgBouncer with no pool yet: then `config` says where one would go).
+  std::vector<Endpoint> leads_to;
+  // Where the router's configuration leads, when that is separate from the live view (the ini
+  // or nginx.conf on disk; the Service's selector). A router that has not loaded it yet, or
+  // whose reload failed, shows a `config` different from `leads_to`.
+  std::vector<Endpoint> config;
+  // Clients are held (PgBouncer PAUSE): nothing reaches any server until Resume(). nullopt
+  // when the router cannot say (PgBouncer before 1.19 has no SHOW STATE): the engine then
+  // resumes it anyway, which Resume() allows.
+  std::optional<bool> paused = false;
+  // A change is still taking effect (the Service's EndpointSlices do not yet follow its
+  // selector). Clients may reach either side meanwhile.
+  bool settling = false;
+  // False when `leads_to` and `paused` could not be read from the running router (it is down,
+  // or has no way to report) and come from its configuration instead.
+  bool live = true;
+  // For people: what was read, e.g. "SHOW DATABASES: app -> 10.0.0.5:5432; ini: 10.0.0.6:5432".
+  std::string detail;
+
+  // True when clients may reach `e` now or as soon as they reconnect: `e` is among leads_to,
+  // or, for a router that is settling or not live, among config.
+  bool MayReach(const Endpoint& e) const;
+  // True when the router leads only to `e`, live and configured alike, and is not settling.
+  bool LeadsOnlyTo(const Endpoint& e) const;
+};
+
+inline bool RouterState::MayReach(const Endpoint& e) const {
+  auto has = [&e](const std::vector<Endpoint>& v) {
+    return std::find(v.begin(), v.end(), e) != v.end();
+  };
+  return has(leads_to) || ((settling || !live) && has(config));
+}
+
+inline bool RouterState::LeadsOnlyTo(const Endpoint& e) const {
+  auto only = [&e](const std::vector<Endpoint>& v) {
+    return !v.empty() && std::all_of(v.begin(), v.end(), [&e](const Endpoint& x) { return x == e; });
+  };
+  return only(leads_to) && (config.empty() || only(config)) && !settling;
+}
+
 class Router {
  public:
   virtual ~Router() = default;
   virtual std::string Kind() const = 0;
   // Reachable and configured; called before a cutover.
   virtual Status Check() = 0;
-  // Holds new transactions; returns once in-flight ones finished. Routers that cannot hold
-  // traffic (nginx) return Ok at once: the source fence then makes writes fail instead.
+  // Holds new transactions; returns once in-flight ones finished, or fails after `timeout_ms`
+  // leaving the router not paused. Routers that cannot hold traffic (nginx, a Service) return
+  // Ok at once: the fence then makes writes fail instead.
   virtual Status Pause(int timeout_ms) = 0;
+  // Lets held clients go on. Ok when not paused.
   virtual Status Resume() = 0;
-  // Leads new traffic to `to`, closing pooled connections to the old server.
+  // Leads new traffic to `to`, closing pooled connections to the other server. Returns once
+  // the running router (not only its configuration) leads to `to`.
   virtual Status SwitchTo(const Endpoint& to) = 0;
-  // Where the router leads now.
-  virtual Result<Endpoint> Current() = 0;
+  // What the router does now (see RouterState). An error only when nothing at all could be
+  // read, not even the configuration.
+  virtual Result<RouterState> Observe() = 0;
   // True when Pause() really holds clients (PgBouncer) rather than being a no-op.
   virtual bool HoldsTraffic() const = 0;
   // True when SwitchTo() waits for a person (the manual router): no pause budget applies.
   virtual bool WaitsForPeople() const { return false; }
+  // The manual router's SwitchTo waits for a person; it polls this and returns Aborted when it
+  // turns true, so a stop request (SIGINT, lease loss) is not held up by the wait.
+  virtual void set_stop(std::function<bool()> stop) { (void)stop; }
 };
 
 }  // namespace pgshift::engine

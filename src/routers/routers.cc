@@ -5,9 +5,12 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <optional>
 #include <regex>
 
 #include "common/clock.h"
+#include "common/fault.h"
 #include "common/files.h"
 #include "common/log.h"
 #include "common/strings.h"
@@ -34,6 +37,12 @@ std::string ConnValue(const std::string& connstr, const std::string& key) {
   std::string v = m[2];
   if (v.size() >= 2 && v.front() == '\'') v = v.substr(1, v.size() - 2);
   return v;
+}
+
+std::string Describe(const std::vector<Endpoint>& eps) {
+  std::string out;
+  for (const auto& e : eps) out += (out.empty() ? "" : ", ") + e.ToString();
+  return out.empty() ? "-" : out;
 }
 
 std::string SetConnValue(const std::string& connstr, const std::string& key,
@@ -101,25 +110,88 @@ class PgBouncerRouter : public engine::Router {
     return Status::Ok();
   }
 
+  // The ini first (so that a restart or anyone's RELOAD leads to `to` too), then RELOAD, then
+  // a check that the running PgBouncer took it. Repeating it repeats only what is missing.
   Status SwitchTo(const Endpoint& to) override {
+    // A console that is gone is found out before the ini changes: PgBouncer down then means
+    // nothing switched, and the engine can undo instead of having to go forward.
+    if (admin_ && !admin_->Query("SHOW VERSION").ok()) admin_.reset();
     PGSHIFT_RETURN_IF_ERROR(Connect());
     std::string ini;
     PGSHIFT_RETURN_IF_ERROR(ReadFileTo(config_.config, &ini));
     PGSHIFT_ASSIGN_OR_RETURN(std::string next, RewritePgBouncerIni(ini, to));
-    PGSHIFT_RETURN_IF_ERROR(ReplaceFileKeepingOwner(config_.config, next));
+    if (next != ini) PGSHIFT_RETURN_IF_ERROR(ReplaceFileKeepingOwner(config_.config, next));
+    PGSHIFT_RETURN_IF_ERROR(FailPointForTest("pgbouncer-reload").WithContext("PgBouncer RELOAD"));
     // RELOAD sees the changed host/port and closes the old server connections as they are
     // released; RECONNECT makes sure none of them is reused.
     auto r = admin_->Query("RELOAD");
     if (!r.ok()) return r.status().WithContext("PgBouncer RELOAD");
     auto rc = admin_->Query("RECONNECT");
     if (!rc.ok()) LogWarn("PgBouncer RECONNECT: " + rc.status().message());
+    PGSHIFT_ASSIGN_OR_RETURN(engine::RouterState st, Observe());
+    for (const Endpoint& e : st.leads_to) {
+      if (!(e == to)) {
+        return Status::Unavailable("PgBouncer still leads to " + e.ToString() +
+                                   " after RELOAD (" + st.detail + ")");
+      }
+    }
     return Status::Ok();
   }
 
-  Result<Endpoint> Current() override {
+  // SHOW STATE and SHOW DATABASES: what the running PgBouncer does. Its ini is only what it
+  // would load next; when PgBouncer cannot be reached, that is all there is (live = false).
+  Result<engine::RouterState> Observe() override {
+    engine::RouterState st;
     std::string ini;
-    PGSHIFT_RETURN_IF_ERROR(ReadFileTo(config_.config, &ini));
-    return PgBouncerIniTarget(ini);
+    Status read = ReadFileTo(config_.config, &ini);
+    if (read.ok()) {
+      auto all = PgBouncerIniTargets(ini);
+      if (all.ok()) st.config = *all;
+    }
+    const std::string ini_text = "ini: " + Describe(st.config);
+    Status c = Connect();
+    if (c.ok()) {
+      // SHOW STATE came with PgBouncer 1.19; before it, whether it is paused cannot be read.
+      auto state = admin_->Query("SHOW STATE");
+      if (state.ok()) {
+        st.paused = false;
+        for (int i = 0; i < state->rows(); ++i) {
+          if (state->Get(i, 0) == "paused" || state->Get(i, 0) == "suspended") {
+            st.paused = *st.paused || state->Get(i, 1) == "yes";
+          }
+        }
+      } else {
+        st.paused = std::nullopt;
+      }
+      auto dbs = admin_->Query("SHOW DATABASES");
+      if (dbs.ok()) {
+        std::string shown;
+        for (int i = 0; i < dbs->rows(); ++i) {
+          const std::string name = dbs->Get(i, "name");
+          if (name == "pgbouncer") continue;  // the admin console itself
+          long long port = 0;
+          if (!ParseInt64(dbs->Get(i, "port"), &port)) continue;
+          Endpoint e{dbs->Get(i, "host"), static_cast<int>(port)};
+          shown += (shown.empty() ? "" : ", ") + name + " -> " + e.ToString();
+          if (std::find(st.leads_to.begin(), st.leads_to.end(), e) == st.leads_to.end()) {
+            st.leads_to.push_back(e);
+          }
+        }
+        st.detail = "SHOW DATABASES: " + (shown.empty() ? "no pool yet" : shown) + "; " +
+                    ini_text +
+                    (!st.paused ? "; paused unknown" : *st.paused ? "; paused" : "; not paused");
+        return st;
+      }
+      c = dbs.status();
+      admin_.reset();
+    }
+    if (!read.ok()) return read;
+    // Down: it routes nothing now, and starts with its ini.
+    st.live = false;
+    st.paused = false;  // a PgBouncer that starts again starts running
+    st.leads_to = st.config;
+    st.detail = "PgBouncer cannot be reached (" + c.message() + "); " + ini_text;
+    return st;
   }
 
  private:
@@ -140,15 +212,17 @@ class NginxRouter : public engine::Router {
   explicit NginxRouter(RouterConfig c) : config_(std::move(c)) {}
   std::string Kind() const override { return "nginx"; }
   bool HoldsTraffic() const override { return false; }
-  Status Check() override { return Current().status(); }
+  Status Check() override { return Observe().status(); }
   Status Pause(int) override { return Status::Ok(); }
   Status Resume() override { return Status::Ok(); }
 
+  // The config, then SIGHUP: nginx re-reads it and new connections go to `to`. Repeating it
+  // signals again, so a crash between the two is mended by running it once more.
   Status SwitchTo(const Endpoint& to) override {
     std::string conf;
     PGSHIFT_RETURN_IF_ERROR(ReadFileTo(config_.config, &conf));
     PGSHIFT_ASSIGN_OR_RETURN(std::string next, RewriteNginxUpstream(conf, to));
-    PGSHIFT_RETURN_IF_ERROR(ReplaceFileKeepingOwner(config_.config, next));
+    if (next != conf) PGSHIFT_RETURN_IF_ERROR(ReplaceFileKeepingOwner(config_.config, next));
     // nginx re-reads its configuration on SIGHUP; the pid file sits where the config says.
     std::smatch m;
     std::regex pid_re(R"((^|\n)\s*pid\s+([^;]+);)");
@@ -166,10 +240,17 @@ class NginxRouter : public engine::Router {
     return Status::Ok();
   }
 
-  Result<Endpoint> Current() override {
+  // nginx has no admin interface to ask where it leads: its config is what it uses once
+  // signalled, so that is reported, as not live.
+  Result<engine::RouterState> Observe() override {
     std::string conf;
     PGSHIFT_RETURN_IF_ERROR(ReadFileTo(config_.config, &conf));
-    return NginxUpstreamTarget(conf);
+    PGSHIFT_ASSIGN_OR_RETURN(Endpoint e, NginxUpstreamTarget(conf));
+    engine::RouterState st;
+    st.live = false;
+    st.leads_to = st.config = {e};
+    st.detail = "nginx.conf upstream: " + e.ToString();
+    return st;
   }
 
  private:
@@ -190,33 +271,70 @@ class ManualRouter : public engine::Router {
   Status Pause(int) override { return Status::Ok(); }
   Status Resume() override { return Status::Ok(); }
 
+  // Asks for the switch and waits for `pgshift cutover --confirm`. Once asked, the
+  // application's owners may switch at any moment: the engine treats the request itself as
+  // the point of no return (Observe reports it as settling). A request already made (a run
+  // that stopped or crashed while waiting) is not repeated; the wait goes on.
   Status SwitchTo(const Endpoint& to) override {
     std::string waiting = config_.state_dir + "/" + kManualWaitingFile;
     std::string confirmed = config_.state_dir + "/" + kManualConfirmedFile;
-    ::unlink(confirmed.c_str());
-    PGSHIFT_RETURN_IF_ERROR(WriteFileAtomic(waiting, to.ToString() + "\n", 0600));
+    auto asked = ReadFile(waiting);
+    if (!asked.ok() || Trim(*asked) != to.ToString()) {
+      ::unlink(confirmed.c_str());
+      PGSHIFT_RETURN_IF_ERROR(WriteFileAtomic(waiting, to.ToString() + "\n", 0600));
+    }
     fprintf(stderr,
             "pgshift: the source is fenced and the target has every write. Switch the "
             "application to %s, then run:\n  pgshift cutover --state %s --confirm\n",
             to.ToString().c_str(), config_.state_dir.c_str());
-    while (!PathExists(confirmed)) SleepMillis(100);
-    PGSHIFT_RETURN_IF_ERROR(WriteFileAtomic(config_.state_dir + "/router.current", to.ToString() + "\n", 0600));
+    while (!PathExists(confirmed)) {
+      if (stop_ && stop_()) {
+        return Status::Aborted("stopped while waiting for `pgshift cutover --confirm`; run the "
+                               "same command again to go on waiting");
+      }
+      SleepMillis(100);
+    }
+    PGSHIFT_RETURN_IF_ERROR(WriteFileAtomic(CurrentFile(), to.ToString() + "\n", 0600));
     ::unlink(waiting.c_str());
     ::unlink(confirmed.c_str());
     return Status::Ok();
   }
 
-  Result<Endpoint> Current() override {
-    auto text = ReadFile(config_.state_dir + "/router.current");
-    if (!text.ok()) return Endpoint{};
-    auto parts = Split(std::string(Trim(*text)), ':');
-    long long port = 0;
-    if (parts.size() != 2 || !ParseInt64(parts[1], &port)) return Endpoint{};
-    return Endpoint{parts[0], static_cast<int>(port)};
+  // The application is the router: pgshift knows only what it asked for and what was
+  // confirmed (live = false).
+  Result<engine::RouterState> Observe() override {
+    engine::RouterState st;
+    st.live = false;
+    if (auto e = EndpointIn(CurrentFile())) st.leads_to.push_back(*e);
+    if (auto e = EndpointIn(config_.state_dir + "/" + kManualWaitingFile)) {
+      st.config.push_back(*e);
+      st.settling = true;
+      st.detail = "waiting for the application to move to " + e->ToString();
+    } else {
+      st.config = st.leads_to;
+      st.detail = st.leads_to.empty() ? "the application was never asked to move"
+                                      : "the application uses " + st.leads_to[0].ToString();
+    }
+    return st;
   }
 
+  void set_stop(std::function<bool()> stop) override { stop_ = std::move(stop); }
+
  private:
+  std::string CurrentFile() const { return config_.state_dir + "/router.current"; }
+
+  static std::optional<Endpoint> EndpointIn(const std::string& path) {
+    auto text = ReadFile(path);
+    if (!text.ok()) return std::nullopt;
+    auto colon = std::string(Trim(*text)).rfind(':');
+    std::string t(Trim(*text));
+    long long port = 0;
+    if (colon == std::string::npos || !ParseInt64(t.substr(colon + 1), &port)) return std::nullopt;
+    return Endpoint{t.substr(0, colon), static_cast<int>(port)};
+  }
+
   RouterConfig config_;
+  std::function<bool()> stop_;
 };
 
 }  // namespace
@@ -248,6 +366,12 @@ Result<std::string> RewritePgBouncerIni(const std::string& ini, const Endpoint& 
 }
 
 Result<Endpoint> PgBouncerIniTarget(const std::string& ini) {
+  PGSHIFT_ASSIGN_OR_RETURN(std::vector<Endpoint> all, PgBouncerIniTargets(ini));
+  return all.front();
+}
+
+Result<std::vector<Endpoint>> PgBouncerIniTargets(const std::string& ini) {
+  std::vector<Endpoint> out;
   bool in_databases = false;
   for (const auto& line : Split(ini, '\n')) {
     std::string_view t = Trim(line);
@@ -268,9 +392,10 @@ Result<Endpoint> PgBouncerIniTarget(const std::string& ini) {
     }
     e.port = static_cast<int>(port);
     if (e.host.empty()) e.host = "localhost";
-    return e;
+    if (std::find(out.begin(), out.end(), e) == out.end()) out.push_back(e);
   }
-  return Status::FailedPrecondition("the PgBouncer config has no [databases] entry");
+  if (out.empty()) return Status::FailedPrecondition("the PgBouncer config has no [databases] entry");
+  return out;
 }
 
 Result<std::string> RewriteNginxUpstream(const std::string& conf, const Endpoint& to) {
@@ -298,7 +423,11 @@ Result<Endpoint> NginxUpstreamTarget(const std::string& conf) {
   if (!std::regex_search(conf, m, re)) {
     return Status::FailedPrecondition("the nginx config has no upstream `server host:port` line");
   }
-  return Endpoint{m[1].str(), std::stoi(m[2].str())};
+  long long port = 0;
+  if (!ParseInt64(m[2].str(), &port) || port <= 0 || port > 65535) {
+    return Status::InvalidArgument("bad port " + m[2].str() + " in the nginx config");
+  }
+  return Endpoint{m[1].str(), static_cast<int>(port)};
 }
 
 Status ReplaceFileKeepingOwner(const std::string& path, const std::string& content) {
@@ -312,7 +441,7 @@ Status ReplaceFileKeepingOwner(const std::string& path, const std::string& conte
 }
 
 Result<std::unique_ptr<engine::Router>> MakeRouter(const RouterConfig& config) {
-  if (config.kind == "pgbouncer") {
+  if (config.kind == engine::RouterKind::kPgBouncer) {
     if (config.admin.empty() || config.config.empty()) {
       return Status::InvalidArgument(
           "--router pgbouncer needs --router-admin DSN (the admin console) and --router-config "
@@ -320,18 +449,18 @@ Result<std::unique_ptr<engine::Router>> MakeRouter(const RouterConfig& config) {
     }
     return std::unique_ptr<engine::Router>(new PgBouncerRouter(config));
   }
-  if (config.kind == "nginx") {
+  if (config.kind == engine::RouterKind::kNginx) {
     if (config.config.empty()) {
       return Status::InvalidArgument("--router nginx needs --router-config FILE (nginx.conf)");
     }
     return std::unique_ptr<engine::Router>(new NginxRouter(config));
   }
-  if (config.kind == "manual") {
+  if (config.kind == engine::RouterKind::kManual) {
     if (config.state_dir.empty()) return Status::InvalidArgument("--router manual needs --state");
     return std::unique_ptr<engine::Router>(new ManualRouter(config));
   }
-  return Status::InvalidArgument("unknown router '" + config.kind +
-                                 "': use pgbouncer, nginx or manual");
+  return Status::InvalidArgument("router '" + engine::RouterKindName(config.kind) +
+                                 "' is not one the CLI drives: use pgbouncer, nginx or manual");
 }
 
 }  // namespace pgshift::routers

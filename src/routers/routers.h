@@ -7,11 +7,12 @@
 #include <string>
 
 #include "engine/router.h"
+#include "engine/state.h"
 
 namespace pgshift::routers {
 
 struct RouterConfig {
-  std::string kind;    // pgbouncer | nginx | manual
+  engine::RouterKind kind = engine::RouterKind::kPgBouncer;
   std::string admin;   // PgBouncer admin console DSN
   std::string config;  // pgbouncer.ini or nginx.conf
   std::string state_dir;  // manual: where `pgshift cutover --confirm` leaves its mark
@@ -28,6 +29,8 @@ inline constexpr const char* kManualConfirmedFile = "cutover.confirmed";
 Result<std::string> RewritePgBouncerIni(const std::string& ini, const engine::Endpoint& to);
 // The endpoint of the first [databases] entry.
 Result<engine::Endpoint> PgBouncerIniTarget(const std::string& ini);
+// Every distinct endpoint of the [databases] entries, in order.
+Result<std::vector<engine::Endpoint>> PgBouncerIniTargets(const std::string& ini);
 // Rewrites the `server host:port` lines of nginx stream upstreams.
 Result<std::string> RewriteNginxUpstream(const std::string& conf, const engine::Endpoint& to);
 Result<engine::Endpoint> NginxUpstreamTarget(const std::string& conf);

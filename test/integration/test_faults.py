@@ -1,16 +1,19 @@
 """Crash and fault tests: kill -9 of `pgshift upgrade` at every phase boundary (and inside the
-cutover's pause), a target that stops during catch-up, and DDL that blocks cutover. The load
-client writes through PgBouncer the whole time; every acknowledged write must reach the target."""
+cutover's pause, and while the copy's jobs are busy), a target that stops during catch-up, and
+DDL that blocks cutover. The load client writes through PgBouncer the whole time; every
+acknowledged write must reach the target."""
 import json
+import os
 import signal
 import subprocess
 import time
+from pathlib import Path
 
-from conftest import BIN, parse_kv, pgshift_objects, sql
+from conftest import BIN, parse_kv, pgshift_objects, sql, wait_for
 from test_upgrade import RATE, finish_load, load_schema
 
 KILL_POINTS = ["Preflight", "Provisioning", "Roles", "Schema", "InitialCopy", "after-subscription",
-               "CatchingUp", "ReadyForCutover", "CuttingOver", "cutover-fenced"]
+               "CatchingUp", "ReadyForCutover", "CuttingOver", "forward:after-fence"]
 
 
 def setup_pair(lab, name, src_version=15, dst_version=17):
@@ -40,7 +43,7 @@ def test_kill_9_at_every_phase_boundary_then_resume_loses_nothing(lab):
         p = subprocess.run([BIN, *args], env=env, capture_output=True, text=True, timeout=300)
         assert p.returncode == -signal.SIGKILL, f"{point}: {p.returncode}\n{p.stderr}"
         assert f"killed at {point}" in p.stderr
-        if point == "cutover-fenced":
+        if point == "forward:after-fence":
             # Killed inside the pause: clients are held and the source is fenced until resumed.
             assert json.loads((state / "state.json").read_text())["cutover_in_flight"] == "forward"
     up = lab.run(*args, timeout=300)
@@ -104,3 +107,74 @@ def test_ddl_on_the_source_blocks_cutover_and_is_shown(lab):
     assert pgshift_objects(dst) == []
     sql(src, "INSERT INTO shop.products (sku, title, price_cents) VALUES ('after-abort', 'x', 1)")
     assert int(sql(src, "SELECT count(*) FROM shop.orders")) == 20000
+
+
+def copy_ranges(dst):
+    """(done, total) ranges of pgshift's own copy on the target's postgres database."""
+    done, total = sql(dst, "SELECT count(*) FILTER (WHERE done), count(*) FROM _pgshift.copy_range").split("|")
+    return int(done), int(total)
+
+
+def test_kill_9_mid_copy_resumes_under_the_same_snapshot_or_starts_over_without_it(lab):
+    """kill -9 while the own copy's jobs are busy: the resumed run imports the same exported
+    snapshot (its keeper outlived pgshift) and copies only the ranges not done; once the keeper
+    is gone too, the copy starts over under a new snapshot. Every row arrives exactly once (the
+    table has no key, so a range copied twice would show), and every acknowledged write of the
+    load client too."""
+    src, dst, app, router = setup_pair(lab, "kc")
+    # About 70 MB: cut into ranges of pages (source 15); no key.
+    sql(src, "CREATE TABLE public.wide (n bigint NOT NULL, pad text NOT NULL); "
+             "INSERT INTO public.wide SELECT g, repeat(md5(g::text), 3) "
+             "FROM generate_series(1, 400000) g")
+    state = lab.dir / "kc-state"
+    ledger = lab.dir / "kc.ledger"
+    load = lab.popen("load", "run", "--dsn", app, "--rate", str(RATE), "--duration", "60",
+                     "--ledger", str(ledger))
+    time.sleep(1)
+    args = upgrade_args(src, dst, router, state, "--jobs", "2", "--tables-without-pk", "full")
+    env = dict(lab.env, PGSHIFT_FAULT_KILL_AT="copy-in-flight")
+
+    # 1. Killed while ranges are copying.
+    p = subprocess.run([BIN, *args], env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == -signal.SIGKILL, p.stderr
+    assert "killed at copy-in-flight" in p.stderr
+    done1, total = copy_ranges(dst)
+    assert 0 < done1 < total, (done1, total)
+    snapshot = sql(dst, "SELECT snapshot FROM _pgshift.copy_run")
+    keepers = list(state.glob("keeper-*.json"))
+    assert len(keepers) == 1
+    keeper = json.loads(keepers[0].read_text())
+    assert keeper["snapshot"] == snapshot
+    assert (Path("/proc") / str(keeper["pid"])).exists(), "the keeper died with pgshift"
+
+    # 2. Resumed under the same snapshot: only the ranges not done; killed again.
+    p = subprocess.run([BIN, *args], env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == -signal.SIGKILL, p.stderr
+    assert f"resuming: {done1} ranges were done" in p.stderr, p.stderr
+    done2, total2 = copy_ranges(dst)
+    assert total2 == total and done1 < done2 < total, (done1, done2, total)
+    assert sql(dst, "SELECT snapshot FROM _pgshift.copy_run") == snapshot
+
+    # 3. The keeper dies too: the snapshot is gone, the copy starts over under a new one.
+    os.kill(keeper["pid"], signal.SIGKILL)
+    wait_for(lambda: not Path(f"/proc/{keeper['pid']}").exists(), what="the keeper to end")
+    up = lab.run(*args, timeout=300)
+    assert "phase RollbackReady" in up.stdout, up.stderr
+    assert "the snapshot of the interrupted copy is gone" in up.stderr, up.stderr
+    assert sql(dst, "SELECT snapshot FROM _pgshift.copy_run") != snapshot
+    assert copy_ranges(dst)[0] == copy_ranges(dst)[1]
+
+    s = finish_load(load)
+    assert int(s["errors"]) == 0, s
+    v = parse_kv(lab.run("load", "verify", "--dsn", dst, "--ledger", str(ledger)).stdout)
+    assert v["missing"] == "0" and v["mismatched"] == "0", v
+    assert v["acknowledged"] == s["acknowledged"]
+    # Every row once: the table takes no writes, so both sides must agree exactly.
+    q = "SELECT count(*), sum(n), sum(length(pad)) FROM public.wide"
+    assert sql(dst, q) == sql(src, q) == "400000|80000200000|38400000"
+    st = json.loads(lab.run("status", "--state", str(state), "--json").stdout)
+    assert any("started over" in n for n in st["notes"]), st["notes"]
+    new_keeper = [k for k in state.glob("keeper-*.json")]
+    assert new_keeper == [], "the keeper of a finished copy is stopped and its file removed"
+    lab.run("finish", "--state", str(state))
+    assert pgshift_objects(src) == [] and pgshift_objects(dst) == []
