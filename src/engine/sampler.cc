@@ -3,6 +3,9 @@
 #include <algorithm>
 
 #include "common/clock.h"
+#include "common/strings.h"
+#include "engine/replication_health.h"
+#include "engine/inspect.h"
 #include "pg/conninfo.h"
 
 namespace pgshift::engine {
@@ -45,18 +48,13 @@ WHERE p.datname = current_database() AND p.relid IN (
   WHERE s.subname = $1 AND sr.srsubstate = 'd')
 )SQL";
 
-// The tables verify.cc compares (kTablesSql there): keep the two filters alike.
-constexpr const char* kVerifiedTablesSql = R"SQL(
-SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-WHERE c.relkind = 'r' AND c.relpersistence <> 't'
-  AND n.nspname NOT IN ('pg_catalog', 'information_schema')
-  AND n.nspname NOT LIKE 'pg\_toast%' AND n.nspname NOT LIKE 'pg\_temp\_%'
-  AND n.nspname NOT LIKE '\_pgshift%'
-)SQL";
-
 bool Sampled(Phase p) { return p >= Phase::kInitialCopy && p <= Phase::kCuttingOver; }
 
-double ToDouble(const std::string& s) { return std::stod(s); }
+// A number from a server's answer; a NULL (empty) or odd cell counts as 0 in a sample.
+double ToDouble(const std::string& s) {
+  double v = 0;
+  return ParseDouble(s, &v) ? v : 0;
+}
 
 }  // namespace
 
@@ -119,6 +117,7 @@ Status StatsSampler::SampleDatabase(const MigrationState& state, const DatabaseS
     copy_bytes = ToDouble(copy.Get(0, 0));
     copy_rows = ToDouble(copy.Get(0, 1));
   }
+  PGSHIFT_ASSIGN_OR_RETURN(ReplicationFacts workers, ReadReplicationFacts(*dst, sub));
   const int64_t at = MonotonicMillis();
 
   std::map<std::string, double> size_of;
@@ -142,8 +141,11 @@ Status StatsSampler::SampleDatabase(const MigrationState& state, const DatabaseS
   // that copied never exceeds the total.
   copied_bytes = std::min(bytes_total, copied_bytes + copy_bytes);
   copied_rows += copy_rows;
-  *ddl_events = std::stoll(lag.Get(0, 2));
+  *ddl_events = static_cast<int64_t>(ToDouble(lag.Get(0, 2)));
 
+  // pgshift's own copy publishes these figures itself until the subscription exists (it has
+  // no tables before): leave them to it.
+  const bool copier_reports = state.options.copy == CopyMethod::kSnapshot && tables.rows() == 0;
   board->Update([&](StatsSnapshot& s) {
     DatabaseStats& d = s.databases[db.name];
     if (!lag.IsNull(0, 0)) {
@@ -155,11 +157,20 @@ Status StatsSampler::SampleDatabase(const MigrationState& state, const DatabaseS
         d.lag_seconds = {ToDouble(lag.Get(0, 1)), src_at};
       }
     }
+    if (copier_reports) return;
     d.tables_total = {static_cast<double>(tables.rows()), at};
     d.tables_synced = {synced, at};
     d.bytes_total = {bytes_total, at};
     d.bytes_copied = {copied_bytes, at};
     d.rows_copied = {copied_rows, at};
+    if (workers.sync_errors) d.sync_errors = {static_cast<double>(*workers.sync_errors), at};
+    if (workers.apply_errors) d.apply_errors = {static_cast<double>(*workers.apply_errors), at};
+    d.tables_retrying = {static_cast<double>(workers.retrying.size()), at};
+    if (state.options.copy == CopyMethod::kSnapshot && d.ranges_total.at_ms >= 0) {
+      // Replicating: every range of the copy is done (and stays so).
+      d.ranges_done = {d.ranges_total.value, at};
+      d.ranges_total.at_ms = at;
+    }
   });
   return Status::Ok();
 }
@@ -168,8 +179,8 @@ Result<int64_t> StatsSampler::CountVerifiedTables(const MigrationState& state) {
   int64_t total = 0;
   for (const auto& db : state.databases) {
     PGSHIFT_ASSIGN_OR_RETURN(pg::Connection * src, Conn(state.source_dsn, db.name, true));
-    PGSHIFT_ASSIGN_OR_RETURN(std::string n, src->QueryValue(kVerifiedTablesSql));
-    total += std::stoll(n);
+    PGSHIFT_ASSIGN_OR_RETURN(std::vector<TableInfo> tables, ListTables(*src));
+    total += std::count_if(tables.begin(), tables.end(), IsMigrated);
   }
   return total;
 }

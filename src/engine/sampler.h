@@ -25,7 +25,7 @@ class StatsSampler {
   // no replication to measure and are left alone). Returns the first error; figures of the
   // databases that answered are updated anyway.
   Status Sample(const MigrationState& state, StatsBoard* board);
-  // Tables verification will compare in every database (the same filter as verify.cc).
+  // Tables verification will compare in every database (IsMigrated, as verify does).
   Result<int64_t> CountVerifiedTables(const MigrationState& state);
   // Closes every connection (before the servers are told to drop what pgshift made).
   void Close() { conns_.clear(); }

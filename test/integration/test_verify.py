@@ -1,14 +1,17 @@
 """pgshift verify: the same data loaded into a PostgreSQL 15 and a 17 compares equal at count
-and checksum level; changed, deleted and missing rows and tables are found and named.
+and checksum level, with each hash method; changed, deleted and missing rows and tables are
+found and named, in small tables and in big ones cut into key ranges; unlogged tables are
+skipped, a user schema named _pgshift_archive is compared, pgshift's own _pgshift is not.
 
 Contract: `pgshift verify --source DSN --target DSN [--level count|checksum]
-[--databases a,b] [--json]` prints the report and exits 0 when clean, 3 when not.
+[--databases a,b] [--jobs N] [--hash auto|hashextended|md5|sha256] [--json]` prints the report
+and exits 0 when clean, 3 when not.
 """
 import json
 
 import pytest
 
-from conftest import sql
+from conftest import on_db, sql
 
 # Rich data, loaded by the same statements on both servers. Every value is computed the same way
 # on any major (no random(), no now()).
@@ -85,7 +88,27 @@ CREATE TABLE public.no_pk (a int, b text);
 INSERT INTO public.no_pk SELECT i % 10, 'dup' FROM generate_series(1, 100) i;
 
 CREATE TABLE public.empty_one (x int PRIMARY KEY);
+
+-- Big enough to be cut into key ranges (about 64k rows each), with a composite text key and
+-- a key order unlike the column order.
+CREATE TABLE public.big (payload text, region text NOT NULL, n int NOT NULL, ts timestamptz,
+                         PRIMARY KEY (region, n));
+INSERT INTO public.big SELECT md5(i::text), 'r' || (i % 7), i,
+  timestamptz '2024-01-01 00:00+00' + i * interval '1 second'
+FROM generate_series(1, 300000) i;
+
+-- Logical replication does not carry unlogged tables: never compared (their rows differ here).
+CREATE UNLOGGED TABLE public.scratch (id int PRIMARY KEY, v text);
+
+-- A user schema whose name starts like pgshift's own is data.
+CREATE SCHEMA _pgshift_archive;
+CREATE TABLE _pgshift_archive.old_orders (id int PRIMARY KEY, total int);
+INSERT INTO _pgshift_archive.old_orders SELECT i, i * 10 FROM generate_series(1, 100) i;
 """
+
+ALL_TABLES = {("public", "kitchen_sink"), ("sales", "Orders"), ("Odd Schema", 'we"ird Table'),
+              ("public", "events_2024"), ("public", "events_2025"), ("public", "no_pk"),
+              ("public", "empty_one"), ("public", "big"), ("_pgshift_archive", "old_orders")}
 
 # Every session default that changes a value's text form, set differently on the two servers:
 # verify must pin them on its own sessions.
@@ -113,8 +136,11 @@ def pair(lab):
         sql(dsn, SESSION_DEFAULTS[side])
     # pgshift's own schema is never compared, even when only one side has it.
     sql(app_dsn(dsns["target"]),
-        "CREATE SCHEMA _pgshift_meta; CREATE TABLE _pgshift_meta.state (x int);"
-        "INSERT INTO _pgshift_meta.state VALUES (1)")
+        "CREATE SCHEMA _pgshift; CREATE TABLE _pgshift.state (x int);"
+        "INSERT INTO _pgshift.state VALUES (1)")
+    sql(app_dsn(dsns["source"]), "INSERT INTO public.scratch VALUES (1, 'only here')")
+    for dsn in dsns.values():
+        sql(app_dsn(dsn), "ANALYZE")
     return dsns["source"], dsns["target"]
 
 
@@ -143,24 +169,70 @@ def test_same_data_on_15_and_17_is_clean_at_both_levels(lab, pair):
         rc, tables = verify_json(lab, src, tgt, "--level", level)
         assert rc == 0, tables
         app = {(s, t) for (db, s, t) in tables if db == "app"}
-        # Leaf partitions are compared, not the partitioned parent; _pgshift* is skipped.
-        assert app == {("public", "kitchen_sink"), ("sales", "Orders"),
-                       ("Odd Schema", 'we"ird Table'), ("public", "events_2024"),
-                       ("public", "events_2025"), ("public", "no_pk"), ("public", "empty_one")}
+        # Leaf partitions are compared, not the partitioned parent; _pgshift is not listed,
+        # _pgshift_archive is; the unlogged table is listed as skipped.
+        assert app == ALL_TABLES | {("public", "scratch")}
+        assert tables[("app", "public", "scratch")]["result"] == "skipped"
+        assert "unlogged" in tables[("app", "public", "scratch")]["note"]
+        for key, t in tables.items():
+            if key[0] == "app" and key[1:] != ("public", "scratch"):
+                assert t["result"] == "match", t
         sink = tables[("app", "public", "kitchen_sink")]
         assert sink["source_rows"] == sink["target_rows"] == 2003
-        assert sink["match"] and sink["rounds"] == 1
+        assert sink["match"] and sink["key"] == "(id)"
         if level == "checksum":
             assert sink["source_checksum"] == sink["target_checksum"] != ""
         else:
             assert sink["source_checksum"] == ""
         assert tables[("app", "public", "empty_one")]["source_rows"] == 0
+        big = tables[("app", "public", "big")]
+        assert big["source_rows"] == 300000 and big["key"] == "(region, n)"
+        # Cut into key ranges from a sample: a few, not one.
+        assert big["ranges"] >= 3, big
+        assert tables[("app", "_pgshift_archive", "old_orders")]["source_rows"] == 100
 
-    # The text report, default level: one line per table and a summary.
+    # The text report, default level: one line per table and a summary that says how.
     p = verify(lab, src, tgt, "--databases", "app", check_rc=(0,))
     assert 'Odd Schema.we"ird Table' in p.stdout
-    assert "MISMATCH" not in p.stdout
-    assert "7 tables verified (checksum): all match" in p.stdout
+    assert "DIFFERENT" not in p.stdout
+    assert ("9 tables compared (checksum, pre-cutover convergence, hashextended): all match; "
+            "1 skipped") in p.stdout, p.stdout
+
+
+@pytest.mark.parametrize("method", ["md5", "sha256"])
+def test_the_digest_methods_agree_and_find_a_changed_row(lab, pair, method):
+    src, tgt = pair
+    rc, tables = verify_json(lab, src, tgt, "--databases", "app", "--hash", method)
+    assert rc == 0, {k: v for k, v in tables.items() if not v["match"]}
+    t = app_dsn(tgt)
+    sql(t, "UPDATE public.kitchen_sink SET body = body || '!' WHERE id = 1")
+    try:
+        p = verify(lab, src, tgt, "--databases", "app", "--hash", method, "--json")
+        report = json.loads(p.stdout)
+        assert report["hash"] == method
+        bad = [x for x in report["tables"] if x["result"] == "different"]
+        assert [(x["table"], x["differing_keys"]) for x in bad] == [("kitchen_sink", ["(1)"])]
+    finally:
+        sql(t, "UPDATE public.kitchen_sink SET body = left(body, -1) WHERE id = 1")
+
+
+def test_servers_with_different_encodings_compare_through_utf8(lab, pair):
+    """A LATIN1 database on one side, UTF8 on the other: the same text is stored as other
+    bytes, so the hash method falls back to md5 of the UTF-8 form, and still matches."""
+    src, tgt = pair
+    sql(src, "CREATE DATABASE enc ENCODING 'LATIN1' LC_COLLATE 'C' LC_CTYPE 'C' "
+             "TEMPLATE template0")
+    sql(tgt, "CREATE DATABASE enc ENCODING 'UTF8' LC_COLLATE 'C' LC_CTYPE 'C' "
+             "TEMPLATE template0")
+    for dsn in (src, tgt):
+        sql(on_db(dsn, "enc"), "CREATE TABLE t (id int PRIMARY KEY, name text);"
+                               "INSERT INTO t VALUES (1, 'caf' || chr(233)), (2, 'na' || chr(239) || 've')")
+    p = verify(lab, src, tgt, "--databases", "enc", "--json", check_rc=(0,))
+    report = json.loads(p.stdout)
+    assert report["hash"] == "md5" and report["clean"]
+    sql(on_db(tgt, "enc"), "UPDATE t SET name = 'cafe' WHERE id = 1")
+    p = verify(lab, src, tgt, "--databases", "enc", "--json", check_rc=(3,))
+    assert json.loads(p.stdout)["tables"][0]["differing_keys"] == ["(1)"]
 
 
 def test_a_changed_row_is_reported_with_its_key(lab, pair):
@@ -170,22 +242,26 @@ def test_a_changed_row_is_reported_with_its_key(lab, pair):
            "UPDATE sales.\"Orders\" SET amount = amount + 1 WHERE order_id = 7;"
            "UPDATE \"Odd Schema\".\"we\"\"ird Table\" SET \"UPPER\" = 'changed' "
            "WHERE \"col.1\" = 'k-9';"
-           "UPDATE public.no_pk SET b = 'other' WHERE ctid = (SELECT min(ctid) FROM public.no_pk)")
+           "UPDATE public.no_pk SET b = 'other' WHERE ctid = (SELECT min(ctid) FROM public.no_pk);"
+           "UPDATE public.big SET payload = 'changed' WHERE region = 'r4' AND n = 150000")
     try:
         rc, tables = verify_json(lab, src, tgt, "--databases", "app")
         assert rc == 3
-        bad = {k[2]: v for k, v in tables.items() if not v["match"]}
-        assert set(bad) == {"kitchen_sink", "Orders", 'we"ird Table', "no_pk"}
+        bad = {k[2]: v for k, v in tables.items() if not v["match"] and v["result"] != "skipped"}
+        assert set(bad) == {"kitchen_sink", "Orders", 'we"ird Table', "no_pk", "big"}
+        assert all(v["result"] == "different" and v["blocking"] for v in bad.values()), bad
         assert bad["kitchen_sink"]["differing_keys"] == ["(42)"]
         assert bad["Orders"]["differing_keys"] == ["(7,4)"]
         assert bad["we\"ird Table"]["differing_keys"] == ["('k-9')"]
+        # In a 300,000-row table, narrowed down range by range.
+        assert bad["big"]["differing_keys"] == ["('r4',150000)"]
+        assert bad["big"]["ranges"] > 3
         assert bad["no_pk"]["differing_keys"] == []
-        assert "no primary key" in bad["no_pk"]["note"]
+        assert "no key" in bad["no_pk"]["note"]
         for name, v in bad.items():
-            # Re-checked after settling before being reported: a table without a key as a
-            # whole (3 rounds); a table with one by buckets, rows, then 3 rounds of its
-            # differing keys.
-            assert v["rounds"] == (3 if name == "no_pk" else 6)
+            # Re-read before being reported: a table without a key as a whole (the source
+            # stood still while the target differed); a table with one by key.
+            assert v["rounds"] >= 1
             assert v["source_rows"] == v["target_rows"]
             assert v["source_checksum"] != v["target_checksum"]
 
@@ -195,16 +271,43 @@ def test_a_changed_row_is_reported_with_its_key(lab, pair):
 
         p = verify(lab, src, tgt, "--databases", "app", check_rc=(3,))
         line = next(l for l in p.stdout.splitlines() if "public.kitchen_sink" in l)
-        assert "MISMATCH" in line and "(42)" in line
-        assert "4 mismatches" in p.stdout
+        assert "DIFFERENT" in line and "(42)" in line
+        assert "4 match, 5 different; 1 skipped" in p.stdout, p.stdout
     finally:
         sql(t, "UPDATE public.kitchen_sink SET flag = NOT flag WHERE id = 42;"
                "UPDATE sales.\"Orders\" SET amount = amount - 1 WHERE order_id = 7;"
                "UPDATE \"Odd Schema\".\"we\"\"ird Table\" SET \"UPPER\" = 'it''s 9' "
                "WHERE \"col.1\" = 'k-9';"
-               "UPDATE public.no_pk SET b = 'dup'")
+               "UPDATE public.no_pk SET b = 'dup';"
+               "UPDATE public.big SET payload = md5(n::text) WHERE region = 'r4' AND n = 150000")
     rc, _ = verify_json(lab, src, tgt, "--databases", "app")
     assert rc == 0
+
+
+def test_snapshot_compares_one_moment_exactly_and_locates_rows_without_a_key(lab, pair):
+    """--snapshot: one snapshot per side, no rounds; a table without a key that differs is
+    narrowed by buckets of the row hash down to the rows themselves."""
+    src, tgt = pair
+    rc, tables = verify_json(lab, src, tgt, "--databases", "app", "--snapshot")
+    assert rc == 0, {k: v for k, v in tables.items() if not v["match"]}
+    t = app_dsn(tgt)
+    sql(t, "INSERT INTO public.no_pk VALUES (77, 'extra');"
+           "DELETE FROM public.no_pk WHERE ctid = (SELECT min(ctid) FROM public.no_pk WHERE a = 3);"
+           "UPDATE public.big SET n = n WHERE region = 'r0' AND n = 7")
+    try:
+        p = verify(lab, src, tgt, "--databases", "app", "--snapshot", "--json", check_rc=(3,))
+        report = json.loads(p.stdout)
+        assert report["mode"] == "snapshot"
+        assert "exact snapshot pair" in report["summary"]
+        bad = {x["table"]: x for x in report["tables"] if x["result"] == "different"}
+        assert set(bad) == {"no_pk"}, bad  # an update to the same values changes nothing
+        nopk = bad["no_pk"]
+        assert nopk["differing_rows"] == 2
+        assert sorted(nopk["differing_rows_text"]) == ["+ only on source: (3,dup)",
+                                                       "- only on target: (77,extra)"]
+        assert nopk["source_rows"] == nopk["target_rows"] == 100
+    finally:
+        sql(t, "DELETE FROM public.no_pk WHERE a = 77; INSERT INTO public.no_pk VALUES (3, 'dup')")
 
 
 def test_deleted_rows_and_missing_tables(lab, pair):
@@ -215,12 +318,13 @@ def test_deleted_rows_and_missing_tables(lab, pair):
 
     rc, tables = verify_json(lab, src, tgt, "--level", "count")
     assert rc == 3
-    bad = {k[1:]: v for k, v in tables.items() if not v["match"]}
+    bad = {k[1:]: v for k, v in tables.items() if v["result"] == "different"}
     assert set(bad) == {("public", "events_2024"), ("public", "only_on_source"),
                         ("sales", "only_on_target")}
     ev = bad[("public", "events_2024")]
     assert ev["source_rows"] == ev["target_rows"] + 1
-    assert "row count differs" in ev["note"]
+    # Even counting only, the key says which row is missing.
+    assert ev["differing_keys"] == ["(5,'2024-01-06')"]
     assert bad[("public", "only_on_source")]["note"] == "missing on target"
     assert bad[("sales", "only_on_target")]["note"] == "missing on source"
 

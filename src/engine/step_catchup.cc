@@ -1,0 +1,276 @@
+// Phase CatchingUp: lag under the threshold, no DDL since the schema copy, verification,
+// then ReadyForCutover.
+#include "engine/migration.h"
+
+#include <algorithm>
+#include <map>
+
+#include "common/clock.h"
+#include "common/files.h"
+#include "common/log.h"
+#include "common/strings.h"
+#include "engine/fence.h"
+#include "engine/inspect.h"
+#include "engine/preflight.h"
+#include "engine/replication_health.h"
+#include "engine/server_ops.h"
+#include "engine/verify.h"
+#include "pg/conninfo.h"
+#include "pg/connection.h"
+
+namespace pgshift::engine {
+
+Status Migration::CheckDdlLog() {
+  std::vector<std::string> found;
+  for (const auto& db : state_.databases) {
+    PGSHIFT_ASSIGN_OR_RETURN(ConnPtr src, Connect(state_.source_dsn, db.name, "source"));
+    PGSHIFT_ASSIGN_OR_RETURN(
+        pg::QueryResult r,
+        src->Query("SELECT at::text, tag, role, left(command, 500) FROM _pgshift.ddl_log "
+                   "WHERE id > $1 ORDER BY id LIMIT 20",
+                   {std::to_string(db.ddl_mark)}));
+    for (int i = 0; i < r.rows(); ++i) {
+      found.push_back(db.name + ": " + r.Get(i, 1) + " by " + r.Get(i, 2) + " at " + r.Get(i, 0) +
+                      ": " + r.Get(i, 3));
+    }
+  }
+  if (found.empty()) return Status::Ok();
+  // A lower bound (at most 20 rows are read per database); samples count them all.
+  stats_.Update([&](StatsSnapshot& st) {
+    st.ddl_events = std::max(st.ddl_events, static_cast<int64_t>(found.size()));
+  });
+  return Status::FailedPrecondition(
+      "DDL ran on the source after the schema copy, so the target's schema may differ; cutover "
+      "is blocked:\n  " + Join(found, "\n  ") +
+      "\napply the same change to the target (it is fenced: in a superuser session run SET "
+      "session_replication_role = replica first), then remove these rows from _pgshift.ddl_log "
+      "on the source, or abort and start again");
+}
+
+Status Migration::WaitForMarker(bool forward, int64_t deadline_ms, ReplicationWatch* watch) {
+  const std::string& from_dsn = forward ? state_.source_dsn : state_.target_dsn;
+  const std::string& to_dsn = forward ? state_.target_dsn : state_.source_dsn;
+  for (const auto& db : state_.databases) {
+    PGSHIFT_ASSIGN_OR_RETURN(ConnPtr from, Connect(from_dsn, db.name, forward ? "source" : "target"));
+    PGSHIFT_ASSIGN_OR_RETURN(ConnPtr to, Connect(to_dsn, db.name, forward ? "target" : "source"));
+    std::string token = RandomHex(16);
+    PGSHIFT_RETURN_IF_ERROR(
+        from->Query("UPDATE _pgshift.marker SET token = $1, at = now() WHERE id = 1", {token}).status());
+    int64_t last_observed = MonotonicMillis();
+    while (true) {
+      auto v = to->QueryValue("SELECT token FROM _pgshift.marker WHERE id = 1");
+      if (v.ok() && *v == token) break;
+      if (stop_ && stop_()) return Status::Aborted("stopped on request");
+      MaybeSampleStats();
+      if (watch != nullptr && forward && MonotonicMillis() - last_observed >= 500) {
+        // An apply worker that fails on a row never brings the marker: say why, now.
+        last_observed = MonotonicMillis();
+        PGSHIFT_RETURN_IF_ERROR(watch->Observe(*to, db.name, state_.SubscriptionName(db)));
+      }
+      if (MonotonicMillis() > deadline_ms) {
+        return Status::DeadlineExceeded("replication of " + db.name + " did not catch up in time");
+      }
+      SleepMillis(20);
+    }
+  }
+  return Status::Ok();
+}
+
+namespace {
+
+// Verification's settle: a marker row updated on the source (its own transaction, flushed at
+// once) and polled on the target until it shows there; every write the source committed
+// before is then applied. One pair of sessions per database, made on first use; one run at a
+// time per database, shared by the workers that ask meanwhile (CoalescingSettle).
+class MarkerSettle {
+ public:
+  MarkerSettle(const MigrationState& state, std::function<void()> on_wait)
+      : state_(state), on_wait_(std::move(on_wait)) {
+    for (const auto& db : state.databases) {
+      auto d = std::make_unique<Db>();
+      Db* raw = d.get();
+      const std::string name = db.name;
+      d->settle = std::make_unique<CoalescingSettle>([this, raw, name] { return Run(*raw, name); });
+      dbs_[db.name] = std::move(d);
+    }
+  }
+
+  // Thread-safe.
+  Status operator()(const std::string& db) {
+    auto it = dbs_.find(db);
+    if (it == dbs_.end()) return Status::Internal("settle: unknown database " + db);
+    return (*it->second->settle)();
+  }
+
+ private:
+  struct Db {
+    ConnPtr source, target;
+    std::unique_ptr<CoalescingSettle> settle;
+  };
+
+  // REQUIRES: one run at a time per Db (CoalescingSettle).
+  Status Run(Db& d, const std::string& db) {
+    if (d.source == nullptr || d.source->broken()) {
+      PGSHIFT_ASSIGN_OR_RETURN(d.source, Connect(state_.source_dsn, db, "source"));
+    }
+    if (d.target == nullptr || d.target->broken()) {
+      PGSHIFT_ASSIGN_OR_RETURN(d.target, Connect(state_.target_dsn, db, "target"));
+    }
+    std::string token = RandomHex(16);
+    PGSHIFT_RETURN_IF_ERROR(
+        d.source->Query("UPDATE _pgshift.marker SET token = $1, at = now() WHERE id = 1", {token})
+            .status()
+            .WithContext("source " + db));
+    const int64_t deadline = MonotonicMillis() + 120000;
+    while (true) {
+      PGSHIFT_ASSIGN_OR_RETURN(std::string v,
+                               d.target->QueryValue("SELECT token FROM _pgshift.marker WHERE id = 1"));
+      if (v == token) return Status::Ok();
+      if (on_wait_) on_wait_();
+      if (MonotonicMillis() > deadline) {
+        return Status::DeadlineExceeded("replication of " + db + " did not catch up in 120 s");
+      }
+      SleepMillis(2);
+    }
+  }
+
+  const MigrationState& state_;
+  std::function<void()> on_wait_;
+  std::map<std::string, std::unique_ptr<Db>> dbs_;  // fixed before any worker asks
+};
+
+}  // namespace
+
+Status Migration::Verify() {
+  const VerifyLevel level = state_.options.verify;
+  if (level == VerifyLevel::kNone) return Status::Ok();
+  VerifyOptions vo;
+  vo.level = level;
+  for (const auto& db : state_.databases) vo.databases.push_back(db.name);
+  MarkerSettle settle(state_, nullptr);
+  vo.settle = [&settle](const std::string& db) { return settle(db); };
+  vo.stop = stop_;
+  vo.exact_check_follows = true;
+  int64_t last_history = 0;
+  // Verification calls on_table from its workers, one call at a time, while this thread waits
+  // in VerifyDatabases: the history writer and the sampler see one caller at a time.
+  vo.on_table = [this, &last_history](const TableVerification& t) {
+    if (t.blocking()) {
+      Progress("verify: " + t.database + "." + t.schema + "." + t.table + " differs: " + t.note);
+    }
+    StatsSnapshot st;
+    stats_.Update([&](StatsSnapshot& s) {
+      if (t.result != TableResult::kSkipped) s.verify_tables_done++;
+      if (t.blocking()) s.verify_mismatches++;
+      s.verify_tables_total = std::max(s.verify_tables_total, s.verify_tables_done);
+      st = s;
+    });
+    if (MonotonicMillis() - last_history >= 1000) {
+      last_history = MonotonicMillis();
+      VerifyProgress p;
+      p.done = st.verify_tables_done;
+      p.total = st.verify_tables_total;
+      p.mismatches = st.verify_mismatches;
+      history_.AppendOrLog(HistoryVerify(UnixMillis(), p));
+    }
+    MaybeSampleStats();
+  };
+  Progress("verifying (" + VerifyLevelName(level) + ", pre-cutover convergence)");
+  auto to_verify = sampler_.CountVerifiedTables(state_);
+  stats_.Update([&](StatsSnapshot& s) {
+    s.verify_tables_total = to_verify.ok() ? *to_verify : 0;
+    s.verify_tables_done = s.verify_mismatches = 0;
+  });
+  PGSHIFT_RETURN_IF_ERROR(WaitForMarker(true, MonotonicMillis() + 120000, &watch_));
+  PGSHIFT_ASSIGN_OR_RETURN(VerifyReport rep, VerifyDatabases(state_.source_dsn, state_.target_dsn, vo));
+  state_.verification = rep.ToJson();
+  const int64_t verified = rep.compared();
+  stats_.Update([&](StatsSnapshot& s) {
+    s.verify_tables_total = s.verify_tables_done = verified;
+    s.verify_mismatches = rep.mismatches();
+  });
+  VerifyProgress done;
+  done.done = done.total = verified;
+  done.mismatches = rep.mismatches();
+  done.changing = rep.Count(TableResult::kChanging);
+  done.summary = rep.Summary();
+  history_.AppendOrLog(HistoryVerify(UnixMillis(), done));
+  PGSHIFT_RETURN_IF_ERROR(Save());
+  if (!rep.clean()) {
+    return Status::FailedPrecondition("verification found differences; cutover is blocked:\n" +
+                                      rep.Render());
+  }
+  Progress("verification: " + rep.Summary());
+  return Status::Ok();
+}
+
+Status Migration::StepCatchUp() {
+  // Lag under the threshold; an apply worker that keeps failing ends the wait.
+  while (true) {
+    int64_t total = 0;
+    for (const auto& db : state_.databases) {
+      PGSHIFT_ASSIGN_OR_RETURN(int64_t lag, ForwardLagBytes(state_, db));
+      if (lag < 0) {
+        // Changes since it went are gone from the replication stream: no rerun can mend that.
+        Status s = Status::FailedPrecondition(
+            "replication slot " + state_.SubscriptionName(db) + " of database " + db.name +
+            " is missing on the source, so changes made since it was dropped will never reach "
+            "the target; the migration cannot go on: run `pgshift abort` and start again");
+        state_.last_error = s.message();
+        PGSHIFT_RETURN_IF_ERROR(Move(Phase::kFailed));
+        return s;
+      }
+      total += lag;
+      PGSHIFT_ASSIGN_OR_RETURN(ConnPtr dst, Connect(state_.target_dsn, db.name, "target"));
+      PGSHIFT_RETURN_IF_ERROR(watch_.Observe(*dst, db.name, state_.SubscriptionName(db)));
+    }
+    MaybeSampleStats();
+    if (total <= state_.options.max_lag_bytes) break;
+    Progress("catching up: lag " + std::to_string(total) + " bytes");
+    PGSHIFT_RETURN_IF_ERROR(Wait(1000));
+  }
+  PGSHIFT_RETURN_IF_ERROR(CheckDdlLog());
+  PGSHIFT_RETURN_IF_ERROR(Verify());
+  // Materialized views come over empty with the schema; fill them on the target.
+  for (const auto& db : state_.databases) {
+    PGSHIFT_ASSIGN_OR_RETURN(ConnPtr dst, Connect(state_.target_dsn, db.name, "target"));
+    PGSHIFT_ASSIGN_OR_RETURN(
+        pg::QueryResult mv,
+        dst->Query("SELECT format('%I.%I', schemaname, matviewname) FROM pg_matviews "
+                   "WHERE schemaname NOT IN ('pg_catalog', 'information_schema', '_pgshift')"));
+    for (int i = 0; i < mv.rows(); ++i) {
+      PGSHIFT_RETURN_IF_ERROR(dst->Exec("REFRESH MATERIALIZED VIEW " + mv.Get(i, 0)));
+    }
+    // The reverse publication exists before cutover so that the cutover only makes a slot.
+    if (state_.options.rollback_replication) {
+      std::string rev = state_.ReverseName(db);
+      if (!Exists(*dst, kHasPublication, rev)) {
+        PGSHIFT_RETURN_IF_ERROR(dst->Exec("CREATE PUBLICATION " + dst->QuoteIdent(rev) +
+                                          " FOR TABLE " + Join(db.tables, ", "))
+                                    .WithContext("target " + db.name + ": reverse publication"));
+      }
+    }
+  }
+  PGSHIFT_RETURN_IF_ERROR(FenceTarget());
+  // The lag as the cutover's preconditions left it, whatever the throttle.
+  (void)SampleStats();
+  return Move(Phase::kReadyForCutover);
+}
+
+// From ReadyForCutover on the target takes no client write: a write there now would conflict
+// with replication, and during the cutover both servers must never take writes at once. Step
+// open of the cutover lifts it; abort does too.
+Status Migration::FenceTarget() {
+  for (const auto& db : state_.databases) {
+    PGSHIFT_ASSIGN_OR_RETURN(ConnPtr dst, Connect(state_.target_dsn, db.name, "target"));
+    PGSHIFT_RETURN_IF_ERROR(InstallFence(*dst, state_.FenceName()).WithContext("target " + db.name));
+    PGSHIFT_ASSIGN_OR_RETURN(bool on, FenceState(*dst));
+    if (!on) {
+      PGSHIFT_RETURN_IF_ERROR(FenceOn(*dst, db.name, {dst->BackendPid()}, MonotonicMillis() + 10000)
+                                  .WithContext("target " + db.name));
+    }
+  }
+  return Status::Ok();
+}
+
+}  // namespace pgshift::engine
