@@ -1,6 +1,7 @@
 #include "engine/inspect.h"
 
 #include <cstdlib>
+#include <iterator>
 
 namespace pgshift::engine {
 namespace {
@@ -76,6 +77,18 @@ const BlockerQuery kBlockerQueries[] = {
      "SELECT format('%I', datname) FROM pg_database WHERE datname = current_database() "
      "AND datlocprovider = 'b'",
      nullptr, "create the target database yourself with the libc or icu locale provider"},
+    {"inheritance child or partition column with a generation expression of its own", 16,
+     "SELECT format('%I.%I.%I', n.nspname, c.relname, a.attname) FROM pg_inherits i "
+     "JOIN pg_class c ON c.oid = i.inhrelid JOIN pg_namespace n ON n.oid = c.relnamespace "
+     "JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped "
+     "AND a.attgenerated <> '' JOIN pg_attribute pa ON pa.attrelid = i.inhparent "
+     "AND pa.attname = a.attname AND NOT pa.attisdropped AND pa.attgenerated <> '' "
+     "JOIN pg_attrdef d ON d.adrelid = c.oid AND d.adnum = a.attnum "
+     "JOIN pg_attrdef pd ON pd.adrelid = pa.attrelid AND pd.adnum = pa.attnum "
+     "WHERE pg_get_expr(d.adbin, d.adrelid) <> pg_get_expr(pd.adbin, pd.adrelid)",
+     "n.nspname",
+     "give the child column its parent's expression (drop the column from the child and let "
+     "it inherit the parent's)"},
     {"virtual generated column", 18,
      "SELECT format('%I.%I.%I', n.nspname, c.relname, a.attname) FROM pg_attribute a "
      "JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace "
@@ -104,6 +117,81 @@ const BlockerQuery kBlockerQueries[] = {
      "AND NOT con.convalidated",
      "n.nspname", "validate it: ALTER TABLE ... VALIDATE CONSTRAINT ...;"},
 };
+
+// Objects an older major held that a newer one refuses (or loads differently), checked when
+// the target is at least `since_major` and the source older: since_major is the first major
+// that refuses. Like pg_upgrade --check, but for what a schema dump and reload meets.
+const BlockerQuery kUpgradeQueries[] = {
+    {"postfix operator (removed in PostgreSQL 14)", 14,
+     "SELECT format('%I.%s', n.nspname, o.oprname) FROM pg_operator o "
+     "JOIN pg_namespace n ON n.oid = o.oprnamespace WHERE o.oprright = 0 AND o.oid >= 16384",
+     "n.nspname", "drop the operator (DROP OPERATOR ...), and use a function instead"},
+    {"user-defined encoding conversion (its function's signature changed in PostgreSQL 14)", 14,
+     "SELECT format('%I.%I', n.nspname, c.conname) FROM pg_conversion c "
+     "JOIN pg_namespace n ON n.oid = c.connamespace WHERE c.oid >= 16384",
+     "n.nspname", "drop the conversion (DROP CONVERSION ...) and recreate it on the target"},
+    {"aggregate or operator over array_append, array_cat, ... with anyarray (changed to "
+     "anycompatible in PostgreSQL 14)", 14,
+     "WITH o AS (SELECT ARRAY(SELECT to_regprocedure(f)::oid FROM unnest(ARRAY["
+     "'array_append(anyarray,anyelement)', 'array_cat(anyarray,anyarray)', "
+     "'array_prepend(anyelement,anyarray)', 'array_remove(anyarray,anyelement)', "
+     "'array_replace(anyarray,anyelement,anyelement)', 'array_position(anyarray,anyelement)', "
+     "'array_position(anyarray,anyelement,integer)', 'array_positions(anyarray,anyelement)', "
+     "'width_bucket(anyelement,anyarray)']) f WHERE to_regprocedure(f) IS NOT NULL) AS fns) "
+     "SELECT x.name FROM (SELECT format('%I.%I', n.nspname, p.proname) AS name, n.nspname "
+     "FROM pg_proc p JOIN pg_aggregate a ON a.aggfnoid = p.oid "
+     "JOIN pg_namespace n ON n.oid = p.pronamespace, o WHERE p.oid >= 16384 AND "
+     "(a.aggtransfn::oid = ANY(o.fns) OR a.aggfinalfn::oid = ANY(o.fns)) "
+     "UNION ALL SELECT format('%I.%s', n.nspname, op.oprname), n.nspname FROM pg_operator op "
+     "JOIN pg_namespace n ON n.oid = op.oprnamespace, o WHERE op.oid >= 16384 AND "
+     "op.oprcode::oid = ANY(o.fns)) x WHERE true",
+     "x.nspname",
+     "drop the aggregate or operator, and recreate it on the target with the anycompatible "
+     "variants of the functions"},
+    {"generated column of an inheritance child whose parent column is not generated "
+     "(PostgreSQL 16+ refuses: child column specifies generation expression)", 16,
+     "SELECT format('%I.%I.%I', n.nspname, c.relname, a.attname) FROM pg_inherits i "
+     "JOIN pg_class c ON c.oid = i.inhrelid JOIN pg_namespace n ON n.oid = c.relnamespace "
+     "JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped "
+     "AND a.attgenerated <> '' JOIN pg_attribute pa ON pa.attrelid = i.inhparent "
+     "AND pa.attname = a.attname AND NOT pa.attisdropped AND pa.attgenerated = '' "
+     "WHERE NOT c.relispartition",
+     "n.nspname",
+     "detach the child (ALTER TABLE child NO INHERIT parent), or make the parent's column "
+     "generated too; a child column may be generated only where its parent's is"},
+    {"nullable column of an inheritance child whose parent column is NOT NULL (PostgreSQL 18 "
+     "makes it NOT NULL: the copy refuses the child's NULLs)", 18,
+     "SELECT format('%I.%I.%I', n.nspname, c.relname, a.attname) FROM pg_inherits i "
+     "JOIN pg_class c ON c.oid = i.inhrelid JOIN pg_namespace n ON n.oid = c.relnamespace "
+     "JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped "
+     "AND NOT a.attnotnull JOIN pg_attribute pa ON pa.attrelid = i.inhparent "
+     "AND pa.attname = a.attname AND NOT pa.attisdropped AND pa.attnotnull WHERE true",
+     "n.nspname",
+     "give the child's NULLs a value, then ALTER TABLE child ALTER COLUMN col SET NOT NULL"},
+};
+
+Result<std::vector<VersionBlocker>> RunBlockerQueries(pg::Connection& conn,
+                                                      const BlockerQuery* begin,
+                                                      const BlockerQuery* end,
+                                                      bool applies(const BlockerQuery&, int, int),
+                                                      int target_major) {
+  std::vector<VersionBlocker> out;
+  int source_major = conn.ServerMajor();
+  for (const BlockerQuery* q = begin; q != end; ++q) {
+    if (!applies(*q, source_major, target_major)) continue;
+    std::string sql = q->sql;
+    if (q->schema_column != nullptr) sql += " AND " + UserSchemaCondition(q->schema_column);
+    sql += " ORDER BY 1";
+    auto names = FirstColumn(conn, sql);
+    if (!names.ok()) {
+      return names.status().WithContext(std::string("looking for ") + q->feature);
+    }
+    for (auto& name : *names) {
+      out.push_back({q->feature, q->since_major, std::move(name), q->remedy});
+    }
+  }
+  return out;
+}
 
 }  // namespace
 
@@ -163,6 +251,14 @@ Result<std::vector<TableInfo>> ListTables(pg::Connection& conn) {
     out.push_back(std::move(t));
   }
   return out;
+}
+
+bool IsMigrated(const TableInfo& t) { return !t.partitioned && !t.unlogged; }
+
+std::string NotMigratedReason(const TableInfo& t) {
+  if (t.partitioned) return "partitioned table: its partitions hold the rows";
+  if (t.unlogged) return "unlogged table: logical replication does not carry it";
+  return "";
 }
 
 Result<std::vector<SequenceInfo>> ListSequences(pg::Connection& conn) {
@@ -302,23 +398,57 @@ Result<std::vector<PgshiftObject>> FindDatabaseLeftovers(pg::Connection& conn) {
 }
 
 Result<std::vector<VersionBlocker>> FindVersionBlockers(pg::Connection& conn, int target_major) {
-  std::vector<VersionBlocker> out;
-  int source_major = conn.ServerMajor();
-  for (const BlockerQuery& q : kBlockerQueries) {
-    // A query only runs where its columns exist (source) and matter (target too old).
-    if (source_major < q.since_major || target_major >= q.since_major) continue;
-    std::string sql = q.sql;
-    if (q.schema_column != nullptr) sql += " AND " + UserSchemaCondition(q.schema_column);
-    sql += " ORDER BY 1";
-    auto names = FirstColumn(conn, sql);
-    if (!names.ok()) {
-      return names.status().WithContext(std::string("looking for ") + q.feature);
-    }
-    for (auto& name : *names) {
-      out.push_back({q.feature, q.since_major, std::move(name), q.remedy});
-    }
-  }
-  return out;
+  // A query only runs where its columns exist (source) and matter (target too old).
+  return RunBlockerQueries(
+      conn, std::begin(kBlockerQueries), std::end(kBlockerQueries),
+      [](const BlockerQuery& q, int source, int target) {
+        return source >= q.since_major && target < q.since_major;
+      },
+      target_major);
+}
+
+Result<std::vector<VersionBlocker>> FindUpgradeBlockers(pg::Connection& conn, int target_major) {
+  return RunBlockerQueries(
+      conn, std::begin(kUpgradeQueries), std::end(kUpgradeQueries),
+      [](const BlockerQuery& q, int source, int target) {
+        return source < q.since_major && target >= q.since_major;
+      },
+      target_major);
+}
+
+namespace {
+
+// "schema.table (owner role)" of the user tables whose owner is no superuser and `condition`
+// (on c: pg_class, r: pg_roles, n: pg_namespace) holds.
+Result<std::vector<std::string>> TablesWithOrdinaryOwner(pg::Connection& conn,
+                                                         const std::string& condition) {
+  return FirstColumn(
+      conn,
+      "SELECT format('%I.%I (owner %I)', n.nspname, c.relname, r.rolname) FROM pg_class c "
+      "JOIN pg_namespace n ON n.oid = c.relnamespace JOIN pg_roles r ON r.oid = c.relowner "
+      "WHERE c.relkind IN ('r', 'p') AND NOT r.rolsuper AND " + condition + " AND " +
+          UserSchemaCondition("n.nspname") + " ORDER BY 1");
+}
+
+}  // namespace
+
+Result<std::vector<std::string>> ListForcedRlsTables(pg::Connection& conn) {
+  return TablesWithOrdinaryOwner(
+      conn, "c.relrowsecurity AND c.relforcerowsecurity AND NOT r.rolbypassrls");
+}
+
+Result<std::vector<std::string>> ListOwnersWithoutSchemaUsage(pg::Connection& conn) {
+  return TablesWithOrdinaryOwner(conn, "NOT has_schema_privilege(c.relowner, n.oid, 'USAGE')");
+}
+
+Result<std::vector<std::string>> ListReplicaTriggers(pg::Connection& conn) {
+  return FirstColumn(
+      conn,
+      "SELECT format('%I on %I.%I (ENABLE %s)', t.tgname, n.nspname, c.relname, "
+      "CASE t.tgenabled WHEN 'A' THEN 'ALWAYS' ELSE 'REPLICA' END) FROM pg_trigger t "
+      "JOIN pg_class c ON c.oid = t.tgrelid JOIN pg_namespace n ON n.oid = c.relnamespace "
+      "WHERE NOT t.tgisinternal AND t.tgenabled IN ('A', 'R') AND " +
+          UserSchemaCondition("n.nspname") + " ORDER BY 1");
 }
 
 }  // namespace pgshift::engine

@@ -46,8 +46,19 @@ struct TableInfo {
   int64_t bytes = 0;           // pg_total_relation_size (0 for a partitioned parent)
   std::string QualifiedName() const { return schema + "." + name; }
 };
-// User tables (relkind r and p), ordered by schema and name.
+// User tables (relkind r and p, temporary ones excluded), ordered by schema and name.
 Result<std::vector<TableInfo>> ListTables(pg::Connection& conn);
+
+// The one table filter: pgshift publishes, copies and verifies exactly the tables of ListTables
+// for which this is true, and no other code decides which tables are data. True for ordinary
+// tables and leaf partitions that are permanent. Not for a partitioned parent (it holds no rows:
+// its partitions are migrated), nor for an unlogged table (its rows never reach the WAL, so
+// logical replication cannot carry them; preflight warns that it arrives empty). The schema
+// rule is ListTables' UserSchemaCondition: `_pgshift` is pgshift's own, any other schema, even
+// `_pgshift_archive`, holds data.
+bool IsMigrated(const TableInfo& t);
+// Why IsMigrated(t) is false, for people ("unlogged: ..."); empty when it is true.
+std::string NotMigratedReason(const TableInfo& t);
 
 struct SequenceInfo {
   std::string schema;
@@ -115,12 +126,29 @@ Result<std::vector<PgshiftObject>> FindDatabaseLeftovers(pg::Connection& conn);
 // An object of the connected (newer) database that an older major cannot hold.
 struct VersionBlocker {
   std::string feature;  // e.g. "NULLS NOT DISTINCT unique index"
-  int since_major = 0;  // first major that has it
+  int since_major = 0;  // first major that has it (upgrade blockers: first that refuses it)
   std::string object;   // e.g. "public.orders_code_key"
   std::string remedy;   // what to change on the source, in general terms
 };
 // Objects of the connected database that cannot be created on a server of `target_major`.
 // Empty when the target is as new as the connected server.
 Result<std::vector<VersionBlocker>> FindVersionBlockers(pg::Connection& conn, int target_major);
+// Objects of the connected (older) database that a newer `target_major` refuses or loads
+// differently (its `since_major` is the first major that does): postfix operators, encoding
+// conversions and old-style polymorphic aggregates (14), generated columns of inheritance
+// children under a plain parent column (16), nullable child columns under a NOT NULL parent
+// column (18). Empty when the target is not newer.
+Result<std::vector<VersionBlocker>> FindUpgradeBlockers(pg::Connection& conn, int target_major);
+
+// Tables with FORCE ROW LEVEL SECURITY whose owner is neither a superuser nor BYPASSRLS
+// ("schema.table (owner role)"): from PostgreSQL 16 a subscription copies and applies as the
+// table's owner, and refuses a table whose policies would apply to that owner.
+Result<std::vector<std::string>> ListForcedRlsTables(pg::Connection& conn);
+// Tables whose owner (not a superuser) lacks USAGE on the table's schema, so cannot name the
+// table ("schema.table (owner role)"): from PostgreSQL 16 the subscription works as that owner.
+Result<std::vector<std::string>> ListOwnersWithoutSchemaUsage(pg::Connection& conn);
+// Triggers set to ENABLE ALWAYS or ENABLE REPLICA ("trg on schema.table (ENABLE ALWAYS)"):
+// unlike ordinary ones they fire in logical replication's table sync and apply workers.
+Result<std::vector<std::string>> ListReplicaTriggers(pg::Connection& conn);
 
 }  // namespace pgshift::engine

@@ -92,18 +92,16 @@ std::string DirectionFor(int source_major, int target_major) {
   return "same";
 }
 
-Result<int> ParsePgDumpMajor(std::string_view out) {
+Result<int> ParseToolMajor(std::string_view out) {
   // "pg_dump (PostgreSQL) 17.11", "pg_dump (PostgreSQL) 12.19 (Debian 12.19-1.pgdg120+1)",
-  // "pg_dump (PostgreSQL) 18beta1", "pg_dump (PostgreSQL) 9.6.24".
-  size_t pos = out.find(')');
-  if (out.find("pg_dump") == std::string_view::npos || pos == std::string_view::npos) {
-    return Status::InvalidArgument("not pg_dump --version output: '" +
+  // "pg_dump (PostgreSQL) 18beta1", "pg_dump (PostgreSQL) 9.6.24", "psql (PostgreSQL) 18.6".
+  size_t pos = out.find("(PostgreSQL)");
+  if (pos == std::string_view::npos) {
+    return Status::InvalidArgument("not a PostgreSQL tool's --version output: '" +
                                    std::string(Trim(out.substr(0, 80))) + "'");
   }
-  while (pos < out.size() && !std::isdigit(static_cast<unsigned char>(out[pos]))) {
-    if (out[pos] == '\n') break;
-    ++pos;
-  }
+  pos += std::string_view("(PostgreSQL)").size();
+  while (pos < out.size() && out[pos] == ' ') ++pos;
   int major = 0;
   size_t digits = 0;
   while (pos < out.size() && std::isdigit(static_cast<unsigned char>(out[pos])) && digits < 4) {
@@ -112,7 +110,7 @@ Result<int> ParsePgDumpMajor(std::string_view out) {
     ++digits;
   }
   if (digits == 0 || major == 0) {
-    return Status::InvalidArgument("no version number in pg_dump --version output: '" +
+    return Status::InvalidArgument("no version number in --version output: '" +
                                    std::string(Trim(out.substr(0, 80))) + "'");
   }
   return major;
@@ -329,32 +327,32 @@ CheckResult CheckExtensions(const std::string& db, const std::vector<ExtensionIn
               "from the source"};
 }
 
-CheckResult CheckPgDump(const std::string& path, const Result<std::string>& output,
-                        int source_major) {
-  std::string remedy =
-      source_major <= 17
-          ? "run scripts/setup.sh (it builds pg_dump 17), or set PGSHIFT_PG_DUMP to a pg_dump "
-            "of major " +
-                std::to_string(source_major) + " or newer"
-          : "set PGSHIFT_PG_DUMP to a pg_dump of major " + std::to_string(source_major) +
-                " or newer";
+CheckResult CheckClientTool(const std::string& name, const std::string& path,
+                            const std::string& dir, const Result<std::string>& output,
+                            int source_major) {
+  const std::string where = dir.empty() ? "PATH" : dir;
+  const std::string remedy =
+      "give pgshift a folder holding pg_dump, pg_dumpall and psql of PostgreSQL " +
+      std::to_string(source_major) + " or newer: --pg-bin DIR or PGSHIFT_PG_BIN=DIR (now: " +
+      where + "); scripts/setup.sh puts the newest major's tools in .cache/pgclient/bin";
+  const std::string id = "client-tools";
   if (!output.ok()) {
-    return {"pg-dump", Severity::kError, "pg_dump",
-            "cannot run " + path + ": " + output.status().message(), remedy};
+    return {id, Severity::kError, name, "cannot run " + path + ": " + output.status().message(),
+            remedy};
   }
-  auto major = ParsePgDumpMajor(*output);
+  auto major = ParseToolMajor(*output);
   if (!major.ok()) {
-    return {"pg-dump", Severity::kError, "pg_dump", path + ": " + major.status().message(), remedy};
+    return {id, Severity::kError, name, path + ": " + major.status().message(), remedy};
   }
   std::string version(Trim(*output));
   if (*major < source_major) {
-    return {"pg-dump", Severity::kError, "pg_dump",
-            path + " is " + version + ": it cannot dump a PostgreSQL " +
+    return {id, Severity::kError, name,
+            path + " is " + version + ": it cannot work with a PostgreSQL " +
                 std::to_string(source_major) +
-                " server (pg_dump must be at least the source's major)",
+                " server (client tools must be at least the source's major)",
             remedy};
   }
-  return Ok("pg-dump", "pg_dump", path + " is " + version);
+  return Ok(id, name, path + " is " + version);
 }
 
 CheckResult CheckLeftovers(const std::string& side, const std::vector<PgshiftObject>& found,
@@ -485,6 +483,37 @@ nlohmann::json PreflightReport::ToJson() const {
 
 namespace {
 
+// One finding per feature, naming its objects.
+std::vector<CheckResult> BlockerResults(const std::string& id, const std::string& db,
+                                        const std::vector<VersionBlocker>& blockers,
+                                        int target_major) {
+  std::vector<CheckResult> out;
+  std::map<std::string, std::vector<const VersionBlocker*>> by_feature;
+  std::vector<std::string> order;
+  for (const auto& b : blockers) {
+    if (!by_feature.count(b.feature)) order.push_back(b.feature);
+    by_feature[b.feature].push_back(&b);
+  }
+  const bool upgrade = id == "upgrade-objects";
+  if (blockers.empty()) {
+    out.push_back(Ok(id, db,
+                     "nothing found that PostgreSQL " + std::to_string(target_major) +
+                         (upgrade ? " refuses or loads differently" : " cannot hold")));
+  }
+  for (const auto& feature : order) {
+    const auto& list = by_feature[feature];
+    std::vector<std::string> names;
+    for (const auto* b : list) names.push_back(b->object);
+    std::string what =
+        upgrade ? feature + ": PostgreSQL " + std::to_string(target_major) + " cannot take it: "
+                : feature + " (PostgreSQL " + std::to_string(list[0]->since_major) +
+                      "+) cannot exist on PostgreSQL " + std::to_string(target_major) + ": ";
+    out.push_back({id, Severity::kError, db, what + NameList(names),
+                   "on the source: " + list[0]->remedy});
+  }
+  return out;
+}
+
 // Checks of one source database (and its namesake on the target).
 Status CheckDatabase(const std::string& source_dsn, const std::string& target_dsn,
                      const std::string& db, pg::Connection& target,
@@ -538,31 +567,51 @@ Status CheckDatabase(const std::string& source_dsn, const std::string& target_ds
   if (!used.ok()) return ctx(used.status());
   results.push_back(CheckExtensions(db, *used, target_available, report->target_major));
 
-  if (report->source_major > report->target_major) {
-    auto blockers = FindVersionBlockers(*src, report->target_major);
+  if (report->source_major != report->target_major) {
+    const bool down = report->source_major > report->target_major;
+    auto blockers = down ? FindVersionBlockers(*src, report->target_major)
+                         : FindUpgradeBlockers(*src, report->target_major);
     if (!blockers.ok()) return ctx(blockers.status());
-    if (blockers->empty()) {
-      results.push_back(Ok("downgrade-objects", db,
-                           "nothing found that PostgreSQL " + std::to_string(report->target_major) +
-                               " cannot hold"));
+    for (auto& r : BlockerResults(down ? "downgrade-objects" : "upgrade-objects", db, *blockers,
+                                  report->target_major)) {
+      results.push_back(std::move(r));
     }
-    // One finding per feature, naming its objects.
-    std::map<std::string, std::vector<const VersionBlocker*>> by_feature;
-    std::vector<std::string> order;
-    for (const auto& b : *blockers) {
-      if (!by_feature.count(b.feature)) order.push_back(b.feature);
-      by_feature[b.feature].push_back(&b);
-    }
-    for (const auto& feature : order) {
-      const auto& list = by_feature[feature];
-      std::vector<std::string> names;
-      for (const auto* b : list) names.push_back(b->object);
-      results.push_back({"downgrade-objects", Severity::kError, db,
-                         feature + " (PostgreSQL " + std::to_string(list[0]->since_major) +
-                             "+) cannot exist on PostgreSQL " +
-                             std::to_string(report->target_major) + ": " + NameList(names),
-                         "on the source: " + list[0]->remedy});
-    }
+  }
+
+  // Rules that name objects, each for the targets it concerns.
+  struct NamesRule {
+    const char* id;
+    Severity severity;
+    int min_target_major;
+    Result<std::vector<std::string>> (*list)(pg::Connection&);
+    std::string what;
+    const char* remedy;
+  };
+  const std::string as_owner = "PostgreSQL " + std::to_string(report->target_major) +
+                               " copies and applies rows as each table's owner, and ";
+  const NamesRule rules[] = {
+      {"forced-rls", Severity::kError, 16, ListForcedRlsTables,
+       as_owner + "refuses tables whose row security is forced on an owner that cannot bypass it",
+       "for the migration, on the source: ALTER TABLE ... NO FORCE ROW LEVEL SECURITY (and FORCE "
+       "it again on the target after cutover), or ALTER ROLE <owner> BYPASSRLS"},
+      {"owner-schema-usage", Severity::kError, 16, ListOwnersWithoutSchemaUsage,
+       as_owner + "these owners may not use their table's schema (permission denied for schema)",
+       "on the source: GRANT USAGE ON SCHEMA <schema> TO <owner>; for each (pgshift copies the "
+       "grant to the target with the schema)"},
+      {"replica-triggers", Severity::kWarning, 0, ListReplicaTriggers,
+       "triggers set to ENABLE ALWAYS or REPLICA fire on the target for every row the migration "
+       "copies and replicates (ordinary triggers do not)",
+       "if a trigger writes elsewhere or changes the row, that happens twice (on the source, and "
+       "again on the target): ALTER TABLE ... ENABLE TRIGGER ... (origin only) on the source for "
+       "the migration, and ENABLE ALWAYS again on the target after cutover"},
+  };
+  for (const NamesRule& rule : rules) {
+    if (report->target_major < rule.min_target_major) continue;
+    auto names = rule.list(*src);
+    if (!names.ok()) return ctx(names.status());
+    if (names->empty()) continue;
+    results.push_back({rule.id, rule.severity, db, rule.what + ": " + NameList(*names),
+                       rule.remedy});
   }
 
   auto own = FindDatabaseLeftovers(*src);
@@ -607,7 +656,7 @@ Status CheckDatabase(const std::string& source_dsn, const std::string& target_ds
   return Status::Ok();
 }
 
-Result<std::string> PgDumpVersion(const std::string& path) {
+Result<std::string> ToolVersion(const std::string& path) {
   ProcessOptions p;
   p.argv = {path, "--version"};
   p.timeout_ms = 15000;
@@ -695,9 +744,11 @@ Result<PreflightReport> RunPreflight(const std::string& source_dsn, const std::s
   if (!tp.ok()) return tgt_ctx(tp.status());
   results.push_back(CheckPrivileges("target", *tp));
 
-  // Tools.
-  results.push_back(
-      CheckPgDump(options.pg_dump_path, PgDumpVersion(options.pg_dump_path), report.source_major));
+  // Client tools: every one pgshift will run, from the one folder.
+  for (const auto& [name, path] : options.tools.All()) {
+    results.push_back(CheckClientTool(name, path, options.tools.dir, ToolVersion(path),
+                                      report.source_major));
+  }
 
   // Per database.
   auto available = ListAvailableExtensions(*target);
@@ -713,7 +764,91 @@ Result<PreflightReport> RunPreflight(const std::string& source_dsn, const std::s
 
   results.push_back(CheckLeftovers("source", *source_leftovers, options));
   results.push_back(CheckLeftovers("target", *target_leftovers, options));
+
+  if (options.prove_schema) {
+    const bool tools_ok = std::none_of(results.begin(), results.end(), [](const CheckResult& r) {
+      return r.id == "client-tools" && r.severity == Severity::kError;
+    });
+    for (const auto& db : report.databases) {
+      if (!tools_ok) {
+        results.push_back({"schema-load", Severity::kError, db,
+                           "not tried: the client tools above cannot run", ""});
+        continue;
+      }
+      auto db_dsn = pg::DsnForDatabase(source_dsn, db);
+      if (!db_dsn.ok()) return db_dsn.status();
+      auto proof = ProveSchemaLoads(*db_dsn, target_dsn, options.tools);
+      if (!proof.ok()) {
+        results.push_back({"schema-load", Severity::kError, db,
+                           "the scratch load could not run: " + proof.status().message(),
+                           "pgshift loads the schema into a scratch database on the target to "
+                           "prove it loads: the target's role needs CREATEDB (and CREATEROLE "
+                           "for the roles)"});
+        continue;
+      }
+      for (auto& r : SchemaLoadResults(db, *proof, report.target_major)) {
+        results.push_back(std::move(r));
+      }
+    }
+  }
   return report;
+}
+
+std::vector<CheckResult> SchemaLoadResults(const std::string& database, const SchemaProof& proof,
+                                           int target_major) {
+  std::vector<CheckResult> out;
+  const std::string target = "PostgreSQL " + std::to_string(target_major);
+  for (const auto& name : proof.dropped_leftovers) {
+    out.push_back({"schema-load", Severity::kInfo, "target",
+                   "dropped " + name + ", a scratch database an earlier check left behind", ""});
+  }
+  std::vector<std::string> consequences;
+  int primary = 0;
+  for (const auto& r : proof.refusals) {
+    if (r.follows_earlier) {
+      consequences.push_back(r.object.empty() ? "line " + std::to_string(r.line) : r.object);
+      continue;
+    }
+    primary++;
+    const std::string first_line = Split(r.error, '\n')[0];
+    const bool c_function =
+        r.type == "FUNCTION" &&
+        (r.error.find("could not access file") != std::string::npos ||
+         r.error.find("could not load library") != std::string::npos ||
+         r.error.find("could not find function") != std::string::npos ||
+         r.error.find("incompatible library") != std::string::npos);
+    std::string remedy = "the target said:\n" + r.error;
+    if (!r.statement.empty()) remedy += "\nstatement:\n" + r.statement;
+    if (c_function) {
+      out.push_back({"c-functions", Severity::kError, database,
+                     r.object + ": " + target + " cannot load its shared library: " + first_line,
+                     remedy + "\ninstall the library built for " + target +
+                         " on the target (into its $libdir, as pg_upgrade also requires), or "
+                         "drop the function on the source"});
+      continue;
+    }
+    out.push_back({"schema-load", Severity::kError, database,
+                   r.object + " is refused by " + target + ": " + first_line,
+                   remedy + "\nchange or drop " + (r.object.empty() ? "it" : r.object) +
+                       " on the source so that " + target + " accepts it, or choose a target "
+                       "version that does"});
+  }
+  if (!consequences.empty()) {
+    out.push_back({"schema-load", Severity::kError, database,
+                   std::to_string(consequences.size()) +
+                       " more statements fail because the objects refused above are missing: " +
+                       NameList(consequences),
+                   "they load once the refusals above are fixed"});
+  }
+  if (primary == 0 && consequences.empty()) {
+    out.push_back(Ok("schema-load", database,
+                     "the roles and the whole schema (" + std::to_string(proof.entries) +
+                         " objects) load into " + target + " (scratch database, dropped)"));
+  }
+  for (const auto& n : proof.role_notes) {
+    out.push_back({"roles", Severity::kWarning, database, n, ""});
+  }
+  return out;
 }
 
 }  // namespace pgshift::engine

@@ -1,9 +1,12 @@
 // Preflight: everything that must hold before a migration starts, checked read-only on both
 // servers, each finding with a severity and a remedy a DBA can act on.
 //
-// RunPreflight changes nothing on either server: its sessions are read-only and it only runs
-// catalog SELECTs (and `pg_dump --version`). The Check* building blocks are pure functions of
-// catalog facts (see inspect.h), so they can be tested without servers.
+// RunPreflight changes nothing on the source: its sessions there are read-only and only run
+// catalog SELECTs and pg_dump / pg_dumpall. On the target it reads too, except for the proof
+// that the schema loads (PreflightOptions::prove_schema): a scratch database named
+// pgshift_scratch_<hex>, loaded inside a transaction that is rolled back and dropped at once
+// (one left by a crash is dropped by the next run). The Check* building blocks are pure
+// functions of catalog facts (see inspect.h), so they can be tested without servers.
 #pragma once
 
 #include <map>
@@ -14,6 +17,7 @@
 
 #include "common/status.h"
 #include "engine/inspect.h"
+#include "engine/schema.h"
 
 namespace pgshift::engine {
 
@@ -40,9 +44,14 @@ struct PreflightOptions {
   // Tables without a primary key or usable replica identity: false refuses them (error), true
   // replicates them with REPLICA IDENTITY FULL (warning).
   bool tables_without_pk_full = false;
-  std::string pg_dump_path = "pg_dump";
+  // pg_dump, pg_dumpall and psql, from one folder: each is checked against the source.
+  ToolPaths tools;
   // Keep replicating target -> source after cutover, so rollback loses nothing.
   bool rollback_replication = true;
+  // Load the roles and every database's schema into a scratch database on the target, as the
+  // migration will, and report each statement the target refuses (check id "schema-load";
+  // C-language functions whose library it cannot load: "c-functions").
+  bool prove_schema = true;
   // When resuming migration `migration_id`, its own objects are not leftovers.
   std::string migration_id;
   bool allow_own_leftovers = false;
@@ -73,8 +82,9 @@ Result<PreflightReport> RunPreflight(const std::string& source_dsn, const std::s
 
 // "upgrade", "downgrade" or "same".
 std::string DirectionFor(int source_major, int target_major);
-// The major of `pg_dump --version` output, e.g. "pg_dump (PostgreSQL) 17.11" -> 17.
-Result<int> ParsePgDumpMajor(std::string_view version_output);
+// The major of a client tool's `--version` output, e.g. "pg_dump (PostgreSQL) 17.11" -> 17,
+// "psql (PostgreSQL) 18.6" -> 18.
+Result<int> ParseToolMajor(std::string_view version_output);
 // "a, b, c and 4 more" (at most `max_names` names).
 std::string NameList(const std::vector<std::string>& names, size_t max_names = 10);
 // SQL that removes a leftover object (to run on the server, in object.database).
@@ -98,9 +108,17 @@ std::vector<CheckResult> CheckTables(const std::string& database,
 // Extensions of one source database against what the target offers (plpgsql ignored).
 CheckResult CheckExtensions(const std::string& database, const std::vector<ExtensionInfo>& used,
                             const std::vector<ExtensionInfo>& available, int target_major);
-// `version_output` is what `pg_dump --version` printed, or the error running it.
-CheckResult CheckPgDump(const std::string& path, const Result<std::string>& version_output,
-                        int source_major);
+// One client tool (`name` at `path`, from `tools.dir`): `version_output` is what `--version`
+// printed, or the error running it. pg_dump and pg_dumpall refuse a server newer than
+// themselves, so every tool must be at least the source's major (one folder, one major).
+CheckResult CheckClientTool(const std::string& name, const std::string& path,
+                            const std::string& dir, const Result<std::string>& version_output,
+                            int source_major);
+// Findings of the scratch load of `database` (ProveSchemaLoads): one per refused statement,
+// with the server's message and the statement in the remedy; refusals that only follow from an
+// earlier one folded into one finding; OK when nothing was refused.
+std::vector<CheckResult> SchemaLoadResults(const std::string& database, const SchemaProof& proof,
+                                           int target_major);
 // Leftovers found on `side`; those of `options.migration_id` are skipped when allowed.
 CheckResult CheckLeftovers(const std::string& side, const std::vector<PgshiftObject>& found,
                            const PreflightOptions& options);

@@ -20,14 +20,16 @@ const CheckResult* Find(const std::vector<CheckResult>& results, const std::stri
 }
 
 TEST(Preflight, ParsesPgDumpVersions) {
-  EXPECT_EQ(*ParsePgDumpMajor("pg_dump (PostgreSQL) 17.11\n"), 17);
-  EXPECT_EQ(*ParsePgDumpMajor("pg_dump (PostgreSQL) 12.19 (Debian 12.19-1.pgdg120+1)\n"), 12);
-  EXPECT_EQ(*ParsePgDumpMajor("pg_dump (PostgreSQL) 18beta1"), 18);
-  EXPECT_EQ(*ParsePgDumpMajor("pg_dump (PostgreSQL) 9.6.24"), 9);
-  EXPECT_EQ(*ParsePgDumpMajor("/usr/bin/pg_dump (PostgreSQL) 16.4"), 16);
-  EXPECT_FALSE(ParsePgDumpMajor("").ok());
-  EXPECT_FALSE(ParsePgDumpMajor("bash: pg_dump: command not found").ok());
-  EXPECT_FALSE(ParsePgDumpMajor("pg_dump (PostgreSQL) devel").ok());
+  EXPECT_EQ(*ParseToolMajor("pg_dump (PostgreSQL) 17.11\n"), 17);
+  EXPECT_EQ(*ParseToolMajor("pg_dump (PostgreSQL) 12.19 (Debian 12.19-1.pgdg120+1)\n"), 12);
+  EXPECT_EQ(*ParseToolMajor("pg_dump (PostgreSQL) 18beta1"), 18);
+  EXPECT_EQ(*ParseToolMajor("pg_dump (PostgreSQL) 9.6.24"), 9);
+  EXPECT_EQ(*ParseToolMajor("/usr/bin/pg_dump (PostgreSQL) 16.4"), 16);
+  EXPECT_FALSE(ParseToolMajor("").ok());
+  EXPECT_FALSE(ParseToolMajor("bash: pg_dump: command not found").ok());
+  EXPECT_FALSE(ParseToolMajor("pg_dump (PostgreSQL) devel").ok());
+  EXPECT_EQ(*ParseToolMajor("psql (PostgreSQL) 18.6\n"), 18);
+  EXPECT_EQ(*ParseToolMajor("pg_dumpall (PostgreSQL) 13.23"), 13);
 }
 
 TEST(Preflight, DirectionAndVersionPair) {
@@ -157,17 +159,22 @@ TEST(Preflight, ExtensionsMissingOnTheTargetAreErrors) {
   EXPECT_EQ(CheckExtensions("shop", {{"plpgsql", "1.0"}}, {}, 17).severity, Severity::kOk);
 }
 
-TEST(Preflight, PgDumpMustBeAtLeastTheSourceMajor) {
-  EXPECT_EQ(CheckPgDump("/x/pg_dump", std::string("pg_dump (PostgreSQL) 17.2\n"), 15).severity,
+TEST(Preflight, EveryClientToolMustBeAtLeastTheSourceMajor) {
+  EXPECT_EQ(CheckClientTool("pg_dump", "/x/pg_dump", "/x", std::string("pg_dump (PostgreSQL) 17.2\n"), 15)
+                .severity,
             Severity::kOk);
-  CheckResult old = CheckPgDump("/x/pg_dump", std::string("pg_dump (PostgreSQL) 14.2\n"), 15);
+  CheckResult old = CheckClientTool("pg_dumpall", "/x/pg_dumpall", "/x",
+                                    std::string("pg_dumpall (PostgreSQL) 14.2\n"), 15);
   EXPECT_EQ(old.severity, Severity::kError);
+  EXPECT_EQ(old.subject, "pg_dumpall");
+  EXPECT_TRUE(Contains(old.remedy, "--pg-bin DIR or PGSHIFT_PG_BIN=DIR (now: /x)")) << old.remedy;
+  EXPECT_TRUE(Contains(old.remedy, "PostgreSQL 15 or newer")) << old.remedy;
   EXPECT_TRUE(Contains(old.remedy, "scripts/setup.sh")) << old.remedy;
-  EXPECT_TRUE(Contains(old.remedy, "PGSHIFT_PG_DUMP")) << old.remedy;
-  CheckResult missing = CheckPgDump(
-      "nope", Result<std::string>(Status::NotFound("program not found on PATH: nope")), 15);
+  CheckResult missing = CheckClientTool(
+      "psql", "psql", "", Result<std::string>(Status::NotFound("program not found on PATH: psql")), 15);
   EXPECT_EQ(missing.severity, Severity::kError);
   EXPECT_TRUE(Contains(missing.message, "not found")) << missing.message;
+  EXPECT_TRUE(Contains(missing.remedy, "(now: PATH)")) << missing.remedy;
 }
 
 TEST(Preflight, LeftoversGetDropStatementsAndOwnOnesCanBeAllowed) {
@@ -268,6 +275,46 @@ TEST(Preflight, JsonCarriesEveryFinding) {
   EXPECT_EQ(j["results"][2]["severity"], "warning");
   EXPECT_EQ(j["tables"]["shop"][0]["name"], "orders");
   EXPECT_EQ(j["tables"]["shop"][0]["replica_identity"], "d");
+}
+
+TEST(Preflight, SchemaLoadResultsNameEachRefusalAndFoldConsequences) {
+  SchemaProof proof;
+  proof.entries = 120;
+  proof.dropped_leftovers = {"pgshift_scratch_0badf00d"};
+  proof.refusals.push_back({"FUNCTION public.f(integer)", "FUNCTION", "58P01",
+                            "ERROR: could not access file \"$libdir/mylib\": No such file",
+                            "CREATE FUNCTION public.f(integer) ...", 10, false});
+  proof.refusals.push_back({"TABLE public.nc", "TABLE", "42P16",
+                            "ERROR: child column \"b\" specifies generation expression\nHINT:  x",
+                            "CREATE TABLE public.nc ...", 20, false});
+  proof.refusals.push_back({"TABLE public.nc", "TABLE", "42P01",
+                            "ERROR: relation \"public.nc\" does not exist", "ALTER ...", 21, true});
+  proof.role_notes = {"a role statement was refused: ERROR: permission denied"};
+  auto results = SchemaLoadResults("app", proof, 18);
+  ASSERT_EQ(results.size(), 5u);
+  EXPECT_EQ(results[0].severity, Severity::kInfo);
+  EXPECT_TRUE(Contains(results[0].message, "pgshift_scratch_0badf00d"));
+  EXPECT_EQ(results[1].id, "c-functions");
+  EXPECT_EQ(results[1].severity, Severity::kError);
+  EXPECT_TRUE(Contains(results[1].message, "FUNCTION public.f(integer)"));
+  EXPECT_TRUE(Contains(results[1].remedy, "install the library built for PostgreSQL 18"));
+  EXPECT_TRUE(Contains(results[1].remedy, "CREATE FUNCTION public.f(integer)"));
+  EXPECT_EQ(results[2].id, "schema-load");
+  EXPECT_EQ(results[2].message,
+            "TABLE public.nc is refused by PostgreSQL 18: ERROR: child column \"b\" specifies "
+            "generation expression");
+  EXPECT_TRUE(Contains(results[2].remedy, "HINT:  x"));
+  EXPECT_EQ(results[3].id, "schema-load");
+  EXPECT_TRUE(Contains(results[3].message, "1 more statements fail"));
+  EXPECT_EQ(results[4].id, "roles");
+  EXPECT_EQ(results[4].severity, Severity::kWarning);
+
+  SchemaProof clean;
+  clean.entries = 7;
+  auto ok = SchemaLoadResults("app", clean, 15);
+  ASSERT_EQ(ok.size(), 1u);
+  EXPECT_EQ(ok[0].severity, Severity::kOk);
+  EXPECT_TRUE(Contains(ok[0].message, "(7 objects) load into PostgreSQL 15"));
 }
 
 TEST(Preflight, SeverityNames) {

@@ -119,27 +119,34 @@ def test_target_not_empty(lab, env):
     assert sql(dst, "SELECT count(*) FROM pg_class WHERE relname = 'orders'") == "0"
 
 
-def test_pg_dump_older_than_source(lab, env):
-    old = "/usr/lib/postgresql/15/bin/pg_dump"
-    version = subprocess.run([old, "--version"], capture_output=True, text=True).stdout
+def test_client_tools_older_than_source(lab, env):
+    """Every client tool pgshift runs comes from one folder, and each is checked against the
+    source's major: an old folder is refused by name, tool by tool, with the fix."""
+    old = "/usr/lib/postgresql/15/bin"
+    version = subprocess.run([old + "/pg_dump", "--version"], capture_output=True, text=True).stdout
     assert " 15." in version, version
     src = lab.start("bi-src17", 17)
     dst = lab.start("bi-dst18", 18)
-    run_env = dict(lab.env, PGSHIFT_PG_DUMP=old)
+    run_env = dict(lab.env, PGSHIFT_PG_BIN=old)
     p = check(lab, src, dst, env=run_env)
     assert p.returncode == 3, p.stdout + p.stderr
-    assert re.search(r"ERROR\s+pg-dump\s+pg_dump\s+" + re.escape(old) + r" is pg_dump "
-                     r"\(PostgreSQL\) 15\.\S+.*: it cannot dump a PostgreSQL 17 server",
-                     p.stdout), p.stdout
-    assert "set PGSHIFT_PG_DUMP to a pg_dump of major 17 or newer" in p.stdout
+    for tool in ("pg_dump", "pg_dumpall", "pg_restore", "psql"):
+        assert re.search(r"ERROR\s+client-tools\s+" + tool + r"\s+" + re.escape(f"{old}/{tool}") +
+                         r" is " + tool + r" \(PostgreSQL\) 15\.\S+.*: it cannot work with a "
+                         r"PostgreSQL 17 server", p.stdout), p.stdout
+    assert (f"--pg-bin DIR or PGSHIFT_PG_BIN=DIR (now: {old})") in p.stdout
     p = upgrade(lab, src, dst, lab.dir / "olddump-state", env["router"], env=run_env)
     assert p.returncode == 3, p.stdout + p.stderr
-    assert "it cannot dump a PostgreSQL 17 server" in p.stdout + p.stderr
-    # A pg_dump that is not there at all.
-    p = check(lab, src, dst, env=dict(lab.env, PGSHIFT_PG_DUMP="/nonexistent/pg_dump"))
+    assert "it cannot work with a PostgreSQL 17 server" in p.stdout + p.stderr
+    # --pg-bin wins over the environment; a folder that is not there at all.
+    p = check(lab, src, dst, "--pg-bin", "/nonexistent", env=run_env)
     assert p.returncode == 3, p.stdout + p.stderr
-    assert re.search(r"ERROR\s+pg-dump\s+pg_dump\s+cannot run /nonexistent/pg_dump",
+    assert re.search(r"ERROR\s+client-tools\s+pg_dump\s+cannot run /nonexistent/pg_dump",
                      p.stdout), p.stdout
+    # The setup's folder (PostgreSQL 18) passes for a 17 source.
+    p = check(lab, src, dst)
+    assert not re.search(r"ERROR\s+client-tools", p.stdout), p.stdout
+    assert re.search(r"OK\s+client-tools\s+psql\s+\S+ is psql \(PostgreSQL\) 18\.", p.stdout), p.stdout
     assert_untouched(src, dst)
 
 
@@ -147,9 +154,11 @@ def test_pg_dump_older_than_source(lab, env):
     (["--max-pause", "-5"], "--max-pause: Value -5 not in range 10 to 600000"),
     (["--max-pause", "5"], "--max-pause: Value 5 not in range"),
     (["--max-lag", "-1"], "--max-lag: Value -1 not in range 0"),
-    (["--cutover", "sometimes"], "--cutover: sometimes not in {auto,manual}"),
-    (["--tables-without-pk", "maybe"], "--tables-without-pk: maybe not in {full,refuse}"),
-    (["--router", "haproxy"], "--router: haproxy not in {pgbouncer,nginx,manual}"),
+    (["--cutover", "sometimes"], "--cutover: unknown cutover mode 'sometimes' (want auto, manual)"),
+    (["--tables-without-pk", "maybe"],
+     "--tables-without-pk: unknown tables-without-pk choice 'maybe' (want refuse, full)"),
+    (["--router", "haproxy"], "--router: unknown router 'haproxy' (want pgbouncer, nginx or manual)"),
+    (["--router", "kubernetes-service"], "--router: unknown router 'kubernetes-service'"),
 ])
 def test_bad_option_values(lab, env, extra, message):
     state = lab.dir / "opts-state"

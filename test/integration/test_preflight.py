@@ -56,8 +56,8 @@ def test_clean_upgrade_pair_passes_and_changes_nothing(lab, pair):
     assert j["ok"] is True and j["databases"] == ["app"]
     assert {r["id"] for r in j["results"]} >= {
         "version", "wal-level", "rollback-wal-level", "replication-slots", "wal-senders",
-        "logical-workers", "privileges", "pg-dump", "tables-identity", "large-objects",
-        "extensions", "target-database", "leftovers"}
+        "logical-workers", "privileges", "client-tools", "tables-identity", "large-objects",
+        "extensions", "target-database", "leftovers", "upgrade-objects", "schema-load"}
     assert j["tables"]["app"][0]["name"] == "orders"
     assert j["tables"]["app"][0]["has_primary_key"] is True
 
@@ -181,3 +181,122 @@ def test_wrong_password_is_a_clear_error_and_changes_nothing(lab, pair):
     # Nothing pgshift-made appeared: only the publication a test above created itself.
     assert {n.split(": ")[-1] for n in pgshift_objects(src)} <= {"pgshift_stale_misc"}
     assert pgshift_objects(dst) == []
+
+
+# ---- The schema must load: each class of refusal, named with its object and a remedy ----
+
+def test_schema_the_target_refuses_is_named_statement_by_statement(lab, pair):
+    src, dst = pair  # 15 -> 17
+    sql(src, "CREATE DATABASE refuse")
+    sql(src, "CREATE ROLE pf_owner")
+    sql(on_db(src, "refuse"), """
+        CREATE TABLE kept (id int PRIMARY KEY);
+        ALTER TABLE kept OWNER TO pf_owner;
+        -- A C function whose library PostgreSQL 17 no longer ships (adminpack left in 17).
+        CREATE FUNCTION public.file_write(text, text, bool) RETURNS bigint
+          AS '$libdir/adminpack', 'pg_file_write' LANGUAGE c;
+        -- A generated column in an inheritance child of a plain column: 16+ refuses it.
+        CREATE TABLE np (id int PRIMARY KEY, a int, b int);
+        CREATE TABLE nc (id int PRIMARY KEY, a int, b int GENERATED ALWAYS AS (a * 3) STORED)
+          INHERITS (np);
+        CREATE VIEW nc_view AS SELECT b FROM nc;
+    """)
+    p = check(lab, src, dst, "--databases", "refuse")
+    assert p.returncode == 3, p.stdout + p.stderr
+    [c_fn] = rows(p.stdout, "c-functions")
+    assert c_fn[:2] == ("ERROR", "refuse"), c_fn
+    assert "FUNCTION public.file_write" in c_fn[2] and "adminpack" in c_fn[2], c_fn
+    assert "install the library built for PostgreSQL 17" in p.stdout
+    [named] = rows(p.stdout, "upgrade-objects")
+    assert named[0] == "ERROR" and "public.nc.b" in named[2], named
+    assert "ALTER TABLE child NO INHERIT parent" in p.stdout
+    loads = rows(p.stdout, "schema-load")
+    assert ("ERROR", "refuse", 'TABLE public.nc is refused by PostgreSQL 17: ERROR: child column '
+            '"b" specifies generation expression') in loads, loads
+    # The view on the refused table fails as a consequence, said once, not as a cause.
+    assert any("more statements fail because the objects refused above are missing" in r[2]
+               and "VIEW public.nc_view" in r[2] for r in loads), loads
+    # The statement itself is shown, with the server's hint.
+    assert 'CREATE TABLE "public"."nc" (' in p.stdout
+    assert "A child table column cannot be generated unless its parent column is" in p.stdout
+    # The owner role only existed inside the rolled-back transaction; the scratch is gone.
+    assert sql(dst, "SELECT count(*) FROM pg_roles WHERE rolname = 'pf_owner'") == "0"
+    assert pgshift_objects(dst) == []
+    assert sql(dst, "SELECT count(*) FROM pg_database WHERE datname = 'refuse'") == "0"
+
+    # Fixed on the source as the remedies say: the same check passes.
+    sql(on_db(src, "refuse"), "DROP FUNCTION public.file_write(text, text, bool); "
+                              "ALTER TABLE nc NO INHERIT np")
+    p = check(lab, src, dst, "--databases", "refuse")
+    assert p.returncode == 0, p.stdout
+    [ok] = rows(p.stdout, "schema-load")
+    assert ok[0] == "OK" and "load into PostgreSQL 17" in ok[2], ok
+
+
+def test_what_newer_targets_copy_differently(lab, pair):
+    src = pair[0]  # 15
+    dst18 = lab.start("pf-dst18", 18)
+    sql(src, "CREATE DATABASE newer_rules")
+    sql(src, "CREATE ROLE pf_rls_owner")
+    sql(on_db(src, "newer_rules"), """
+        -- 18 makes an inheritance child's column NOT NULL when its parent's is: the copy of
+        -- the child's NULLs would fail.
+        CREATE TABLE nnp (id int PRIMARY KEY, a int NOT NULL);
+        CREATE TABLE nnc (id int PRIMARY KEY) INHERITS (nnp);
+        ALTER TABLE nnc ALTER COLUMN a DROP NOT NULL;
+        INSERT INTO nnc VALUES (1, NULL);
+        -- 16+ copies as the table's owner: forced row security on it, or no USAGE on the schema.
+        CREATE TABLE secrets (id int PRIMARY KEY, v text);
+        ALTER TABLE secrets OWNER TO pf_rls_owner;
+        ALTER TABLE secrets ENABLE ROW LEVEL SECURITY;
+        ALTER TABLE secrets FORCE ROW LEVEL SECURITY;
+        CREATE SCHEMA hidden;
+        CREATE TABLE hidden.t (id int PRIMARY KEY);
+        ALTER TABLE hidden.t OWNER TO pf_rls_owner;
+        -- Fires in replication: a warning, not an error.
+        CREATE FUNCTION noop() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NEW; END $$;
+        CREATE TRIGGER always_noop BEFORE INSERT ON nnp FOR EACH ROW EXECUTE FUNCTION noop();
+        ALTER TABLE nnp ENABLE ALWAYS TRIGGER always_noop;
+    """)
+    p = check(lab, src, dst18, "--databases", "newer_rules")
+    assert p.returncode == 3, p.stdout
+    [nn] = rows(p.stdout, "upgrade-objects")
+    assert nn[0] == "ERROR" and "public.nnc.a" in nn[2] and "PostgreSQL 18" in nn[2], nn
+    assert "ALTER TABLE child ALTER COLUMN col SET NOT NULL" in p.stdout
+    [rls] = rows(p.stdout, "forced-rls")
+    assert rls[0] == "ERROR" and "public.secrets (owner pf_rls_owner)" in rls[2], rls
+    [usage] = rows(p.stdout, "owner-schema-usage")
+    assert usage[0] == "ERROR" and "hidden.t (owner pf_rls_owner)" in usage[2], usage
+    assert "GRANT USAGE ON SCHEMA <schema> TO <owner>;" in p.stdout
+    [trig] = rows(p.stdout, "replica-triggers")
+    assert trig[0] == "WARN" and "always_noop on public.nnp (ENABLE ALWAYS)" in trig[2], trig
+    # The schema itself loads: those are about the rows and the copy, which preflight names.
+    assert rows(p.stdout, "schema-load")[0][0] == "OK"
+
+
+def test_downgrade_refusal_found_by_loading_the_schema(lab, pair):
+    src, dst = pair
+    sql(dst, "CREATE DATABASE jsonviews")
+    # SQL/JSON's JSON_TABLE is PostgreSQL 17: no named rule knows it, the scratch load does.
+    sql(on_db(dst, "jsonviews"), """
+        CREATE TABLE docs (id int PRIMARY KEY, body jsonb);
+        CREATE VIEW doc_items AS SELECT d.id, j.x FROM docs d,
+          JSON_TABLE(d.body, '$[*]' COLUMNS (x int PATH '$')) j;
+    """)
+    p = check(lab, dst, src, "--databases", "jsonviews")
+    assert p.returncode == 3, p.stdout
+    loads = rows(p.stdout, "schema-load")
+    assert loads[0][0] == "ERROR" and "VIEW public.doc_items is refused by PostgreSQL 15" in loads[0][2], loads
+    assert 'CREATE VIEW "public"."doc_items"' in p.stdout
+    # Nothing made on the target (the shared source holds another test's stale publication).
+    assert [o for o in pgshift_objects(src) if "pgshift_stale_misc" not in o] == []
+
+
+def test_scratch_database_left_by_a_crash_is_dropped(lab, pair):
+    src, dst = pair
+    sql(dst, "CREATE DATABASE pgshift_scratch_0badf00d")
+    p = check(lab, src, dst, "--databases", "postgres")
+    assert p.returncode == 0, p.stdout
+    assert ("INFO", "target", "dropped pgshift_scratch_0badf00d, a scratch database an earlier "
+            "check left behind") in rows(p.stdout, "schema-load")
+    assert sql(dst, "SELECT count(*) FROM pg_database WHERE datname LIKE 'pgshift%'") == "0"

@@ -9,12 +9,16 @@ the migration runs; afterwards the copy is verified (checksums, ledger, spot val
 go in through the router, and `finish` leaves no pgshift object on either server.
 """
 import json
+import re
+import signal
 import subprocess
 import time
+import urllib.request
 
 import pytest
 
-from conftest import on_db, parse_kv, pgshift_objects, psql_bin, sql
+from conftest import BIN, on_db, parse_kv, pgshift_objects, psql_bin, sql, wait_for
+from zoo_schema import ROLES_SQL, catalog_facts, table_hashes, user_tables, zoo_sql
 
 DB = "App Data"  # a database name that needs quoting too
 
@@ -240,3 +244,218 @@ def test_application_schema_migrates_under_load(lab, src_version, dst_version):
     assert pgshift_objects(src) == []
     assert pgshift_objects(dst) == []
     assert sql(dst_app, "SELECT count(*) FROM public.audit_log WHERE what = 'after cutover'") == "1"
+
+
+# ---- The zoo: over 300 tables of odd but legal objects, up and down ----
+
+def build_zoo(src, min_major):
+    sql(src, ROLES_SQL)
+    sql(src, "CREATE DATABASE zoo")
+    p = subprocess.run([psql_bin(), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", on_db(src, "zoo")],
+                       input=zoo_sql(min_major), capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+
+
+@pytest.mark.parametrize("src_version,dst_version,with_load", [(15, 18, True), (18, 15, False)])
+def test_zoo_of_odd_objects_moves_table_by_table(lab, src_version, dst_version, with_load):
+    name = f"z{src_version}-{dst_version}"
+    src = lab.start(f"{name}-src", src_version)
+    dst = lab.start(f"{name}-dst", dst_version)
+    app = lab.router(f"{name}-pb", f"{name}-src", "pgbouncer")
+    router = lab.list()[f"{name}-pb"]
+    build_zoo(src, min(src_version, dst_version))
+    zoo_src, zoo_dst = on_db(src, "zoo"), on_db(dst, "zoo")
+    tables = user_tables(zoo_src)
+    assert len(tables) > 300, len(tables)
+
+    # Preflight proves the target takes every object, and leaves nothing behind.
+    p = lab.run("check", "--source", src, "--target", dst, "--json", check=False)
+    report = json.loads(p.stdout)
+    assert p.returncode == 0, [r for r in report["results"] if r["severity"] == "error"]
+    loads = {r["subject"]: r for r in report["results"] if r["id"] == "schema-load"}
+    assert loads["zoo"]["severity"] == "ok", loads
+    assert f"load into PostgreSQL {dst_version}" in loads["zoo"]["message"]
+    assert sql(dst, "SELECT count(*) FROM pg_database WHERE datname LIKE 'pgshift%' "
+                    "OR datname = 'zoo'") == "0"
+    assert sql(dst, "SELECT count(*) FROM pg_roles WHERE rolname LIKE 'zoo%'") == "0"
+
+    state = lab.dir / f"{name}-state"
+    ledger = lab.dir / f"{name}.ledger"
+    load = None
+    if with_load:
+        load = lab.popen("load", "run", "--dsn", app, "--rate", "200", "--duration", "20",
+                         "--ledger", str(ledger))
+        time.sleep(1)
+    try:
+        up = lab.run(*upgrade_args(src, dst, state, router), timeout=600)
+    finally:
+        if load is not None:
+            out, err = load.communicate(timeout=180)
+    assert "phase RollbackReady" in up.stdout, up.stderr
+    # The constraints NOT VALID on the source waited for the copy (and rejected nothing).
+    assert "NOT VALID constraints" in up.stderr, up.stderr
+    if load is not None:
+        assert load.returncode == 0, err
+        s = {k: v for line in out.strip().splitlines() for k, v in parse_kv(line).items()}
+        assert int(s["errors"]) == 0, s
+        assert int(s["acknowledged"]) > 1000, s
+        lv = parse_kv(lab.run("load", "verify", "--dsn", dst, "--ledger", str(ledger)).stdout)
+        assert lv["missing"] == "0" and lv["mismatched"] == "0", lv
+        assert lv["acknowledged"] == s["acknowledged"]
+
+    # Table by table, on both sides: the same tables, each with the same rows.
+    assert user_tables(zoo_dst) == tables
+    src_hashes, dst_hashes = table_hashes(zoo_src, tables), table_hashes(zoo_dst, tables)
+    differ = [t for t in tables if src_hashes[t] != dst_hashes[t]]
+    assert differ == [], [(t, src_hashes[t], dst_hashes[t]) for t in differ]
+    assert src_hashes["nv.child"].startswith("100:")
+    # Object by object: constraints (still NOT VALID), indexes, policies, rules, triggers,
+    # event triggers, the user's publication, comments, statistics targets, partitions...
+    facts_src, facts_dst = catalog_facts(zoo_src), catalog_facts(zoo_dst)
+    for kind in facts_src:
+        assert facts_dst[kind] == facts_src[kind], kind
+    assert facts_dst["not_valid"] == ["nv.child child_amount_positive", "nv.child child_parent_fk",
+                                      "nv.upper_code upper_code_check"]
+    assert sql(zoo_dst, "SELECT count(*) FROM nv.child WHERE amount <= 0 OR parent_id = 999") == "23"
+    # The event trigger of the application never saw pgshift's own DDL, on either side.
+    for side in (zoo_src, zoo_dst):
+        assert sql(side, "SELECT count(*) FROM kinds.ddl_audit") == "0"
+
+    # After cutover the target enforces the NOT VALID constraints on new rows.
+    router_zoo = on_db(app, "zoo")
+    p = subprocess.run([psql_bin(), "-X", "-At", "-d", router_zoo, "-c",
+                        "INSERT INTO nv.child VALUES (1000, 1, -5, 'x')"], capture_output=True, text=True)
+    assert p.returncode != 0 and "child_amount_positive" in p.stderr, p.stderr
+    sql(router_zoo, "INSERT INTO nv.child VALUES (1000, 1, 5, 'x')")
+    assert sql(zoo_dst, "SELECT amount FROM nv.child WHERE id = 1000") == "5"
+
+    lab.run("finish", "--state", str(state))
+    assert pgshift_objects(src) == [] and pgshift_objects(dst) == []
+
+
+# ---- A copy the target refuses: an error within seconds, then abort and start again ----
+
+def scrape(url):
+    with urllib.request.urlopen(url, timeout=5) as r:
+        return r.read().decode()
+
+
+def test_stalled_copy_is_an_error_then_abort_and_upgrade_again(lab):
+    src = lab.start("st-src", 15)
+    dst = lab.start("st-dst", 18)
+    create_app(src)
+    state = lab.dir / "st-state"
+    # The subscription's own copy (--copy native): its table sync workers retry for ever.
+    args = ("upgrade", "--source", src, "--target", dst, "--state", str(state), "--router",
+            "manual", "--cutover", "manual", "--tables-without-pk", "full", "--copy", "native")
+    env = dict(lab.env, PGSHIFT_FAULT_KILL_AT="InitialCopy")
+    p = subprocess.run([BIN, *args], env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == -signal.SIGKILL, p.stderr
+    # Something on the target refuses rows the source holds (a constraint added by hand).
+    dst_app = on_db(dst, DB)
+    sql(dst_app, "ALTER TABLE inventory.items ADD CONSTRAINT no_photos CHECK (photo IS NULL)")
+
+    run = subprocess.Popen([BIN, "upgrade", "--state", str(state), "--metrics-addr", "127.0.0.1:0"],
+                           env=lab.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    url = None
+    for line in run.stderr:
+        m = re.search(r"metrics at (http://\S+)", line)
+        if m:
+            url = m.group(1)
+            break
+    assert url, "no metrics URL"
+    # While it runs: the failed attempts and the table waiting for its retry are metrics.
+    seen = {}
+
+    def failing_sync_counted():
+        try:
+            text = scrape(url)
+        except OSError:
+            if run.poll() is None:
+                raise
+            return True  # it already ended
+        for metric in ("pgshift_replication_worker_errors_total", "pgshift_tables_retrying"):
+            for line in text.splitlines():
+                if line.startswith(metric) and 'database="App Data"' in line and \
+                        ('worker="table_sync"' in line or metric == "pgshift_tables_retrying"):
+                    seen[metric] = max(seen.get(metric, 0), float(line.split()[-1]))
+        return seen.get("pgshift_replication_worker_errors_total", 0) > 0
+
+    wait_for(failing_sync_counted, timeout=60, interval=0.2, what="sync errors in the metrics")
+    out, err = run.communicate(timeout=120)
+    err = "".join([err])
+    assert run.returncode == 3, err
+    assert seen.get("pgshift_replication_worker_errors_total", 0) > 0, seen
+    assert "replication into database App Data is stalled" in err, err
+    assert "inventory.items" in err and "no_photos" in err, err
+    assert "violates check constraint" in err, err  # the server's own message, from its log
+    st = json.loads(lab.run("status", "--state", str(state), "--json").stdout)
+    assert st["phase"] == "InitialCopy"
+    assert "no_photos" in st["last_error"]
+    workers = next(d for d in st["live"]["databases"] if d["name"] == DB)["workers"]
+    assert workers["sync_errors"] >= 2 and workers["retrying"] == ["inventory.items"], workers
+    assert any("no_photos" in e["error"] for e in workers["errors"]), workers
+    text = lab.run("status", "--state", str(state)).stdout
+    assert "copy failed, waiting to retry: inventory.items" in text, text
+
+    # Fixed on the target: the copy goes through. But now the target refuses a change the
+    # source takes: the apply worker fails, and that ends the wait as quickly, with its reason.
+    sql(dst_app, "ALTER TABLE inventory.items DROP CONSTRAINT no_photos")
+    sql(dst_app, "ALTER TABLE public.audit_log ADD CONSTRAINT no_bob CHECK (who <> 'bob')")
+    sql(on_db(src, DB), "INSERT INTO public.audit_log (who, what) VALUES ('bob', 'new row')")
+    p = lab.run("upgrade", "--state", str(state), check=False, timeout=300)
+    assert p.returncode == 3, p.stderr
+    assert "the apply worker of subscription" in p.stderr, p.stderr
+    assert 'violates check constraint "no_bob"' in p.stderr, p.stderr
+    sql(dst_app, "ALTER TABLE public.audit_log DROP CONSTRAINT no_bob")
+    up = lab.run("upgrade", "--state", str(state), timeout=300)
+    assert "phase ReadyForCutover" in up.stdout, up.stderr
+    assert sql(dst_app, "SELECT count(*) FROM public.audit_log WHERE who = 'bob'") == "1"
+
+    # Abort drops what pgshift made, the target database it created included...
+    ab = lab.run("abort", "--state", str(state))
+    assert f"dropped database {DB} on the target (pgshift created it)" in ab.stderr, ab.stderr
+    assert sql(dst, f"SELECT count(*) FROM pg_database WHERE datname = '{DB}'") == "0"
+    assert pgshift_objects(src) == [] and pgshift_objects(dst) == []
+    # ...so `upgrade` with the same folder starts afresh, no manual step in between.
+    again = lab.run("upgrade", "--state", str(state), timeout=300)
+    assert "phase ReadyForCutover" in again.stdout, again.stderr
+    assert "was aborted: starting a new one" in again.stderr
+    old = json.loads(lab.run("status", "--state", str(state), "--json").stdout)
+    assert old["id"] != st["id"]
+    assert (state / f"aborted-{st['id']}-state.json").exists()
+    assert int(sql(dst_app, "SELECT count(*) FROM \"Sales\".orders")) == 1000
+    lab.run("abort", "--state", str(state))
+    assert pgshift_objects(src) == [] and pgshift_objects(dst) == []
+
+
+def test_own_copy_refused_by_the_target_names_the_row_then_resumes(lab):
+    """pgshift's own copy (the default): a row the target refuses ends the run at once with the
+    table, the constraint and the row; fixed on the target, the same command resumes the copy
+    and nothing is copied twice."""
+    src = lab.start("oc-src", 16)
+    dst = lab.start("oc-dst", 18)
+    create_app(src)
+    state = lab.dir / "oc-state"
+    args = ("upgrade", "--source", src, "--target", dst, "--state", str(state), "--router",
+            "manual", "--cutover", "manual", "--tables-without-pk", "full")
+    env = dict(lab.env, PGSHIFT_FAULT_KILL_AT="InitialCopy")
+    p = subprocess.run([BIN, *args], env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == -signal.SIGKILL, p.stderr
+    dst_app = on_db(dst, DB)
+    sql(dst_app, "ALTER TABLE inventory.items ADD CONSTRAINT no_photos CHECK (photo IS NULL)")
+
+    p = lab.run("upgrade", "--state", str(state), check=False, timeout=300)
+    assert p.returncode != 0, p.stderr
+    assert '"inventory"."items"' in p.stderr and 'check constraint "no_photos"' in p.stderr, p.stderr
+    st = json.loads(lab.run("status", "--state", str(state), "--json").stdout)
+    assert st["phase"] == "InitialCopy" and "no_photos" in st["last_error"], st
+
+    sql(dst_app, "ALTER TABLE inventory.items DROP CONSTRAINT no_photos")
+    up = lab.run("upgrade", "--state", str(state), timeout=300)
+    assert "phase ReadyForCutover" in up.stdout, up.stderr
+    for table in ("inventory.items", '"Sales".orders', "public.audit_log"):
+        assert sql(dst_app, f"SELECT count(*) FROM {table}") == \
+            sql(on_db(src, DB), f"SELECT count(*) FROM {table}"), table
+    lab.run("abort", "--state", str(state))
+    assert pgshift_objects(src) == [] and pgshift_objects(dst) == []
