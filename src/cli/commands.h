@@ -12,6 +12,7 @@ namespace pgshift::cli {
 struct GlobalOptions {
   std::string lab_dir;
   std::string log_format = "text";
+  std::string pg_bin;  // --pg-bin: the folder of pg_dump, pg_dumpall and psql
   bool verbose = false;
 };
 

@@ -6,6 +6,8 @@
 
 #include "cli/commands.h"
 #include "lab/load.h"
+#include "lab/probe.h"
+#include "common/strings.h"
 
 namespace pgshift::cli {
 
@@ -33,6 +35,36 @@ void AddLoadCommands(CLI::App& app, GlobalOptions& /*global*/, Status* status) {
     auto sum = lab::RunLoad(o);
     if (!sum.ok()) return void(*status = sum.status());
     printf("%s\n%s\n", sum->SummaryLine().c_str(), sum->DetailLine().c_str());
+  });
+
+  auto probe = std::make_shared<lab::ProbeOptions>();
+  auto probe_paths = std::make_shared<std::vector<std::string>>();
+  CLI::App* prober = load->add_subcommand(
+      "probe", "try a write every few ms through each path; record every success with the "
+               "server's clock and port (tests: no two servers take writes at once)");
+  prober->add_option("--path", *probe_paths,
+                     "NAME=MODE=DSN, MODE plain | readonly-off | begin-rw | set-tx-rw; repeat")
+      ->required();
+  prober->add_option("--interval-ms", probe->interval_ms, "between attempts of each path")
+      ->capture_default_str();
+  prober->add_option("--duration", probe->duration_s, "seconds to run")->required();
+  prober->add_option("--out", probe->out, "CSV file of successes (appended)")->required();
+  prober->callback([=]() {
+    lab::ProbeOptions o = *probe;
+    for (const auto& spec : *probe_paths) {
+      auto first = spec.find('=');
+      auto second = first == std::string::npos ? first : spec.find('=', first + 1);
+      if (second == std::string::npos) {
+        return void(*status = Status::InvalidArgument("--path wants NAME=MODE=DSN, not " + spec));
+      }
+      auto mode = lab::ParseProbeMode(spec.substr(first + 1, second - first - 1));
+      if (!mode.ok()) return void(*status = mode.status());
+      o.paths.push_back({spec.substr(0, first), spec.substr(second + 1), *mode});
+    }
+    auto sum = lab::RunProbe(o);
+    if (!sum.ok()) return void(*status = sum.status());
+    printf("attempts=%lld successes=%lld\n", static_cast<long long>(sum->attempts),
+           static_cast<long long>(sum->successes));
   });
 
   CLI::App* verify = load->add_subcommand(

@@ -4,6 +4,8 @@
 
 #include "cli/commands.h"
 #include "common/log.h"
+#include "common/process.h"
+#include "engine/snapshot_keeper.h"
 
 namespace pgshift::cli {
 
@@ -21,7 +23,12 @@ int ExitCode(const Status& s) {
 }  // namespace pgshift::cli
 
 int main(int argc, char** argv) {
+  // A snapshot keeper started by a migration's copy runs this same executable.
+  if (auto rc = pgshift::engine::MaybeRunSnapshotKeeper(argc, argv)) return *rc;
   using namespace pgshift;
+  // A write to a closed pipe or socket (a child tool that exited early) is an error to
+  // report, never a silent death by SIGPIPE (exit status 141).
+  IgnoreSigpipe();
   CLI::App app{
       "pgshift moves a live PostgreSQL database to another major version (up or down) with\n"
       "logical replication and a router cutover that holds writes for milliseconds.\n"
@@ -34,6 +41,10 @@ int main(int argc, char** argv) {
   app.add_option("--log-format", global.log_format, "text or json")
       ->check(CLI::IsMember({"text", "json"}));
   app.add_flag("-v,--verbose", global.verbose, "debug logging");
+  app.add_option("--pg-bin", global.pg_bin,
+                 "folder of the client tools pgshift runs (pg_dump, pg_dumpall, pg_restore, psql), at least "
+                 "the source's major (default: $PGSHIFT_PG_BIN, else .cache/pgclient/bin from "
+                 "scripts/setup.sh, else PATH)");
   app.parse_complete_callback([&]() {
     SetLogFormat(global.log_format == "json" ? LogFormat::kJson : LogFormat::kText);
     if (global.verbose) SetLogLevel(LogLevel::kDebug);

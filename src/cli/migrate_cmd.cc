@@ -9,12 +9,15 @@
 #include "cli/commands.h"
 #include "cli/progress.h"
 #include "common/clock.h"
+#include "common/dir_lock.h"
 #include "common/files.h"
 #include "common/log.h"
+#include "common/stop_signals.h"
 #include "common/strings.h"
 #include "engine/inspect.h"
 #include "engine/migration.h"
 #include "engine/preflight.h"
+#include "engine/switch_point.h"
 #include "engine/verify.h"
 #include "lab/paths.h"
 #include "obs/metrics_server.h"
@@ -25,31 +28,35 @@ namespace pgshift::cli {
 
 namespace {
 
+// The options' words as typed; their defaults are the engine's (engine::MigrationOptions).
 struct MigrateArgs {
+  static inline const engine::MigrationOptions kDefaults{};
   std::string source, target, state_dir;
-  std::string router = "pgbouncer", router_admin, router_config;
-  std::string cutover = "auto";
-  int64_t max_lag = 16 << 20;
-  int max_pause = 2000;
+  std::string router = engine::RouterKindName(kDefaults.router), router_admin, router_config;
+  std::string cutover = engine::CutoverModeName(kDefaults.cutover);
+  int64_t max_lag = kDefaults.max_lag_bytes;
+  int max_pause = kDefaults.max_pause_ms;
   std::string databases;
-  std::string tables_without_pk = "refuse";
-  std::string verify = "checksum";
-  std::string rollback_replication = "on";
+  std::string tables_without_pk = engine::TablesWithoutPkName(kDefaults.tables_without_pk);
+  std::string verify = engine::VerifyLevelName(kDefaults.verify);
+  std::string rollback_replication = kDefaults.rollback_replication ? "on" : "off";
+  std::string on_difference = engine::OnDifferenceName(kDefaults.on_difference);
   std::string report;
+  std::string copy = engine::CopyMethodName(kDefaults.copy);
+  int jobs = kDefaults.copy_jobs;
+  int64_t copy_rate = kDefaults.copy_rate;
   std::string level = "checksum";
-  bool json = false, watch = false, confirm = false;
+  int verify_jobs = 4;
+  std::string hash = "auto";
+  bool json = false, watch = false, confirm = false, snapshot = false;
   std::string metrics_addr;  // --metrics-addr HOST:PORT
   std::string progress = "auto";
 };
 
-engine::ToolPaths Tools() {
-  lab::Paths paths = lab::Paths::Discover();
-  engine::ToolPaths t;
-  const char* dump = std::getenv("PGSHIFT_PG_DUMP");
-  t.pg_dump = dump && *dump ? dump : paths.ClientTool("pg_dump");
-  t.pg_dumpall = paths.ClientTool("pg_dumpall");
-  t.psql = paths.ClientTool("psql");
-  return t;
+// The client tools, all from one folder: --pg-bin, else $PGSHIFT_PG_BIN, else setup's.
+engine::ToolPaths Tools(const GlobalOptions& global) {
+  if (!global.pg_bin.empty()) return engine::ToolPaths::InDir(AbsolutePath(global.pg_bin));
+  return engine::ToolPaths::InDir(lab::Paths::Discover().ClientBinDir());
 }
 
 std::vector<std::string> DatabaseList(const std::string& csv) {
@@ -58,41 +65,97 @@ std::vector<std::string> DatabaseList(const std::string& csv) {
   return out;
 }
 
+// Checks an option's word with the engine's parser: the names live in one place.
+template <typename T>
+CLI::Validator Word(Result<T> (*parse)(const std::string&)) {
+  return CLI::Validator(
+      [parse](std::string& v) {
+        auto r = parse(v);
+        return r.ok() ? std::string() : r.status().message();
+      },
+      "", "");
+}
+
+// The routers the CLI drives (kubernetes-service is the operator's).
+Result<engine::RouterKind> ParseCliRouter(const std::string& v) {
+  auto k = engine::ParseRouterKind(v);
+  if (k.ok() && *k != engine::RouterKind::kKubernetesService) return k;
+  return Status::InvalidArgument("unknown router '" + v + "' (want pgbouncer, nginx or manual)");
+}
+
+Result<bool> ParseOnOff(const std::string& v) {
+  if (v == "on" || v == "off") return v == "on";
+  return Status::InvalidArgument("want on or off, not '" + v + "'");
+}
+
 void AddMigrationOptions(CLI::App* c, MigrateArgs* a) {
   c->add_option("--router", a->router,
                 "pgbouncer | nginx | manual (pgshift fences and waits for `cutover --confirm`)")
-      ->check(CLI::IsMember({"pgbouncer", "nginx", "manual"}));
+      ->check(Word(ParseCliRouter))
+      ->capture_default_str();
   c->add_option("--router-admin", a->router_admin, "PgBouncer admin console DSN");
   c->add_option("--router-config", a->router_config,
                 "the router's config file (pgbouncer.ini whose [databases] lead to the source, or nginx.conf)");
-  c->add_option("--cutover", a->cutover, "auto | manual")->check(CLI::IsMember({"auto", "manual"}));
+  c->add_option("--cutover", a->cutover, "auto | manual")
+      ->check(Word(engine::ParseCutoverMode))
+      ->capture_default_str();
   c->add_option("--max-lag", a->max_lag, "replication lag in bytes under which cutover may start")
-      ->check(CLI::Range(int64_t{0}, std::numeric_limits<int64_t>::max()));
-  c->add_option("--max-pause", a->max_pause, "longest time clients may be held, in ms (default 2000)")
-      ->check(CLI::Range(10, 600000));
+      ->check(CLI::Range(int64_t{0}, std::numeric_limits<int64_t>::max()))
+      ->capture_default_str();
+  c->add_option("--max-pause", a->max_pause, "longest time clients may be held, in ms")
+      ->check(CLI::Range(10, 600000))
+      ->capture_default_str();
   c->add_option("--databases", a->databases, "a,b (default: every non-template database)");
-  c->add_option("--tables-without-pk", a->tables_without_pk, "full | refuse (default refuse)")
-      ->check(CLI::IsMember({"full", "refuse"}));
-  c->add_option("--verify", a->verify, "none | count | checksum (default checksum)")
-      ->check(CLI::IsMember({"none", "count", "checksum"}));
-  c->add_option("--rollback-replication", a->rollback_replication, "on | off (default on)")
-      ->check(CLI::IsMember({"on", "off"}));
+  c->add_option("--tables-without-pk", a->tables_without_pk, "full | refuse")
+      ->check(Word(engine::ParseTablesWithoutPk))
+      ->capture_default_str();
+  c->add_option("--verify", a->verify, "none | count | checksum")
+      ->check(Word(engine::ParseVerifyLevel))
+      ->capture_default_str();
+  c->add_option("--rollback-replication", a->rollback_replication, "on | off")
+      ->check(Word(ParseOnOff))
+      ->capture_default_str();
+  c->add_option("--on-difference", a->on_difference,
+                "rollback | stop: what to do when the exact comparison of both sides at the "
+                "cutover's switch point (after clients moved) finds a difference: move them "
+                "back at once (nothing is lost), or stop for a person to choose rollback or "
+                "finish (always stop with --rollback-replication off)")
+      ->check(Word(engine::ParseOnDifference))
+      ->capture_default_str();
   c->add_option("--report", a->report, "write a JSON report of the run to FILE");
+  c->add_option("--copy", a->copy,
+                "snapshot (default): pgshift copies the rows itself, in parallel, under the "
+                "replication slot's exported snapshot, then builds indexes and constraints; "
+                "native: the subscription's copy_data, one table per sync worker, into indexed "
+                "tables")
+      ->check(Word(engine::ParseCopyMethod));
+  c->add_option("--jobs", a->jobs,
+                "sessions per side copying rows and building indexes at once (--copy snapshot; "
+                "default: the target's cores)")
+      ->check(CLI::Range(0, 256));
+  c->add_option("--copy-rate", a->copy_rate,
+                "most bytes per second the copy reads from the source, all jobs together, e.g. "
+                "50MB (--copy snapshot; default 0: no limit)")
+      ->transform(CLI::AsSizeValue(false));
 }
 
-engine::MigrationOptions ToOptions(const MigrateArgs& a) {
+Result<engine::MigrationOptions> ToOptions(const MigrateArgs& a) {
   engine::MigrationOptions o;
-  o.router = a.router;
+  PGSHIFT_ASSIGN_OR_RETURN(o.router, ParseCliRouter(a.router));
   o.router_admin = a.router_admin;
   o.router_config = a.router_config;
-  o.cutover = a.cutover;
+  PGSHIFT_ASSIGN_OR_RETURN(o.cutover, engine::ParseCutoverMode(a.cutover));
   o.max_lag_bytes = a.max_lag;
   o.max_pause_ms = a.max_pause;
   o.databases = DatabaseList(a.databases);
-  o.tables_without_pk_full = a.tables_without_pk == "full";
-  o.verify = a.verify;
-  o.rollback_replication = a.rollback_replication == "on";
+  PGSHIFT_ASSIGN_OR_RETURN(o.tables_without_pk, engine::ParseTablesWithoutPk(a.tables_without_pk));
+  PGSHIFT_ASSIGN_OR_RETURN(o.verify, engine::ParseVerifyLevel(a.verify));
+  PGSHIFT_ASSIGN_OR_RETURN(o.rollback_replication, ParseOnOff(a.rollback_replication));
+  PGSHIFT_ASSIGN_OR_RETURN(o.on_difference, engine::ParseOnDifference(a.on_difference));
   o.report_file = a.report;
+  PGSHIFT_ASSIGN_OR_RETURN(o.copy, engine::ParseCopyMethod(a.copy));
+  o.copy_jobs = a.jobs;
+  o.copy_rate = a.copy_rate;
   return o;
 }
 
@@ -117,14 +180,15 @@ void AddProgressOption(CLI::App* c, MigrateArgs* a) {
 // Bars for a running migration when stderr is a terminal and the mode allows; else nullptr
 // and the engine's plain progress lines are all there is.
 std::unique_ptr<ProgressDisplay> StartBars(const std::string& mode_text, const engine::Migration& m,
-                                           const std::string& state_dir) {
+                                           const std::string& state_dir,
+                                           const engine::ToolPaths& tools) {
   auto mode = ParseProgressMode(mode_text);
   if (!mode.ok() || !UseBars(*mode, STDERR_FILENO)) return nullptr;
   ProgressDisplay::DetailPoll detail;
   if (*mode == ProgressMode::kDetail) {
     // Its own Migration from state.json, with its own connections: never touches `m`.
-    detail = [state_dir](size_t max_lines) {
-      auto o = engine::Migration::Open(state_dir, Tools());
+    detail = [state_dir, tools](size_t max_lines) {
+      auto o = engine::Migration::Open(state_dir, tools);
       if (!o.ok()) return std::vector<std::string>{};
       return DetailLines((*o)->StatusJson(true), max_lines);
     };
@@ -159,6 +223,23 @@ Result<std::unique_ptr<obs::MetricsServer>> StartMetrics(const std::string& addr
   return server;
 }
 
+// The state folder's lock for `command`, saying so when it took over one whose holder died.
+Result<std::unique_ptr<DirLock>> LockStateDir(const std::string& dir, const std::string& command) {
+  std::string gone;
+  auto lock = DirLock::Acquire(dir, command, &gone);
+  if (lock.ok() && !gone.empty()) {
+    fprintf(stderr, "pgshift: took over the lock of %s, which is gone\n", gone.c_str());
+  }
+  return lock;
+}
+
+// How a command that was asked to stop ends: the engine stopped at a safe point.
+Status Stopped(const Status& s, const StopSignals& signals) {
+  if (s.ok() || !signals.requested()) return s;
+  return Status::Aborted("stopped on request at a safe point (" + s.message() +
+                         "); nothing is half done: run the same command again to go on");
+}
+
 void PrintStatus(const nlohmann::json& j) {
   printf("migration %s  phase %s  (PostgreSQL %d -> %d)\n", j["id"].get<std::string>().c_str(),
          j["phase"].get<std::string>().c_str(), j["source_major"].get<int>(),
@@ -176,6 +257,26 @@ void PrintStatus(const nlohmann::json& j) {
       if (d.contains("lag_seconds")) printf(" %.1f s", d["lag_seconds"].get<double>());
       if (d.contains("error")) printf(" (%s)", d["error"].get<std::string>().c_str());
       printf("\n");
+      if (d.contains("workers")) {
+        const auto& w = d["workers"];
+        if (w.value("sync_errors", 0) > 0 || w.value("apply_errors", 0) > 0 ||
+            !w["retrying"].empty()) {
+          printf("    replication errors: %lld table sync, %lld apply",
+                 w.value("sync_errors", 0LL), w.value("apply_errors", 0LL));
+          if (!w["retrying"].empty()) {
+            printf("; copy failed, waiting to retry: %s",
+                   Join(w["retrying"].get<std::vector<std::string>>(), ", ").c_str());
+          }
+          printf("\n");
+          for (const auto& e : w["errors"]) {
+            std::string who = e["table"].get<std::string>().empty()
+                                  ? "apply worker"
+                                  : "table " + e["table"].get<std::string>();
+            printf("    %s: %s\n", who.c_str(), e["error"].get<std::string>().c_str());
+          }
+          if (w.contains("log")) printf("    %s\n", w["log"].get<std::string>().c_str());
+        }
+      }
       if (d.contains("tables")) {
         for (const auto& t : d["tables"]) {
           if (t["state"] != "ready") {
@@ -196,6 +297,47 @@ void PrintStatus(const nlohmann::json& j) {
            c["failed_step"].get<std::string>().empty() ? "" : " failed at ",
            c["failed_step"].get<std::string>().c_str());
   }
+  if (!j["cutover_in_flight"].get<std::string>().empty()) {
+    const auto& step = j["cutover_step"];
+    printf("in flight: %s interrupted at step %s%s; run `pgshift %s` again to finish or undo it\n",
+           j["cutover_in_flight"].get<std::string>().c_str(),
+           step.value("name", std::string("?")).c_str(),
+           step.value("undoing", false) ? " (undoing)" : "",
+           j["cutover_in_flight"] == "rollback" ? "rollback" : "cutover");
+  }
+  // What was compared, how, and the result: before cutover and at the switch point.
+  for (const auto& [key, when] : {std::pair{"verification", "before cutover"},
+                                  std::pair{"switch_point_verification", "at the switch point"}}) {
+    const auto it = j.find(key);
+    if (it == j.end() || !it->is_object() || it->empty()) continue;
+    const nlohmann::json& v = *it;
+    std::string line;
+    if (v.value("state", "") == "running") {
+      line = "not finished";
+    } else if (v.contains("error")) {
+      line = "not done: " + v.value("error", "");
+    } else {
+      line = std::string(v.value("clean", false) ? "clean" : "DIFFERENCES") + ": " +
+             v.value("summary", v.value("level", "") + ", " +
+                                    std::to_string(v.value("tables_verified", 0)) + " tables");
+      if (v.contains("action")) line += " (" + v.value("action", "") + ")";
+    }
+    printf("verification %s: %s\n", when, line.c_str());
+    for (const auto& t : v.value("tables", nlohmann::json::array())) {
+      const std::string result = t.value("result", t.value("match", false) ? "match" : "different");
+      if (result != "different" && result != "changing") continue;
+      std::string detail = t.value("note", "");
+      for (const char* k : {"differing_keys", "changing_keys", "differing_rows_text"}) {
+        std::vector<std::string> items;
+        for (const auto& x : t.value(k, nlohmann::json::array())) {
+          if (x.is_string() && items.size() < 5) items.push_back(x.get<std::string>());
+        }
+        if (!items.empty()) detail += (detail.empty() ? "" : "; ") + Join(items, " ");
+      }
+      printf("  %-9s %s.%s.%s  %s\n", result.c_str(), t.value("database", "").c_str(),
+             t.value("schema", "").c_str(), t.value("table", "").c_str(), detail.c_str());
+    }
+  }
   for (const auto& n : j["notes"]) printf("note: %s\n", n.get<std::string>().c_str());
   if (!j["last_error"].get<std::string>().empty() &&
       j["phase"].get<std::string>() != "RollbackReady") {
@@ -205,24 +347,33 @@ void PrintStatus(const nlohmann::json& j) {
 
 }  // namespace
 
-void AddMigrateCommands(CLI::App& app, GlobalOptions& /*global*/, Status* status) {
+void AddMigrateCommands(CLI::App& app, GlobalOptions& global_options, Status* status) {
+  // Read when a command runs, after parsing filled it in.
+  const GlobalOptions* global = &global_options;
   auto a = std::make_shared<MigrateArgs>();
 
-  CLI::App* check = app.add_subcommand("check", "preflight only: checks both servers, changes nothing");
+  CLI::App* check = app.add_subcommand(
+      "check",
+      "preflight only: checks both servers and proves the target accepts the schema (a scratch "
+      "database on the target, dropped again); changes nothing on the source");
   check->add_option("--source", a->source, "source DSN")->required();
   check->add_option("--target", a->target, "target DSN")->required();
   check->add_option("--databases", a->databases, "a,b (default: every non-template database)");
   check->add_option("--tables-without-pk", a->tables_without_pk, "full | refuse")
-      ->check(CLI::IsMember({"full", "refuse"}));
+      ->check(Word(engine::ParseTablesWithoutPk))
+      ->capture_default_str();
   check->add_option("--rollback-replication", a->rollback_replication, "on | off")
-      ->check(CLI::IsMember({"on", "off"}));
+      ->check(Word(ParseOnOff))
+      ->capture_default_str();
   check->add_flag("--json", a->json, "machine-readable output");
   check->callback([=]() {
+    auto options = ToOptions(*a);
+    if (!options.ok()) return void(*status = options.status());
     engine::PreflightOptions po;
-    po.databases = DatabaseList(a->databases);
-    po.tables_without_pk_full = a->tables_without_pk == "full";
-    po.rollback_replication = a->rollback_replication == "on";
-    po.pg_dump_path = Tools().pg_dump;
+    po.databases = options->databases;
+    po.tables_without_pk_full = options->tables_without_pk == engine::TablesWithoutPk::kFull;
+    po.rollback_replication = options->rollback_replication;
+    po.tools = Tools(*global);
     auto rep = engine::RunPreflight(a->source, a->target, po);
     if (!rep.ok()) return void(*status = rep.status());
     printf("%s\n", a->json ? rep->ToJson().dump(2).c_str() : rep->RenderTable().c_str());
@@ -238,15 +389,21 @@ void AddMigrateCommands(CLI::App& app, GlobalOptions& /*global*/, Status* status
   AddProgressOption(upgrade, a.get());
   AddMetricsOption(upgrade, a.get());
   upgrade->callback([=]() {
-    engine::MigrationRequest req{a->source, a->target, a->state_dir, ToOptions(*a)};
-    auto m = engine::Migration::OpenOrCreate(req, Tools());
+    auto options = ToOptions(*a);
+    if (!options.ok()) return void(*status = options.status());
+    StopSignals signals;  // before any thread starts: they inherit the blocked signals
+    auto lock = LockStateDir(a->state_dir, "upgrade");
+    if (!lock.ok()) return void(*status = lock.status());
+    engine::MigrationRequest req{a->source, a->target, a->state_dir, *options};
+    auto m = engine::Migration::OpenOrCreate(req, Tools(*global));
     if (!m.ok()) return void(*status = m.status());
+    (*m)->set_stop([&signals] { return signals.requested(); });
     auto router = RouterFor((*m)->state(), a->state_dir);
     if (!router.ok()) return void(*status = router.status());
     auto metrics = StartMetrics(a->metrics_addr, **m);
     if (!metrics.ok()) return void(*status = metrics.status());
-    auto bars = StartBars(a->progress, **m, a->state_dir);
-    *status = (*m)->Run(router->get());
+    auto bars = StartBars(a->progress, **m, a->state_dir, Tools(*global));
+    *status = Stopped((*m)->Run(router->get()), signals);
     bars.reset();
     if (status->ok()) {
       const auto& st = (*m)->state();
@@ -264,7 +421,7 @@ void AddMigrateCommands(CLI::App& app, GlobalOptions& /*global*/, Status* status
   stat->callback([=]() {
     ProgressRates rates;
     while (true) {
-      auto m = engine::Migration::Open(a->state_dir, Tools());
+      auto m = engine::Migration::Open(a->state_dir, Tools(*global));
       if (!m.ok()) return void(*status = m.status());
       nlohmann::json j = (*m)->StatusJson(true);
       if (a->watch && isatty(STDOUT_FILENO)) printf("\033[H\033[2J");
@@ -298,12 +455,23 @@ void AddMigrateCommands(CLI::App& app, GlobalOptions& /*global*/, Status* status
     }
     const bool with_metrics = std::string(name) == "cutover" || std::string(name) == "rollback";
     if (with_metrics) AddMetricsOption(c, a.get());
+    const std::string command = name;
     c->callback([=]() {
-      auto m = engine::Migration::Open(a->state_dir, Tools());
+      StopSignals signals;
+      // `cutover --confirm` only answers the waiting cutover, which holds the lock. Without a
+      // state there is nothing to lock (Open says so).
+      std::unique_ptr<DirLock> lock;
+      if (!a->confirm && PathExists(a->state_dir + "/state.json")) {
+        auto l = LockStateDir(a->state_dir, command);
+        if (!l.ok()) return void(*status = l.status());
+        lock = std::move(*l);
+      }
+      auto m = engine::Migration::Open(a->state_dir, Tools(*global));
       if (!m.ok()) return void(*status = m.status());
+      (*m)->set_stop([&signals] { return signals.requested(); });
       auto metrics = StartMetrics(with_metrics && !a->confirm ? a->metrics_addr : "", **m);
       if (!metrics.ok()) return void(*status = metrics.status());
-      *status = action(**m, a->state_dir);
+      *status = Stopped(action(**m, a->state_dir), signals);
       if (status->ok()) printf("phase %s\n", engine::PhaseName((*m)->state().phase).c_str());
     });
   };
@@ -341,18 +509,34 @@ void AddMigrateCommands(CLI::App& app, GlobalOptions& /*global*/, Status* status
          });
   simple("finish", "end reverse replication and drop everything pgshift made",
          [](engine::Migration& m, const std::string&) { return m.Finish(); });
-  simple("abort", "before cutover: drop everything pgshift made; the source is untouched",
+  simple("abort",
+         "before cutover: drop everything pgshift made, the target databases it created too; "
+         "the source keeps every row",
          [](engine::Migration& m, const std::string& dir) -> Status {
            auto r = RouterFor(m.state(), dir);
            return m.Abort(r.ok() ? r->get() : nullptr);
          });
 
-  CLI::App* verify = app.add_subcommand("verify", "compare row counts or checksums of every table");
+  CLI::App* verify = app.add_subcommand(
+      "verify",
+      "compare every table's rows: counts or checksums by key ranges, both servers at once; "
+      "rows still being written are told from rows that differ");
   verify->add_option("--source", a->source, "source DSN")->required();
   verify->add_option("--target", a->target, "target DSN")->required();
   verify->add_option("--level", a->level, "count | checksum (default checksum)")
       ->check(CLI::IsMember({"count", "checksum"}));
   verify->add_option("--databases", a->databases, "a,b (default: every database of the source)");
+  verify->add_option("--jobs", a->verify_jobs, "tables and key ranges compared at once (default 4)")
+      ->check(CLI::Range(1, 64));
+  verify->add_option("--hash", a->hash,
+                     "auto | hashextended | md5 | sha256: how rows are hashed (auto: "
+                     "hashextended when both servers share an encoding and hash alike, else md5, "
+                     "else sha256)")
+      ->check(CLI::IsMember({"auto", "hashextended", "md5", "sha256"}));
+  verify->add_flag("--snapshot", a->snapshot,
+                   "compare one moment exactly: a snapshot of each side taken at once, no "
+                   "rounds; every difference is reported as one (for sides nobody writes to, "
+                   "e.g. with the application stopped; a migration does this itself at cutover)");
   verify->add_flag("--json", a->json, "machine-readable output");
   AddProgressOption(verify, a.get());
   verify->callback([=]() {
@@ -360,6 +544,12 @@ void AddMigrateCommands(CLI::App& app, GlobalOptions& /*global*/, Status* status
     auto level = engine::ParseVerifyLevel(a->level);
     if (!level.ok()) return void(*status = level.status());
     vo.level = *level;
+    vo.jobs = a->verify_jobs;
+    if (a->hash != "auto") {
+      auto method = engine::verify::ParseHashMethod(a->hash);
+      if (!method.ok()) return void(*status = method.status());
+      vo.hash = *method;
+    }
     vo.databases = DatabaseList(a->databases);
     if (vo.databases.empty()) {
       auto conn = pg::Connection::Connect(a->source);
@@ -368,15 +558,18 @@ void AddMigrateCommands(CLI::App& app, GlobalOptions& /*global*/, Status* status
       if (!dbs.ok()) return void(*status = dbs.status());
       vo.databases = *dbs;
     }
-    vo.settle = []() {
-      SleepMillis(1000);
+    // Standalone, pgshift knows of no replication between the two servers to wait for: a
+    // row read again after a pause that still differs while neither side wrote it is a
+    // difference; one whose version moved is still being written.
+    vo.settle = [](const std::string&) {
+      SleepMillis(200);
       return Status::Ok();
     };
     auto done = std::make_shared<std::atomic<int64_t>>(0);
     auto differ = std::make_shared<std::atomic<int64_t>>(0);
     vo.on_table = [done, differ](const engine::TableVerification& t) {
       ++*done;
-      if (!t.match) ++*differ;
+      if (t.blocking()) ++*differ;
     };
     std::unique_ptr<ProgressDisplay> bars;
     if (auto mode = ParseProgressMode(a->progress); mode.ok() && UseBars(*mode, STDERR_FILENO)) {
@@ -392,7 +585,13 @@ void AddMigrateCommands(CLI::App& app, GlobalOptions& /*global*/, Status* status
           },
           nullptr);
     }
-    auto rep = engine::VerifyDatabases(a->source, a->target, vo);
+    auto rep = [&]() -> Result<engine::VerifyReport> {
+      if (!a->snapshot) return engine::VerifyDatabases(a->source, a->target, vo);
+      PGSHIFT_ASSIGN_OR_RETURN(auto pair,
+                               engine::SwitchPointCheck::Prepare(a->source, a->target, vo));
+      PGSHIFT_RETURN_IF_ERROR(pair->Take());
+      return pair->Compare();
+    }();
     bars.reset();
     if (!rep.ok()) return void(*status = rep.status());
     printf("%s\n", a->json ? rep->ToJson().dump(2).c_str() : rep->Render().c_str());

@@ -137,6 +137,9 @@ ProgressFigures FiguresFromSnapshot(const engine::StatsSnapshot& s) {
   f.bytes_total = Sum(s, &engine::DatabaseStats::bytes_total);
   f.tables_synced = Sum(s, &engine::DatabaseStats::tables_synced);
   f.tables_total = Sum(s, &engine::DatabaseStats::tables_total);
+  f.rows_copied = Sum(s, &engine::DatabaseStats::rows_copied);
+  f.ranges_done = Sum(s, &engine::DatabaseStats::ranges_done);
+  f.ranges_total = Sum(s, &engine::DatabaseStats::ranges_total);
   f.verify_done = s.verify_tables_done;
   f.verify_total = s.verify_tables_total;
   f.verify_mismatches = s.verify_mismatches;
@@ -174,6 +177,9 @@ ProgressFigures FiguresFromStatus(const nlohmann::json& status,
     if (ts && now_unix_ms - *ts <= engine::kStaleAfterMs) {
       f.bytes_copied = Num(*it, "bytes_copied");
       f.bytes_total = Num(*it, "bytes_total");
+      f.rows_copied = Num(*it, "rows_copied");
+      f.ranges_done = Num(*it, "ranges_done");
+      f.ranges_total = Num(*it, "ranges_total");
     }
     break;
   }
@@ -301,6 +307,7 @@ std::vector<std::string> RenderProgress(const ProgressFigures& f, ProgressRates*
   auto bps = rates->bytes.PerSecond();
   std::string amounts = f.bytes_copied ? FormatBytes(*f.bytes_copied) : std::string("-");
   if (f.bytes_total) amounts += " of " + FormatBytes(*f.bytes_total);
+  if (f.rows_copied) amounts += ", " + Fixed(*f.rows_copied, 0) + " rows";
   lines.push_back(BarLine("copy", f.bytes_copied, f.bytes_total, amounts, bps,
                           bps ? FormatBytes(*bps) + "/s" : "", columns, unicode));
 
@@ -308,6 +315,9 @@ std::vector<std::string> RenderProgress(const ProgressFigures& f, ProgressRates*
   auto tps = rates->tables.PerSecond();
   std::string tables = f.tables_synced ? Fixed(*f.tables_synced, 0) : std::string("-");
   if (f.tables_total) tables += " of " + Fixed(*f.tables_total, 0) + " synced";
+  if (f.ranges_total && f.ranges_done) {
+    tables += ", " + Fixed(*f.ranges_done, 0) + " of " + Fixed(*f.ranges_total, 0) + " ranges";
+  }
   lines.push_back(BarLine("tables", f.tables_synced, f.tables_total, tables, tps,
                           tps ? Fixed(*tps, 1) + "/s" : "", columns, unicode));
 

@@ -44,6 +44,8 @@ struct ProgressFigures {
   std::optional<double> lag_bytes, lag_seconds;
   std::optional<double> bytes_copied, bytes_total;
   std::optional<double> tables_synced, tables_total;
+  std::optional<double> rows_copied;
+  std::optional<double> ranges_done, ranges_total;  // pgshift's own copy only
   int64_t verify_done = 0, verify_total = 0, verify_mismatches = 0;
   std::vector<std::string> detail;  // per-table lines (detail mode)
   bool verify_only = false;         // `pgshift verify`: no copy, no lag, total unknown

@@ -11,8 +11,8 @@ engine::StatsSnapshot Snapshot(int64_t now) {
   s.phase = "InitialCopy";
   s.now_ms = now;
   auto m = [&](double v) { return engine::Measured{v, now - 100}; };
-  s.databases["a"] = {m(1000), m(0.5), m(4), m(1), m(50 << 20), m(200 << 20), m(10)};
-  s.databases["b"] = {m(24), m(1.5), m(6), m(5), m(10 << 20), m(40 << 20), m(10)};
+  s.databases["a"] = {m(1000), m(0.5), m(4), m(1), m(50 << 20), m(200 << 20), m(10), {}, {}, {}, m(8), m(3)};
+  s.databases["b"] = {m(24), m(1.5), m(6), m(5), m(10 << 20), m(40 << 20), m(10), {}, {}, {}, m(4), m(4)};
   return s;
 }
 
@@ -48,10 +48,11 @@ TEST(ProgressTest, BarsShowRateAndEta) {
   auto lines = RenderProgress(f, &rates, 2000, 100, false);
   ASSERT_EQ(lines.size(), 4u);
   EXPECT_EQ(lines[0], "pgshift ab12cd34  InitialCopy  lag 1.0 kB / 1.5 s");
-  EXPECT_NE(lines[1].find("  8%  20.0 MB of 240.0 MB  10.0 MB/s  ETA 0:22"), std::string::npos)
+  EXPECT_NE(lines[1].find("  8%  20.0 MB of 240.0 MB, 20 rows  10.0 MB/s  ETA 0:22"),
+            std::string::npos)
       << lines[1];
   EXPECT_TRUE(lines[1].starts_with("copy    [#"));
-  EXPECT_NE(lines[2].find(" 60%  6 of 10 synced"), std::string::npos) << lines[2];
+  EXPECT_NE(lines[2].find(" 60%  6 of 10 synced, 7 of 12 ranges"), std::string::npos) << lines[2];
   EXPECT_EQ(lines[3], "verify  not started");
   for (const auto& l : lines) EXPECT_LE(l.size(), 99u) << l;
 }

@@ -26,7 +26,7 @@ Result<std::string> ReadFile(const std::string& path) {
   return ss.str();
 }
 
-Status WriteFileAtomic(const std::string& path, const std::string& content, int mode) {
+Status WriteFileAtomic(const std::string& path, const std::string& content, int mode, bool sync) {
   std::string tmp = path + ".tmp";
   int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode);
   if (fd < 0) return Status::Unavailable("cannot write " + tmp + ": " + strerror(errno));
@@ -41,7 +41,7 @@ Status WriteFileAtomic(const std::string& path, const std::string& content, int 
     }
     off += static_cast<size_t>(n);
   }
-  if (::fchmod(fd, static_cast<mode_t>(mode)) != 0 || ::fsync(fd) != 0) {
+  if (::fchmod(fd, static_cast<mode_t>(mode)) != 0 || (sync && ::fsync(fd) != 0)) {
     int e = errno;
     ::close(fd);
     return Status::Unavailable("cannot sync " + tmp + ": " + strerror(e));
@@ -50,7 +50,7 @@ Status WriteFileAtomic(const std::string& path, const std::string& content, int 
   if (::rename(tmp.c_str(), path.c_str()) != 0) {
     return Status::Unavailable("cannot rename " + tmp + ": " + strerror(errno));
   }
-  int dfd = ::open(DirName(path).c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  int dfd = sync ? ::open(DirName(path).c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC) : -1;
   if (dfd >= 0) {
     ::fsync(dfd);
     ::close(dfd);

@@ -52,13 +52,23 @@ bool ParseInt64(std::string_view s, long long* out) {
   return ec == std::errc() && ptr == s.data() + s.size();
 }
 
+bool ParseDouble(std::string_view s, double* out) {
+  s = Trim(s);
+  if (s.empty()) return false;
+  auto [ptr, ec] = std::from_chars(s.data(), s.data() + s.size(), *out);
+  return ec == std::errc() && ptr == s.data() + s.size();
+}
+
 std::string RedactSecrets(std::string_view text) {
   static const std::regex kUri(R"(((?:postgres|postgresql)://[^:/@\s]*):[^@\s]*@)",
                                std::regex::icase);
   static const std::regex kKeyword(R"((^|\s)(password\s*=\s*)('(?:[^'\\]|\\.)*'|[^\s]+))",
                                    std::regex::icase);
   static const std::regex kQuery(R"(([?&]password=)[^&\s]*)", std::regex::icase);
+  // SQL: CREATE/ALTER ROLE ... PASSWORD 'SCRAM-SHA-256$...' (pg_dumpall output, server echoes).
+  static const std::regex kSqlPassword(R"((PASSWORD\s+)'(?:[^']|'')*')", std::regex::icase);
   std::string s(text);
+  s = std::regex_replace(s, kSqlPassword, "$1'*****'");
   s = std::regex_replace(s, kUri, "$1:*****@");
   s = std::regex_replace(s, kQuery, "$1*****");
   s = std::regex_replace(s, kKeyword, "$1$2*****");

@@ -12,6 +12,8 @@ std::string Join(const std::vector<std::string>& parts, std::string_view sep);
 std::string_view Trim(std::string_view s);
 std::string ToLower(std::string_view s);
 bool ParseInt64(std::string_view s, long long* out);
+// The same for a decimal number ("12.5", "-3e2"); false on anything else, the empty string too.
+bool ParseDouble(std::string_view s, double* out);
 // Hides passwords in conninfo strings, URIs and "password: x"-like text, for logs and errors.
 std::string RedactSecrets(std::string_view text);
 // "512 B", "1.5 kB", "142.6 MB" (powers of 1024), for people.

@@ -14,6 +14,9 @@ TEST(RedactSecrets, HidesPasswordsInEveryConnectionStringForm) {
   EXPECT_EQ(RedactSecrets("postgres://h/db?user=a&password=zz&sslmode=off"),
             "postgres://h/db?user=a&password=*****&sslmode=off");
   EXPECT_EQ(RedactSecrets("postgresql://app@db/x?passfile=/p"), "postgresql://app@db/x?passfile=/p");
+  // SQL, as pg_dumpall writes it and a server error echoes it.
+  EXPECT_EQ(RedactSecrets("ALTER ROLE app WITH LOGIN PASSWORD 'SCRAM-SHA-256$4096:ab$c''d';"),
+            "ALTER ROLE app WITH LOGIN PASSWORD '*****';");
 }
 
 TEST(Split, KeepsOrSkipsEmptyParts) {
@@ -28,6 +31,16 @@ TEST(ParseInt64, RejectsTrailingGarbage) {
   EXPECT_EQ(v, 42);
   EXPECT_FALSE(ParseInt64("42x", &v));
   EXPECT_FALSE(ParseInt64("", &v));
+}
+
+TEST(ParseDouble, TakesNumbersOnly) {
+  double v = 0;
+  EXPECT_TRUE(ParseDouble("12.5", &v));
+  EXPECT_DOUBLE_EQ(v, 12.5);
+  EXPECT_TRUE(ParseDouble("-3e2", &v));
+  EXPECT_DOUBLE_EQ(v, -300);
+  EXPECT_FALSE(ParseDouble("", &v));  // a NULL cell reads as ""
+  EXPECT_FALSE(ParseDouble("1.5 ms", &v));
 }
 
 TEST(RandomHex, HasTheLengthAskedAndDiffers) {

@@ -65,14 +65,20 @@ nlohmann::json HistorySample(int64_t ts, const StatsSnapshot& s) {
   j["bytes_copied"] = SumOrNull(s, &DatabaseStats::bytes_copied, true);
   j["bytes_total"] = SumOrNull(s, &DatabaseStats::bytes_total, true);
   j["rows_copied"] = SumOrNull(s, &DatabaseStats::rows_copied, true);
+  j["ranges_total"] = SumOrNull(s, &DatabaseStats::ranges_total, true);
+  j["ranges_done"] = SumOrNull(s, &DatabaseStats::ranges_done, true);
   return j;
 }
 
-nlohmann::json HistoryVerify(int64_t ts, int64_t done, int64_t total, int64_t mismatches) {
+nlohmann::json HistoryVerify(int64_t ts, const VerifyProgress& p) {
   nlohmann::json j = Base(ts, "verify");
-  j["tables_done"] = done;
-  j["tables_total"] = total;
-  j["mismatches"] = mismatches;
+  j["mode"] = p.mode;
+  j["tables_done"] = p.done;
+  j["tables_total"] = p.total;
+  j["mismatches"] = p.mismatches;
+  j["changing"] = p.changing;
+  if (!p.summary.empty()) j["summary"] = p.summary;
+  if (!p.action.empty()) j["action"] = p.action;
   return j;
 }
 

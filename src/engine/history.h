@@ -4,10 +4,16 @@
 //
 //   phase    {"phase": "InitialCopy"}                           on every phase change
 //   sample   {"phase", "lag_bytes", "lag_seconds", "tables_total", "tables_synced",
-//             "bytes_copied", "bytes_total", "rows_copied"}     sums over databases; a figure
+//             "bytes_copied", "bytes_total", "rows_copied", "ranges_total", "ranges_done"}
+//                                                           sums over databases; a figure
 //             that is unknown for any database is null; at most about one per second,
 //             plus one when the initial copy and one when the catch-up finished
-//   verify   {"tables_done", "tables_total", "mismatches"}      during and after verification
+//   verify   {"mode", "tables_done", "tables_total", "mismatches", "changing"}
+//                                                               during and after verification;
+//             mode "convergence" (before cutover) or "switch-point" (the exact comparison of
+//             the snapshot pair after cutover); the last record of a run adds "summary" (what
+//             was compared, how, the result) and, at the switch point, "action" (what pgshift
+//             did about a difference)
 //   cutover  {"direction", "succeeded", "pause_ms", "steps_ms": {...}, "error"}
 //   error    {"message"}                                        secrets redacted
 //
@@ -33,7 +39,13 @@ nlohmann::json HistoryPhase(int64_t ts, const std::string& phase);
 // Sums over the snapshot's databases. Null for a figure that is not fresh for every database;
 // tables_total and tables_synced are 0 when no database is known.
 nlohmann::json HistorySample(int64_t ts, const StatsSnapshot& s);
-nlohmann::json HistoryVerify(int64_t ts, int64_t done, int64_t total, int64_t mismatches);
+struct VerifyProgress {
+  std::string mode = "convergence";  // | "switch-point"
+  int64_t done = 0, total = 0, mismatches = 0, changing = 0;
+  std::string summary;  // set on the last record of a run
+  std::string action;   // switch point: "none" | "rollback" | "stop"
+};
+nlohmann::json HistoryVerify(int64_t ts, const VerifyProgress& p);
 nlohmann::json HistoryCutover(int64_t ts, const CutoverAttempt& a);
 nlohmann::json HistoryError(int64_t ts, const std::string& message);
 

@@ -68,7 +68,10 @@ TEST(HistoryTest, WriterAppendsOneLinePerRecord) {
   std::string path = std::string(tmpl) + "/" + kHistoryFile;
   HistoryWriter w(path);
   ASSERT_TRUE(w.Append(HistoryPhase(1, "Preflight")).ok());
-  ASSERT_TRUE(w.Append(HistoryVerify(2, 1, 4, 0)).ok());
+  VerifyProgress vp;
+  vp.done = 1;
+  vp.total = 4;
+  ASSERT_TRUE(w.Append(HistoryVerify(2, vp)).ok());
   // A second writer (another process) appends to the same file.
   ASSERT_TRUE(HistoryWriter(path).Append(HistoryPhase(3, "Roles")).ok());
   std::ifstream in(path);
@@ -78,6 +81,8 @@ TEST(HistoryTest, WriterAppendsOneLinePerRecord) {
   ASSERT_EQ(lines.size(), 3u);
   EXPECT_EQ(lines[0]["phase"], "Preflight");
   EXPECT_EQ(lines[1]["tables_total"], 4);
+  EXPECT_EQ(lines[1]["mode"], "convergence");
+  EXPECT_FALSE(lines[1].contains("summary"));
   EXPECT_EQ(lines[2]["ts"], 3);
   // A writer without a path drops records; one whose folder is gone reports it.
   EXPECT_TRUE(HistoryWriter("").Append(HistoryPhase(4, "x")).ok());

@@ -11,12 +11,18 @@
 #include <string>
 
 #include "common/status.h"
+#include "engine/copy.h"
+#include "engine/cutover.h"
 #include "engine/history.h"
+#include "engine/post_data.h"
+#include "engine/replication_health.h"
 #include "engine/router.h"
 #include "engine/sampler.h"
 #include "engine/schema.h"
 #include "engine/state.h"
+#include "engine/switch_point.h"
 #include "engine/stats.h"
+#include "pg/connection.h"
 
 namespace pgshift::engine {
 
@@ -45,17 +51,24 @@ class Migration {
                                                       const MigrationRequest& request,
                                                       const ToolPaths& tools, StateSink sink);
 
+  // Each of these first finishes or undoes a cutover or rollback that a crash interrupted
+  // (observing the servers and the router), then does its own work.
+  //
   // Runs until RollbackReady (auto cutover) or ReadyForCutover (manual).
   Status Run(Router* router);
-  // The cutover protocol, source -> target. REQUIRES: phase ReadyForCutover.
+  // The cutover table (cutover.h), source -> target. REQUIRES: phase ReadyForCutover.
   Status Cutover(Router* router);
-  // The same protocol target -> source. REQUIRES: phase RollbackReady.
+  // The same table target -> source. REQUIRES: phase RollbackReady.
   Status Rollback(Router* router);
   // Ends reverse replication and drops every object pgshift made. REQUIRES: RollbackReady or
-  // RolledBack.
+  // RolledBack, and no cutover or rollback in flight.
   Status Finish();
-  // Before cutover: drops every object pgshift made; the source keeps its data untouched.
+  // Before cutover (or after Failed): drops every object pgshift made; the source keeps its
+  // data untouched.
   Status Abort(Router* router);
+
+  // The step run at the consistent point of every cutover and rollback (see CutoverHook).
+  void set_cutover_hook(CutoverHook hook) { hook_ = std::move(hook); }
 
   // The state plus live facts (lag, per-table sync state) read from the servers when they
   // answer; `live.error` says why not when they do not.
@@ -80,7 +93,8 @@ class Migration {
     InitStats();
   }
 
-  Status Save();
+  // `sync` false: see SaveState (the operator's sink is always called alike).
+  Status Save(bool sync = true);
   Status Move(Phase to);
   void Progress(const std::string& line);
   // Sleeps `ms`, returning Aborted when stop_ says so.
@@ -98,16 +112,54 @@ class Migration {
   Status StepRoles();
   Status StepSchema();
   Status StepInitialCopy();
+  // After every table's initial copy through the subscription: the constraints NOT VALID on
+  // the source (SchemaSection::kNotValid), created NOT VALID, once per database.
+  Status ApplyNotValidConstraints();
+  // CopyMethod::kSnapshot for one database (step_copy.cc): the slot with its exported snapshot,
+  // the copy, then post-data; leaves the slot for the subscription.
+  Status CopyDatabase(DatabaseState& db, int jobs);
+  Status RunCopy(const DatabaseState& db, const CopyPlan& plan, int jobs, bool resumed,
+                 PostDataBuilder* post);
+  Status BuildPostData(const DatabaseState& db, PostDataBuilder& post);
+  // --jobs, or the target's cores when it was left at 0.
+  int CopyJobs(pg::Connection& target);
+  void PublishCopyProgress(const DatabaseState& db, const CopyProgress& p);
+  std::string KeeperFile(const DatabaseState& db) const;
+  std::string WorkFile(const std::string& name) const;
   Status StepCatchUp();
-  Status RecoverCutover(Router* router);
+  // The new side takes no client write before the cutover opens it (fence.h).
+  Status FenceTarget();
 
-  // One attempt of the protocol; `forward` false is the rollback direction.
-  Status SwitchOver(Router* router, bool forward);
-  Status WaitForMarker(bool forward, int64_t deadline_ms);
+  // Cutover attempts in direction `d` (cutover.cc).
+  Status Attempts(Router* router, const Direction& d);
+  Status SwitchOver(Router* router, const Direction& d);
+  // Finishes or undoes a cutover or rollback left in flight; Ok when none is.
+  Status RecoverInFlight(Router* router);
+  // The table once: from its start, or (recover) from the journal.
+  Status RunTable(Router* router, const Direction& d, const CutoverJournal* recover);
+  void RecordAttempt(const Direction& d, const CutoverReport& rep, bool succeeded);
+  // Ok, or FailedPrecondition saying which command must run first.
+  Status NothingInFlight(const char* action) const;
+  // `watch`: also observe the forward subscription's workers while waiting (not inside the
+  // cutover's pause, where every millisecond counts).
+  Status WaitForMarker(bool forward, int64_t deadline_ms, ReplicationWatch* watch = nullptr);
   Status CheckDdlLog();
   Status Verify();
+  // The exact comparison at the switch point (step_switch_point.cc, switch_point.h). Before a
+  // forward cutover: opens its sessions (switch_point_); the cutover's consistent-point step
+  // takes the snapshots. After it: compares them, records the result and acts on a difference
+  // as --on-difference says (rollback through `router`, or stop with an error).
+  Status PrepareSwitchPoint();
+  Status CheckSwitchPoint(Router* router);
+  // A comparison that was running when the process ended lost its snapshots: say so.
+  void NoteLostSwitchPoint();
   Status WriteReport();
-  Status DropEverything(bool keep_target_fence);
+  // Drops everything pgshift made on both servers. The read-only default of the side clients
+  // left (`keep_read_only`: the source after a cutover, the target after a rollback) stays,
+  // so nothing writes to the old server by mistake.
+  Status DropEverything(std::optional<Side> keep_read_only);
+  // Abort: drops the target databases pgshift created, notes those it keeps and why.
+  Status DropCreatedDatabases();
 
   std::string dir_;
   MigrationState state_;
@@ -115,10 +167,16 @@ class Migration {
   std::function<void(const std::string&)> progress_;
   std::function<bool()> stop_;
   StateSink sink_;
+  std::optional<CutoverHook> hook_;
+  std::string attempt_started_at_;
   StatsBoard stats_;
   StatsSampler sampler_;
   HistoryWriter history_{""};
+  std::unique_ptr<SwitchPointCheck> switch_point_;
   int64_t last_sample_ms_ = -1;
+  // Failing table sync and apply workers, across the copy and catch-up waits of this process.
+  ReplicationWatch watch_;
+  int64_t last_heartbeat_ms_ = -1;
 };
 
 // Replication lag of one database in bytes (source WAL not yet confirmed by the target's

@@ -26,7 +26,74 @@ constexpr std::array<std::pair<Phase, const char*>, 14> kPhaseNames = {{
     {Phase::kAborted, "Aborted"},
 }};
 
+template <typename E, size_t N>
+using NameTable = std::array<std::pair<E, const char*>, N>;
+
+constexpr NameTable<RouterKind, 4> kRouterNames = {{
+    {RouterKind::kPgBouncer, "pgbouncer"},
+    {RouterKind::kNginx, "nginx"},
+    {RouterKind::kManual, "manual"},
+    {RouterKind::kKubernetesService, "kubernetes-service"},
+}};
+constexpr NameTable<CutoverMode, 2> kCutoverModeNames = {{
+    {CutoverMode::kAuto, "auto"},
+    {CutoverMode::kManual, "manual"},
+}};
+constexpr NameTable<OnDifference, 2> kOnDifferenceNames = {{
+    {OnDifference::kRollback, "rollback"},
+    {OnDifference::kStop, "stop"},
+}};
+constexpr NameTable<TablesWithoutPk, 2> kTablesWithoutPkNames = {{
+    {TablesWithoutPk::kRefuse, "refuse"},
+    {TablesWithoutPk::kFull, "full"},
+}};
+constexpr NameTable<CopyMethod, 2> kCopyMethodNames = {{
+    {CopyMethod::kSnapshot, "snapshot"},
+    {CopyMethod::kNative, "native"},
+}};
+
+template <typename E, size_t N>
+std::string NameOf(const NameTable<E, N>& table, E value) {
+  for (const auto& [v, name] : table) {
+    if (v == value) return name;
+  }
+  return "unknown";
+}
+
+template <typename E, size_t N>
+Result<E> Parse(const NameTable<E, N>& table, const std::string& name, const char* what) {
+  std::string all;
+  for (const auto& [v, n] : table) {
+    if (name == n) return v;
+    all += std::string(all.empty() ? "" : ", ") + n;
+  }
+  return Status::InvalidArgument("unknown " + std::string(what) + " '" + name + "' (want " + all +
+                                 ")");
+}
+
 }  // namespace
+
+std::string RouterKindName(RouterKind k) { return NameOf(kRouterNames, k); }
+Result<RouterKind> ParseRouterKind(const std::string& name) {
+  return Parse(kRouterNames, name, "router");
+}
+std::string CutoverModeName(CutoverMode m) { return NameOf(kCutoverModeNames, m); }
+Result<CutoverMode> ParseCutoverMode(const std::string& name) {
+  return Parse(kCutoverModeNames, name, "cutover mode");
+}
+std::string TablesWithoutPkName(TablesWithoutPk t) { return NameOf(kTablesWithoutPkNames, t); }
+Result<TablesWithoutPk> ParseTablesWithoutPk(const std::string& name) {
+  return Parse(kTablesWithoutPkNames, name, "tables-without-pk choice");
+}
+std::string CopyMethodName(CopyMethod m) { return NameOf(kCopyMethodNames, m); }
+Result<CopyMethod> ParseCopyMethod(const std::string& name) {
+  return Parse(kCopyMethodNames, name, "copy method");
+}
+
+std::string OnDifferenceName(OnDifference d) { return NameOf(kOnDifferenceNames, d); }
+Result<OnDifference> ParseOnDifference(const std::string& name) {
+  return Parse(kOnDifferenceNames, name, "on-difference choice");
+}
 
 std::string PhaseName(Phase p) {
   for (const auto& [phase, name] : kPhaseNames) {
@@ -48,12 +115,15 @@ bool IsTerminal(Phase p) {
 }
 
 bool TransitionAllowed(Phase from, Phase to) {
-  if (from == to) return true;
-  // Abort is allowed from every phase before the traffic moved.
+  // Staying is not a transition: a step that "moves" to where it is hides a bug.
+  if (from == to) return false;
+  // Abort is allowed from every phase before the traffic moved, and from Failed (cleanup).
   if (to == Phase::kAborted) {
-    return from != Phase::kRollbackReady && from != Phase::kCuttingOver && !IsTerminal(from);
+    return from == Phase::kFailed ||
+           (from != Phase::kRollbackReady && from != Phase::kCuttingOver && !IsTerminal(from));
   }
-  if (to == Phase::kFailed) return !IsTerminal(from);
+  // Failed: the migration cannot go on (its replication lost changes); only before cutover.
+  if (to == Phase::kFailed) return from >= Phase::kInitialCopy && from <= Phase::kReadyForCutover;
   switch (from) {
     case Phase::kPending: return to == Phase::kPreflight;
     case Phase::kPreflight: return to == Phase::kProvisioning || to == Phase::kPending;
@@ -100,8 +170,11 @@ nlohmann::json MigrationState::ToJson() const {
                    {"index", d.index},
                    {"target_created", d.target_created},
                    {"schema_copied", d.schema_copied},
+                   {"not_valid_applied", d.not_valid_applied},
                    {"ddl_mark", d.ddl_mark},
-                   {"tables", d.tables}});
+                   {"tables", d.tables},
+                   {"copy_done", d.copy_done},
+                   {"post_data_done", d.post_data_done}});
   }
   nlohmann::json cuts = nlohmann::json::array();
   for (const auto& c : cutovers) {
@@ -110,6 +183,7 @@ nlohmann::json MigrationState::ToJson() const {
     cuts.push_back({{"direction", c.direction},
                     {"started_at", c.started_at},
                     {"succeeded", c.succeeded},
+                    {"recovered", c.recovered},
                     {"pause_ms", c.pause_ms},
                     {"failed_step", c.failed_step},
                     {"error", c.error},
@@ -128,24 +202,33 @@ nlohmann::json MigrationState::ToJson() const {
           {"source_major", source_major},
           {"target_major", target_major},
           {"options",
-           {{"router", o.router},
+           {{"router", RouterKindName(o.router)},
             {"router_admin", o.router_admin},
             {"router_config", o.router_config},
-            {"cutover", o.cutover},
+            {"cutover", CutoverModeName(o.cutover)},
             {"max_lag_bytes", o.max_lag_bytes},
             {"max_pause_ms", o.max_pause_ms},
             {"databases", o.databases},
-            {"tables_without_pk_full", o.tables_without_pk_full},
-            {"verify", o.verify},
+            {"tables_without_pk_full", o.tables_without_pk == TablesWithoutPk::kFull},
+            {"verify", VerifyLevelName(o.verify)},
+            {"on_difference", OnDifferenceName(o.on_difference)},
             {"rollback_replication", o.rollback_replication},
             {"report_file", o.report_file},
-            {"cutover_attempts", o.cutover_attempts}}},
+            {"cutover_attempts", o.cutover_attempts},
+            {"copy", CopyMethodName(o.copy)},
+            {"copy_jobs", o.copy_jobs},
+            {"copy_rate", o.copy_rate}}},
           {"databases", dbs},
           {"phase_times", times},
           {"cutovers", cuts},
           {"cutover_in_flight", cutover_in_flight},
+          {"cutover_step",
+           {{"row", cutover_journal.row},
+            {"name", cutover_journal.row_name},
+            {"undoing", cutover_journal.undoing}}},
           {"notes", notes},
           {"verification", verification},
+          {"switch_point_verification", switch_point_verification},
           {"last_error", last_error},
           {"created_at", created_at},
           {"updated_at", updated_at}};
@@ -166,26 +249,42 @@ Result<MigrationState> MigrationState::FromJson(const nlohmann::json& j) {
     s.source_major = j.value("source_major", 0);
     s.target_major = j.value("target_major", 0);
     const auto& o = j.at("options");
-    s.options.router = o.value("router", "pgbouncer");
-    s.options.router_admin = o.value("router_admin", "");
-    s.options.router_config = o.value("router_config", "");
-    s.options.cutover = o.value("cutover", "auto");
-    s.options.max_lag_bytes = o.value("max_lag_bytes", int64_t{16 << 20});
-    s.options.max_pause_ms = o.value("max_pause_ms", 2000);
-    s.options.databases = o.value("databases", std::vector<std::string>{});
-    s.options.tables_without_pk_full = o.value("tables_without_pk_full", false);
-    s.options.verify = o.value("verify", "checksum");
-    s.options.rollback_replication = o.value("rollback_replication", true);
-    s.options.report_file = o.value("report_file", "");
-    s.options.cutover_attempts = o.value("cutover_attempts", 5);
+    const MigrationOptions defaults;
+    MigrationOptions& so = s.options;
+    PGSHIFT_ASSIGN_OR_RETURN(
+        so.router, ParseRouterKind(o.value("router", RouterKindName(defaults.router))));
+    so.router_admin = o.value("router_admin", "");
+    so.router_config = o.value("router_config", "");
+    PGSHIFT_ASSIGN_OR_RETURN(
+        so.cutover, ParseCutoverMode(o.value("cutover", CutoverModeName(defaults.cutover))));
+    so.max_lag_bytes = o.value("max_lag_bytes", defaults.max_lag_bytes);
+    so.max_pause_ms = o.value("max_pause_ms", defaults.max_pause_ms);
+    so.databases = o.value("databases", std::vector<std::string>{});
+    so.tables_without_pk = o.value("tables_without_pk_full", false) ? TablesWithoutPk::kFull
+                                                                    : TablesWithoutPk::kRefuse;
+    PGSHIFT_ASSIGN_OR_RETURN(
+        so.verify, ParseVerifyLevel(o.value("verify", VerifyLevelName(defaults.verify))));
+    PGSHIFT_ASSIGN_OR_RETURN(
+        so.on_difference,
+        ParseOnDifference(o.value("on_difference", OnDifferenceName(defaults.on_difference))));
+    so.rollback_replication = o.value("rollback_replication", defaults.rollback_replication);
+    so.report_file = o.value("report_file", "");
+    so.cutover_attempts = o.value("cutover_attempts", defaults.cutover_attempts);
+    // A state written before pgshift had its own copy started with the native one.
+    PGSHIFT_ASSIGN_OR_RETURN(so.copy, ParseCopyMethod(o.value("copy", "native")));
+    so.copy_jobs = o.value("copy_jobs", defaults.copy_jobs);
+    so.copy_rate = o.value("copy_rate", defaults.copy_rate);
     for (const auto& d : j.at("databases")) {
       DatabaseState db;
       db.name = d.at("name").get<std::string>();
       db.index = d.at("index").get<int>();
       db.target_created = d.value("target_created", false);
       db.schema_copied = d.value("schema_copied", false);
+      db.not_valid_applied = d.value("not_valid_applied", false);
       db.ddl_mark = d.value("ddl_mark", int64_t{0});
       db.tables = d.value("tables", std::vector<std::string>{});
+      db.copy_done = d.value("copy_done", false);
+      db.post_data_done = d.value("post_data_done", false);
       s.databases.push_back(db);
     }
     static const nlohmann::json kEmptyObject = nlohmann::json::object();
@@ -201,6 +300,7 @@ Result<MigrationState> MigrationState::FromJson(const nlohmann::json& j) {
       a.direction = c.value("direction", "");
       a.started_at = c.value("started_at", "");
       a.succeeded = c.value("succeeded", false);
+      a.recovered = c.value("recovered", false);
       a.pause_ms = c.value("pause_ms", 0.0);
       a.failed_step = c.value("failed_step", "");
       a.error = c.value("error", "");
@@ -210,8 +310,21 @@ Result<MigrationState> MigrationState::FromJson(const nlohmann::json& j) {
       s.cutovers.push_back(a);
     }
     s.cutover_in_flight = j.value("cutover_in_flight", "");
+    if (const auto& step = member("cutover_step", kEmptyObject); step.is_object()) {
+      s.cutover_journal.row = step.value("row", -1);
+      s.cutover_journal.row_name = step.value("name", "");
+      s.cutover_journal.undoing = step.value("undoing", false);
+    }
+    if (!s.cutover_in_flight.empty() && s.cutover_in_flight != "forward" &&
+        s.cutover_in_flight != "rollback") {
+      return Status::Internal("corrupt state file: cutover_in_flight is '" + s.cutover_in_flight +
+                              "'");
+    }
     s.notes = j.value("notes", std::vector<std::string>{});
     if (j.contains("verification")) s.verification = j["verification"];
+    if (j.contains("switch_point_verification")) {
+      s.switch_point_verification = j["switch_point_verification"];
+    }
     s.last_error = j.value("last_error", "");
     s.created_at = j.value("created_at", "");
     s.updated_at = j.value("updated_at", "");
@@ -223,21 +336,29 @@ Result<MigrationState> MigrationState::FromJson(const nlohmann::json& j) {
 
 bool StateExists(const std::string& dir) { return PathExists(dir + "/state.json"); }
 
-Status SaveState(const std::string& dir, MigrationState* state) {
+Status SaveState(const std::string& dir, MigrationState* state, bool sync) {
   PGSHIFT_RETURN_IF_ERROR(MakeDirs(dir, 0700));
   state->updated_at = NowUtc();
-  return WriteFileAtomic(dir + "/state.json", state->ToJson().dump(2) + "\n", 0600);
+  return WriteFileAtomic(dir + "/state.json", state->ToJson().dump(2) + "\n", 0600, sync);
 }
 
 Result<MigrationState> LoadState(const std::string& dir) {
-  auto content = ReadFile(dir + "/state.json");
-  if (!content.ok()) {
+  if (!StateExists(dir)) {
     return Status::NotFound("no migration state in " + dir +
                             " (start one with `pgshift upgrade --state " + dir + " ...`)");
   }
+  // From here on the file exists: whatever is wrong with it is an error, never "no migration"
+  // (that would start a new one against half-migrated servers).
+  auto content = ReadFile(dir + "/state.json");
+  if (!content.ok()) return content.status().WithContext("reading the migration state");
   auto j = nlohmann::json::parse(*content, nullptr, false);
-  if (j.is_discarded()) return Status::Internal("state file " + dir + "/state.json is not JSON");
-  return MigrationState::FromJson(j);
+  if (j.is_discarded()) {
+    return Status::Internal("state file " + dir + "/state.json is not JSON; restore it (pgshift "
+                            "never starts a new migration over a damaged one)");
+  }
+  auto s = MigrationState::FromJson(j);
+  if (!s.ok()) return s.status().WithContext("state file " + dir + "/state.json");
+  return s;
 }
 
 }  // namespace pgshift::engine

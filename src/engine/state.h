@@ -12,6 +12,8 @@
 #include <vector>
 
 #include "common/status.h"
+#include "engine/cutover_executor.h"
+#include "engine/verify.h"
 
 namespace pgshift::engine {
 
@@ -36,19 +38,65 @@ std::string PhaseName(Phase p);
 Result<Phase> ParsePhase(const std::string& name);
 bool IsTerminal(Phase p);
 
+// How clients are moved at cutover. The names are the --router words and the state's JSON.
+enum class RouterKind {
+  kPgBouncer,          // "pgbouncer": PAUSE, ini rewrite + RELOAD, RESUME
+  kNginx,              // "nginx": upstream rewrite + reload; cannot hold clients
+  kManual,             // "manual": pgshift fences and waits for `cutover --confirm`
+  kKubernetesService,  // "kubernetes-service": the operator moves a Service's selector
+};
+std::string RouterKindName(RouterKind k);
+Result<RouterKind> ParseRouterKind(const std::string& name);
+
+// "auto": cutover as soon as ready; "manual": stop at ReadyForCutover.
+enum class CutoverMode { kAuto, kManual };
+std::string CutoverModeName(CutoverMode m);
+Result<CutoverMode> ParseCutoverMode(const std::string& name);
+
+// Tables without a primary key or replica identity: "refuse" them in preflight, or replicate
+// them with REPLICA IDENTITY "full". (The state's JSON keeps the bool tables_without_pk_full.)
+enum class TablesWithoutPk { kRefuse, kFull };
+std::string TablesWithoutPkName(TablesWithoutPk t);
+Result<TablesWithoutPk> ParseTablesWithoutPk(const std::string& name);
+
+// How the initial copy is made (docs/engine.md). kSnapshot: pgshift's own parallel copy under
+// the exported snapshot of the slot replication then continues from (schema before the copy
+// without indexes and constraints, those built after it, then the subscription with
+// copy_data = false). kNative: the subscription's own copy_data = true into tables that already
+// carry every index.
+enum class CopyMethod { kSnapshot, kNative };
+std::string CopyMethodName(CopyMethod m);  // "snapshot" | "native"
+Result<CopyMethod> ParseCopyMethod(const std::string& name);
+
+// What a migration does when the exact comparison at the cutover's switch point (after the
+// clients moved) finds a difference: "rollback" moves them back to the source at once (reverse
+// replication carried every write made on the target meanwhile, so nothing is lost); "stop"
+// leaves them on the target and stops for a person to choose `pgshift rollback` or `finish`.
+enum class OnDifference { kRollback, kStop };
+std::string OnDifferenceName(OnDifference d);
+Result<OnDifference> ParseOnDifference(const std::string& name);
+
+// Every option of a migration with its default: the CLI, the operator and the state JSON
+// start from a default-constructed MigrationOptions and spell no default of their own.
+// (The verify level's names are in verify.h: none | count | checksum.)
 struct MigrationOptions {
-  std::string router = "pgbouncer";  // pgbouncer | nginx | manual
-  std::string router_admin;          // PgBouncer admin console DSN
-  std::string router_config;         // pgbouncer.ini or nginx.conf
-  std::string cutover = "auto";      // auto | manual
+  RouterKind router = RouterKind::kPgBouncer;
+  std::string router_admin;   // PgBouncer admin console DSN
+  std::string router_config;  // pgbouncer.ini or nginx.conf
+  CutoverMode cutover = CutoverMode::kAuto;
   int64_t max_lag_bytes = 16 << 20;
   int max_pause_ms = 2000;
   std::vector<std::string> databases;  // empty: every non-template database of the source
-  bool tables_without_pk_full = false;
-  std::string verify = "checksum";  // none | count | checksum
+  TablesWithoutPk tables_without_pk = TablesWithoutPk::kRefuse;
+  VerifyLevel verify = VerifyLevel::kChecksum;
+  // Without rollback replication a rollback would lose writes: the migration stops instead.
+  OnDifference on_difference = OnDifference::kRollback;
   bool rollback_replication = true;
   std::string report_file;
   int cutover_attempts = 5;
+  CopyMethod copy = CopyMethod::kSnapshot;
+  int copy_jobs = 0;          // sessions per side copying at once (kSnapshot); 0: the target's cores
+  int64_t copy_rate = 0;      // bytes/s the copy reads from the source, all jobs together; 0: no limit
 };
 
 // What exists for one migrated database. Each flag is set after the object was made, and
@@ -56,16 +104,25 @@ struct MigrationOptions {
 struct DatabaseState {
   std::string name;
   int index = 0;
-  bool target_created = false;  // pgshift made the target database
+  // pgshift made the target database (set before CREATE DATABASE, so a crash in between
+  // still counts it as pgshift's): abort drops it.
+  bool target_created = false;
   bool schema_copied = false;
   int64_t ddl_mark = 0;         // ddl log entries up to this id predate the schema copy
   std::vector<std::string> tables;  // schema-qualified, quoted names in the publication
+  // The constraints NOT VALID on the source, created after every table's initial copy.
+  bool not_valid_applied = false;
+  // CopyMethod::kSnapshot. The target holds the truth (copy.h); these only spare a resumed run
+  // the work of finding out.
+  bool copy_done = false;       // every table's rows are on the target
+  bool post_data_done = false;  // indexes, constraints, triggers built after the copy
 };
 
 struct CutoverAttempt {
   std::string direction;  // forward | rollback
   std::string started_at;
   bool succeeded = false;
+  bool recovered = false;  // ended by a later run, after a crash
   double pause_ms = 0;
   std::string failed_step;
   std::string error;
@@ -89,10 +146,16 @@ struct MigrationState {
   std::vector<DatabaseState> databases;
   std::map<std::string, PhaseTimes> phase_times;
   std::vector<CutoverAttempt> cutovers;
-  // Set while a cutover or rollback runs; a restart uses it to finish or undo the step.
+  // Set while a cutover or rollback runs, with the step the executor was at (written before
+  // the step acts). A restart observes the servers and the router and finishes or undoes it.
   std::string cutover_in_flight;  // "", "forward" or "rollback"
+  CutoverJournal cutover_journal;
   std::vector<std::string> notes;  // things people must know (roles not carried, ...)
-  nlohmann::json verification;     // the last verification report
+  nlohmann::json verification;     // the last verification report (before cutover)
+  // The exact comparison at the last forward cutover's switch point: its report plus
+  // "action" (what pgshift did about a difference); {"state": "running"} while it runs (a
+  // crash then lost the snapshots), {"error": ...} when it could not be done.
+  nlohmann::json switch_point_verification;
   std::string last_error;
   std::string created_at;
   std::string updated_at;
@@ -105,16 +168,21 @@ struct MigrationState {
   std::string SubscriptionName(const DatabaseState& db) const;  // also the slot's name
   std::string ReverseName(const DatabaseState& db) const;       // reverse pub, sub and slot
   std::string EventTriggerName() const { return Prefix() + "_ddl"; }
+  // The fence's event trigger and table triggers (fence.h).
+  std::string FenceName() const { return Prefix() + "_fence"; }
   // Marks `p` as entered now (and the previous phase finished).
   void Enter(Phase p);
 };
 
 // <dir>/state.json, written atomically (temp file, fsync, rename), mode 0600: it holds DSNs.
-Status SaveState(const std::string& dir, MigrationState* state);
+// `sync` false skips the fsyncs (see WriteFileAtomic): for journal entries inside the clients'
+// pause that only a process crash needs to find.
+Status SaveState(const std::string& dir, MigrationState* state, bool sync = true);
 Result<MigrationState> LoadState(const std::string& dir);
 bool StateExists(const std::string& dir);
 
-// The allowed edges of the state machine; the orchestrator refuses any other move.
+// The allowed edges of the state machine; the orchestrator refuses any other move, staying
+// included (from == to is not an edge).
 bool TransitionAllowed(Phase from, Phase to);
 
 }  // namespace pgshift::engine

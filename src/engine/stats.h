@@ -28,6 +28,14 @@ struct DatabaseStats {
   Measured bytes_copied;   // initial copy: bytes of tables already copied plus COPY in flight
   Measured bytes_total;    // initial copy: size of every published table on the source
   Measured rows_copied;
+  // Failed attempts of the subscription's workers since it was made (PostgreSQL 15+:
+  // pg_stat_subscription_stats), and tables whose copy failed and waits for its retry.
+  Measured sync_errors;
+  Measured apply_errors;
+  Measured tables_retrying;
+  // pgshift's own copy (CopyMethod::kSnapshot): pieces of tables, done of all.
+  Measured ranges_total;
+  Measured ranges_done;
 };
 
 struct StatsSnapshot {

@@ -82,6 +82,16 @@ std::vector<MetricFamily> MigrationFamilies(const std::vector<MigrationMetrics>&
                      "Initial copy: live rows of the copied tables on the target plus rows of "
                      "COPY in flight; an estimate",
                      G);
+  Family worker_errors("pgshift_replication_worker_errors_total",
+                       "Failed attempts of the subscription's table sync and apply workers "
+                       "(pg_stat_subscription_stats, PostgreSQL 15+ targets)",
+                       C);
+  Family retrying("pgshift_tables_retrying",
+                  "Tables whose initial copy failed and waits for the subscription's retry", G);
+  Family ranges("pgshift_copy_ranges",
+                "pgshift's own copy (--copy snapshot): pieces the tables were cut into", G);
+  Family ranges_done("pgshift_copy_ranges_done",
+                     "pgshift's own copy: pieces whose rows are committed on the target", G);
   Family verify_tables("pgshift_verify_tables", "Tables the verification compares", G);
   Family verify_done("pgshift_verify_tables_done", "Tables whose verification finished", G);
   Family verify_mismatches("pgshift_verify_mismatches", "Tables that differ after verification", G);
@@ -115,6 +125,11 @@ std::vector<MetricFamily> MigrationFamilies(const std::vector<MigrationMetrics>&
       copy_size.Add(dl, s.Fresh(d.bytes_total));
       copied_bytes.Add(dl, s.Fresh(d.bytes_copied));
       copied_rows.Add(dl, s.Fresh(d.rows_copied));
+      worker_errors.Add(With(dl, "worker", "table_sync"), s.Fresh(d.sync_errors));
+      worker_errors.Add(With(dl, "worker", "apply"), s.Fresh(d.apply_errors));
+      retrying.Add(dl, s.Fresh(d.tables_retrying));
+      ranges.Add(dl, s.Fresh(d.ranges_total));
+      ranges_done.Add(dl, s.Fresh(d.ranges_done));
     }
     if (s.verify_tables_total > 0 || s.verify_tables_done > 0) {  // absent until it starts
       verify_tables.Add(l, static_cast<double>(s.verify_tables_total));
@@ -132,7 +147,8 @@ std::vector<MetricFamily> MigrationFamilies(const std::vector<MigrationMetrics>&
   std::vector<MetricFamily> out;
   for (Family* f : {&phase,        &entered,     &ready,         &max_lag,     &max_pause,
                     &lag_bytes,    &lag_seconds, &tables,        &synced,      &copy_size,
-                    &copied_bytes, &copied_rows, &verify_tables, &verify_done, &verify_mismatches,
+                    &copied_bytes, &copied_rows, &worker_errors, &retrying,     &ranges, &ranges_done,
+                    &verify_tables, &verify_done, &verify_mismatches,
                     &attempts,     &failures,    &last_pause,    &ddl,         &errors}) {
     out.push_back(f->Take());
   }

@@ -28,6 +28,11 @@ MigrationMetrics Fake() {
   fresh.bytes_total = {81920, 99000};
   fresh.bytes_copied = {40960, 99000};
   fresh.rows_copied = {1200, 99000};
+  fresh.sync_errors = {5, 99000};
+  fresh.apply_errors = {0, 99000};
+  fresh.tables_retrying = {1, 99000};
+  fresh.ranges_total = {12, 99000};
+  fresh.ranges_done = {7, 99000};
   s.databases["shop"] = fresh;
   engine::DatabaseStats stale;
   stale.lag_bytes = {123, 94000};
@@ -101,6 +106,25 @@ TEST(MetricsTest, RendersEveryFamilyExactly) {
       "rows of COPY in flight; an estimate\n"
       "# TYPE pgshift_copied_rows gauge\n"
       "pgshift_copied_rows{database=\"shop\",migration=\"ab12cd34\"} 1200\n"
+      "# HELP pgshift_replication_worker_errors_total Failed attempts of the subscription's table "
+      "sync and apply workers (pg_stat_subscription_stats, PostgreSQL 15+ targets)\n"
+      "# TYPE pgshift_replication_worker_errors_total counter\n"
+      "pgshift_replication_worker_errors_total{database=\"shop\",migration=\"ab12cd34\","
+      "worker=\"table_sync\"} 5\n"
+      "pgshift_replication_worker_errors_total{database=\"shop\",migration=\"ab12cd34\","
+      "worker=\"apply\"} 0\n"
+      "# HELP pgshift_tables_retrying Tables whose initial copy failed and waits for the "
+      "subscription's retry\n"
+      "# TYPE pgshift_tables_retrying gauge\n"
+      "pgshift_tables_retrying{database=\"shop\",migration=\"ab12cd34\"} 1\n"
+      "# HELP pgshift_copy_ranges pgshift's own copy (--copy snapshot): pieces the tables were "
+      "cut into\n"
+      "# TYPE pgshift_copy_ranges gauge\n"
+      "pgshift_copy_ranges{database=\"shop\",migration=\"ab12cd34\"} 12\n"
+      "# HELP pgshift_copy_ranges_done pgshift's own copy: pieces whose rows are committed on the "
+      "target\n"
+      "# TYPE pgshift_copy_ranges_done gauge\n"
+      "pgshift_copy_ranges_done{database=\"shop\",migration=\"ab12cd34\"} 7\n"
       "# HELP pgshift_verify_tables Tables the verification compares\n"
       "# TYPE pgshift_verify_tables gauge\n"
       "pgshift_verify_tables{migration=\"ab12cd34\"} 4\n"

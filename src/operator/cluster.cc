@@ -199,10 +199,36 @@ Status ServiceRouter::WaitForEndpoints(const std::string& like_service) {
   }
 }
 
-Result<engine::Endpoint> ServiceRouter::Current() {
+Result<engine::RouterState> ServiceRouter::Observe() {
   PGSHIFT_ASSIGN_OR_RETURN(json svc, client_->Get(k8s::resources::kServices, ns_, traffic_));
-  json selector = svc["spec"].value("selector", json::object());
-  return selector == target_selector_ ? target_ : source_;
+  json selector = json::object();
+  if (svc.contains("spec") && svc["spec"].is_object() && svc["spec"].contains("selector") &&
+      svc["spec"]["selector"].is_object()) {
+    selector = svc["spec"]["selector"];
+  }
+  engine::RouterState st;
+  const bool to_target = selector == target_selector_;
+  st.config = {to_target ? target_ : source_};
+  auto have = ReadyPodIps(client_, ns_, traffic_);
+  auto target_pods = ReadyPodIps(client_, ns_, target_service_);
+  if (!have.ok() || !target_pods.ok()) {
+    // The selector is all that could be read: clients follow it as the endpoints catch up.
+    st.leads_to = st.config;
+    st.settling = true;
+    st.detail = std::string("selector leads to the ") + (to_target ? "target" : "source") +
+                "; endpoints unknown (" + (have.ok() ? target_pods : have).status().message() + ")";
+    return st;
+  }
+  std::set<std::string> target_ips(target_pods->begin(), target_pods->end());
+  int on_target = 0, elsewhere = 0;
+  for (const auto& ip : *have) (target_ips.count(ip) ? on_target : elsewhere)++;
+  if (on_target > 0) st.leads_to.push_back(target_);
+  if (elsewhere > 0) st.leads_to.push_back(source_);
+  st.settling = st.leads_to != st.config;
+  st.detail = std::string("selector leads to the ") + (to_target ? "target" : "source") +
+              "; ready endpoints: " + std::to_string(on_target) + " target, " +
+              std::to_string(elsewhere) + " other";
+  return st;
 }
 
 }  // namespace pgshift::op

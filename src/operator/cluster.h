@@ -64,7 +64,10 @@ class ServiceRouter : public engine::Router {
   Status Pause(int) override { return Status::Ok(); }
   Status Resume() override { return Status::Ok(); }
   Status SwitchTo(const engine::Endpoint& to) override;
-  Result<engine::Endpoint> Current() override;
+  // The selector is the configuration; the traffic Service's ready EndpointSlice addresses
+  // are where clients go (the target's when they are Pods of the target Service, else the
+  // source's); settling while the two differ.
+  Result<engine::RouterState> Observe() override;
   bool HoldsTraffic() const override { return false; }
 
  private:

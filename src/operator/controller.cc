@@ -388,7 +388,7 @@ Status Controller::Reconcile(const std::string& key) {
 
   if (step == Step::kNone) {
     const std::string ph = status.value("phase", "");
-    const bool waiting = ph == "ReadyForCutover" && spec->cutover_mode == "manual";
+    const bool waiting = ph == "ReadyForCutover" && spec->cutover_mode == engine::CutoverMode::kManual;
     json st = {{"observedGeneration", generation},
                {"conditions", Conditions(status.value("conditions", json::array()), ph, false,
                                          waiting, "", "", generation, NowUtc())},
@@ -486,7 +486,7 @@ void Controller::RunTask(std::shared_ptr<Task> task, std::stop_token stop) {
   if (task->step == Step::kPreflight) {
     engine::PreflightOptions po;
     po.databases = spec->databases;
-    po.pg_dump_path = options_.tools.pg_dump;
+    po.tools = options_.tools;
     po.rollback_replication = spec->keep_reverse_replication;
     auto rep = engine::RunPreflight(wiring->source_dsn, wiring->target_dsn, po);
     if (!rep.ok()) return finish(rep.status());

@@ -9,7 +9,9 @@
 
 #include "common/clock.h"
 #include "common/log.h"
+#include "common/process.h"
 #include "common/strings.h"
+#include "engine/snapshot_keeper.h"
 #include "k8s/config.h"
 #include "k8s/events.h"
 #include "k8s/leader_election.h"
@@ -32,6 +34,8 @@ std::string Hostname() {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // A snapshot keeper started by a migration's copy runs this same executable.
+  if (auto rc = pgshift::engine::MaybeRunSnapshotKeeper(argc, argv)) return *rc;
   using namespace pgshift;
   CLI::App app{
       "pgshift-operator: moves PostgreSQL databases to another major version for "
@@ -54,8 +58,8 @@ int main(int argc, char** argv) {
                  "route; e.g. the test harness's pods.json)");
   app.add_option("--work-dir", work_dir, "folder for pgpass files and migration reports");
   app.add_option("--pg-bin-dir", pg_bin_dir,
-                 "folder with pg_dump, pg_dumpall and psql (default: from PATH); use the newest "
-                 "major of the versions involved");
+                 "folder with pg_dump, pg_dumpall, pg_restore and psql, at least the newest source major "
+                 "(default: from PATH; the image puts PostgreSQL 18's on PATH)");
   app.add_option("--workers", workers, "reconcile workers")->check(CLI::Range(1, 16));
   app.add_flag("--leader-elect", leader_elect, "run only while holding the Lease");
   app.add_option("--lease-duration", lease_seconds,
@@ -96,11 +100,7 @@ int main(int argc, char** argv) {
   co.address_map = op::AddressMap(address_map);
   co.work_dir = work_dir;
   co.workers = workers;
-  if (!pg_bin_dir.empty()) {
-    co.tools.pg_dump = pg_bin_dir + "/pg_dump";
-    co.tools.pg_dumpall = pg_bin_dir + "/pg_dumpall";
-    co.tools.psql = pg_bin_dir + "/psql";
-  }
+  co.tools = engine::ToolPaths::InDir(pg_bin_dir);
   op::Controller controller(client->get(), &events, co);
 
   // /metrics: the engine's figures of every resource (label migration="namespace/name");
@@ -147,6 +147,7 @@ int main(int argc, char** argv) {
 
   std::signal(SIGTERM, OnSignal);
   std::signal(SIGINT, OnSignal);
+  IgnoreSigpipe();  // a closed pipe or socket is an error to report, not a silent exit 141
   LogInfo("pgshift-operator starting", {{"api", config->server}, {"identity", identity}});
 
   if (!leader_elect) {

@@ -57,11 +57,13 @@ Result<UpgradeSpec> ParseSpec(const Json& resource) {
   PGSHIFT_RETURN_IF_ERROR(
       Read(Member(spec, "traffic"), "service", "traffic.service", &s.traffic_service));
   const Json& cut = Member(spec, "cutover");
-  PGSHIFT_RETURN_IF_ERROR(Read(cut, "mode", "cutover.mode", &s.cutover_mode));
+  std::string cutover_mode = engine::CutoverModeName(s.cutover_mode);
+  PGSHIFT_RETURN_IF_ERROR(Read(cut, "mode", "cutover.mode", &cutover_mode));
   PGSHIFT_RETURN_IF_ERROR(Read(cut, "approved", "cutover.approved", &s.cutover_approved));
   PGSHIFT_RETURN_IF_ERROR(Read(cut, "maxLagBytes", "cutover.maxLagBytes", &s.max_lag_bytes));
   PGSHIFT_RETURN_IF_ERROR(Read(cut, "maxPauseMs", "cutover.maxPauseMs", &s.max_pause_ms));
-  PGSHIFT_RETURN_IF_ERROR(Read(spec, "verify", "verify", &s.verify));
+  std::string verify = engine::VerifyLevelName(s.verify);
+  PGSHIFT_RETURN_IF_ERROR(Read(spec, "verify", "verify", &verify));
   PGSHIFT_RETURN_IF_ERROR(Read(Member(spec, "rollback"), "keepReverseReplication",
                                "rollback.keepReverseReplication", &s.keep_reverse_replication));
   PGSHIFT_RETURN_IF_ERROR(Read(spec, "action", "action", &s.action));
@@ -87,16 +89,16 @@ Result<UpgradeSpec> ParseSpec(const Json& resource) {
     return Bad("traffic.service",
                "must be the Service clients use, not the source's own Service (source.service)");
   }
-  if (s.cutover_mode != "auto" && s.cutover_mode != "manual") {
-    return Bad("cutover.mode", "must be auto or manual");
-  }
+  auto mode = engine::ParseCutoverMode(cutover_mode);
+  if (!mode.ok()) return Bad("cutover.mode", "must be auto or manual");
+  s.cutover_mode = *mode;
   if (s.max_lag_bytes < 0) return Bad("cutover.maxLagBytes", "must not be negative");
   if (s.max_pause_ms < 1 || s.max_pause_ms > 600000) {
     return Bad("cutover.maxPauseMs", "must be 1..600000");
   }
-  if (s.verify != "none" && s.verify != "count" && s.verify != "checksum") {
-    return Bad("verify", "must be none, count or checksum");
-  }
+  auto level = engine::ParseVerifyLevel(verify);
+  if (!level.ok()) return Bad("verify", "must be none, count or checksum");
+  s.verify = *level;
   if (!s.action.empty() && s.action != "Rollback" && s.action != "Finish") {
     return Bad("action", "must be empty, Rollback or Finish");
   }
@@ -201,7 +203,7 @@ Json TargetStatefulSet(const Json& resource, const UpgradeSpec& spec) {
 
 engine::MigrationOptions EngineOptions(const UpgradeSpec& spec) {
   engine::MigrationOptions o;
-  o.router = "kubernetes-service";
+  o.router = engine::RouterKind::kKubernetesService;
   o.cutover = spec.cutover_mode;
   o.max_lag_bytes = spec.max_lag_bytes;
   o.max_pause_ms = spec.max_pause_ms;
@@ -217,10 +219,8 @@ Step NextStep(const UpgradeSpec& spec, std::optional<engine::Phase> phase, bool 
   if (!phase.has_value()) return Step::kRun;
   switch (*phase) {
     case Phase::kReadyForCutover:
-      if (spec.cutover_mode == "auto" || spec.cutover_approved) {
-        return spec.cutover_mode == "auto" ? Step::kRun : Step::kCutover;
-      }
-      return Step::kNone;
+      if (spec.cutover_mode == engine::CutoverMode::kAuto) return Step::kRun;
+      return spec.cutover_approved ? Step::kCutover : Step::kNone;
     case Phase::kRollbackReady:
       if (spec.action == "Rollback") return Step::kRollback;
       if (spec.action == "Finish") return Step::kFinish;

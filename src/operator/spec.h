@@ -47,12 +47,13 @@ struct UpgradeSpec {
   std::map<std::string, std::string> parameters;
   // traffic, cutover, verify, rollback
   std::string traffic_service;
-  std::string cutover_mode = "auto";  // auto | manual
+  // Defaults are the engine's (engine::MigrationOptions), as the CRD's schema documents.
+  engine::CutoverMode cutover_mode = engine::MigrationOptions{}.cutover;
   bool cutover_approved = false;
-  int64_t max_lag_bytes = 16 << 20;
-  int max_pause_ms = 2000;
-  std::string verify = "checksum";
-  bool keep_reverse_replication = true;
+  int64_t max_lag_bytes = engine::MigrationOptions{}.max_lag_bytes;
+  int max_pause_ms = engine::MigrationOptions{}.max_pause_ms;
+  engine::VerifyLevel verify = engine::MigrationOptions{}.verify;
+  bool keep_reverse_replication = engine::MigrationOptions{}.rollback_replication;
   std::string action;  // "" | Rollback | Finish
   bool check_only = false;
 };

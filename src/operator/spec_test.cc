@@ -28,9 +28,9 @@ TEST(ParseSpec, AppliesDefaults) {
   EXPECT_EQ(s->username_key, "username");
   EXPECT_EQ(s->password_key, "password");
   EXPECT_EQ(s->target_image, "postgres:17");
-  EXPECT_EQ(s->cutover_mode, "auto");
+  EXPECT_EQ(s->cutover_mode, engine::CutoverMode::kAuto);
   EXPECT_EQ(s->max_lag_bytes, 16 << 20);
-  EXPECT_EQ(s->verify, "checksum");
+  EXPECT_EQ(s->verify, engine::VerifyLevel::kChecksum);
   EXPECT_TRUE(s->keep_reverse_replication);
   EXPECT_FALSE(s->check_only);
 }
@@ -101,7 +101,7 @@ TEST(NextStep, FollowsPhaseAndSpec) {
   EXPECT_EQ(NextStep(s, Phase::kCuttingOver, false), Step::kRun);
   EXPECT_EQ(NextStep(s, Phase::kReadyForCutover, false), Step::kRun);  // auto
   EXPECT_EQ(NextStep(s, Phase::kRollbackReady, false), Step::kNone);
-  s.cutover_mode = "manual";
+  s.cutover_mode = engine::CutoverMode::kManual;
   EXPECT_EQ(NextStep(s, Phase::kReadyForCutover, false), Step::kNone);
   s.cutover_approved = true;
   EXPECT_EQ(NextStep(s, Phase::kReadyForCutover, false), Step::kCutover);

@@ -3,6 +3,7 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "common/log.h"
 #include "common/strings.h"
 #include "pg/conninfo.h"
 
@@ -29,6 +30,10 @@ StatusCode CodeForSqlState(const std::string& state) {
   if (state.rfind("22", 0) == 0 || state.rfind("42", 0) == 0) return StatusCode::kInvalidArgument;
   return StatusCode::kInternal;
 }
+
+// Server notices and warnings (e.g. ending a session that just went away) are for the log at
+// debug level, not for the user's terminal, where libpq would print them.
+void NoticeToLog(void*, const char* message) { LogDebug("server: " + CleanMessage(message)); }
 
 }  // namespace
 
@@ -94,6 +99,7 @@ Result<std::unique_ptr<Connection>> Connection::Connect(const std::string& dsn,
     }
     return Status(code, "cannot connect: " + msg);
   }
+  PQsetNoticeProcessor(conn, NoticeToLog, nullptr);
   return std::unique_ptr<Connection>(new Connection(conn));
 }
 
@@ -134,6 +140,37 @@ Result<QueryResult> Connection::Query(const std::string& sql, const std::vector<
   return owned;
 }
 
+Status Connection::Send(const std::string& sql, const std::vector<Param>& params) {
+  std::vector<const char*> values;
+  values.reserve(params.size());
+  for (const auto& p : params) values.push_back(p ? p->c_str() : nullptr);
+  // As Query: without parameters, several statements may be sent at once.
+  int sent = params.empty()
+                 ? PQsendQuery(conn_, sql.c_str())
+                 : PQsendQueryParams(conn_, sql.c_str(), static_cast<int>(params.size()), nullptr,
+                                     values.data(), nullptr, nullptr, 0);
+  if (sent == 0) {
+    last_sqlstate_.clear();
+    return Status::Unavailable("query failed: " + CleanMessage(PQerrorMessage(conn_)));
+  }
+  return Status::Ok();
+}
+
+Result<QueryResult> Connection::Receive() {
+  // One statement gives one result, then NULL; the first failure wins.
+  Result<QueryResult> out = Status::Unavailable("query failed: no result");
+  bool have = false;
+  while (PGresult* res = PQgetResult(conn_)) {
+    QueryResult owned(res);
+    if (have && !out.ok()) continue;
+    Status s = ResultStatus(res);
+    out = s.ok() ? Result<QueryResult>(std::move(owned)) : Result<QueryResult>(s);
+    have = true;
+  }
+  if (!have) return Status::Unavailable("query failed: " + CleanMessage(PQerrorMessage(conn_)));
+  return out;
+}
+
 Status Connection::Exec(const std::string& sql) {
   auto r = Query(sql);
   return r.ok() ? Status::Ok() : r.status();
@@ -146,9 +183,26 @@ Result<std::string> Connection::QueryValue(const std::string& sql,
   return r.Get(0, 0);
 }
 
+namespace {
+
+// `text` between `quote`s with each `quote` doubled: the SQL rule for identifiers and for
+// standard-conforming string literals. No byte of a multibyte character in any client encoding
+// PostgreSQL supports is a quote, so this cannot end the quoting early; an invalid sequence or
+// a NUL makes the statement fail on the server (libpq sends up to the NUL: unterminated quote).
+std::string QuotePlain(std::string_view text, char quote) {
+  std::string out(1, quote);
+  for (char c : text) {
+    if (c == quote) out += quote;
+    out += c;
+  }
+  return out + quote;
+}
+
+}  // namespace
+
 std::string Connection::QuoteIdent(std::string_view name) const {
   char* q = PQescapeIdentifier(conn_, name.data(), name.size());
-  if (q == nullptr) std::abort();  // only on out-of-memory or invalid encoding
+  if (q == nullptr) return QuotePlain(name, '"');
   std::string out(q);
   PQfreemem(q);
   return out;
@@ -156,11 +210,22 @@ std::string Connection::QuoteIdent(std::string_view name) const {
 
 std::string Connection::QuoteLiteral(std::string_view value) const {
   char* q = PQescapeLiteral(conn_, value.data(), value.size());
-  if (q == nullptr) std::abort();
+  if (q == nullptr) {
+    // E'' with quotes and backslashes doubled means the same whatever
+    // standard_conforming_strings says (libpq's own form for text with backslashes).
+    std::string doubled;
+    for (char c : value) {
+      if (c == '\\') doubled += c;
+      doubled += c;
+    }
+    return " E" + QuotePlain(doubled, '\'');
+  }
   std::string out(q);
   PQfreemem(q);
   return out;
 }
+
+std::string Connection::ErrorMessage() const { return CleanMessage(PQerrorMessage(conn_)); }
 
 void Connection::Cancel() {
   PGcancel* c = PQgetCancel(conn_);

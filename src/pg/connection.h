@@ -55,7 +55,16 @@ class Connection {
   Status Exec(const std::string& sql);
   // The first column of the first row; NotFound when there is no row.
   Result<std::string> QueryValue(const std::string& sql, const std::vector<Param>& params = {});
+  // Query in two halves, so that several connections work at once: Send starts the statement
+  // (without parameters, several) and returns; Receive waits for the last statement's result
+  // (or the first error). REQUIRES: every successful Send is followed by a Receive before any
+  // other call on this connection.
+  Status Send(const std::string& sql, const std::vector<Param>& params = {});
+  Result<QueryResult> Receive();
 
+  // Quoted for SQL. Never fails: when libpq refuses the text (not valid in the connection's
+  // encoding) it is quoted by the plain rule (quotes doubled) and the server then rejects the
+  // statement with an error, rather than pgshift ending on a bad name from its input.
   std::string QuoteIdent(std::string_view name) const;
   std::string QuoteLiteral(std::string_view value) const;
 
@@ -75,9 +84,14 @@ class Connection {
   // Asks the server to cancel the running statement (from another thread).
   void Cancel();
 
+  // For code that drives libpq itself (COPY streaming, copy_pipe.h): the status of `res`, a
+  // result of this connection (not freed here; nullptr: the connection failed), with
+  // last_sqlstate() set as for Query; and the connection's last error message, redacted.
+  Status ResultStatus(PGresult* res);
+  std::string ErrorMessage() const;
+
  private:
   explicit Connection(PGconn* conn) : conn_(conn) {}
-  Status ResultStatus(PGresult* res);
 
   PGconn* conn_;
   std::string last_sqlstate_;

@@ -120,6 +120,44 @@ std::string Outcome(const json& state) {
   return "in progress (" + phase + ")";
 }
 
+// The state's verification reports: before cutover (live, converging) and at the last
+// cutover's switch point (exact: a snapshot of each side at one moment).
+struct VerificationKind {
+  const char* key;      // in state.json
+  const char* when;     // in the summary row
+  const char* heading;  // of its table
+};
+constexpr VerificationKind kVerifications[] = {
+    {"verification", "before cutover", "Before cutover: converging while replication runs"},
+    {"switch_point_verification", "at the switch point",
+     "At the switch point: exact, one snapshot per side at the same moment"}};
+
+// A table's result word; states written before "result" existed only have "match".
+std::string TableResultOf(const json& t) {
+  std::string r = Str(t, "result");
+  if (!r.empty()) return r;
+  return Bool(t, "match") ? "match" : "different";
+}
+
+// "clean: 12 tables compared (checksum, ...): ..." with the verdict coloured.
+std::string VerificationResult(const json& v) {
+  if (Str(v, "state") == "running") return "<span class=\"bad\">not finished</span>";
+  if (!Str(v, "error").empty()) {
+    return "<span class=\"bad\">not done</span>: " + HtmlEscape(Str(v, "error"));
+  }
+  bool clean = Bool(v, "clean");
+  std::string summary = Str(v, "summary");
+  if (summary.empty()) {
+    summary = Str(v, "level") + ", " + Fixed(Num(v, "tables_verified").value_or(0), 0) +
+              " tables, " + Fixed(Num(v, "mismatches").value_or(0), 0) + " mismatches";
+  }
+  std::string out = std::string("<span class=\"") +
+                    (clean ? "ok\">clean" : "bad\">differences found") + "</span>: " +
+                    HtmlEscape(summary);
+  if (!Str(v, "action").empty()) out += " (" + HtmlEscape(Str(v, "action")) + ")";
+  return out;
+}
+
 void Row(std::string* h, std::string_view key, const std::string& value_html) {
   *h += "<tr><th>" + HtmlEscape(key) + "</th><td>" + value_html + "</td></tr>\n";
 }
@@ -161,6 +199,10 @@ std::string SummaryHtml(const ReportInput& in, const std::vector<PhaseSpan>& pha
     std::string copy = HtmlEscape(FormatBytes(Num(*it, "bytes_copied").value_or(0))) + " of " +
                        HtmlEscape(FormatBytes(*total));
     if (auto rows = Num(*it, "rows_copied")) copy += ", " + HtmlEscape(Fixed(*rows, 0)) + " rows";
+    if (auto ranges = Num(*it, "ranges_total")) {
+      copy += ", " + HtmlEscape(Fixed(Num(*it, "ranges_done").value_or(0), 0)) + " of " +
+              HtmlEscape(Fixed(*ranges, 0)) + " ranges";
+    }
     Row(&h, "initial copy", copy + " (last sample)");
     break;
   }
@@ -177,17 +219,15 @@ std::string SummaryHtml(const ReportInput& in, const std::vector<PhaseSpan>& pha
   pause +=
       "; " + std::to_string(cutovers.size()) + " attempt(s), " + std::to_string(failed) + " undone";
   Row(&h, "last pause", pause);
-  const json& v = Member(s, "verification");
-  if (v.is_object() && !v.empty()) {
-    bool clean = Bool(v, "clean");
-    Row(&h, "verification",
-        std::string("<span class=\"") + (clean ? "ok\">clean" : "bad\">differences found") +
-            "</span>: " + HtmlEscape(Str(v, "level")) + ", " +
-            HtmlEscape(Fixed(Num(v, "tables_verified").value_or(0), 0)) + " tables, " +
-            HtmlEscape(Fixed(Num(v, "mismatches").value_or(0), 0)) + " mismatches");
-  } else {
-    Row(&h, "verification", "not run");
+  // What was compared, how and the result: before cutover, and exactly at the switch point.
+  std::string verification;
+  for (const auto& k : kVerifications) {
+    const json& v = Member(s, k.key);
+    if (!v.is_object() || v.empty()) continue;
+    if (!verification.empty()) verification += "<br>";
+    verification += HtmlEscape(k.when) + ": " + VerificationResult(v);
   }
+  Row(&h, "verification", verification.empty() ? "not run" : verification);
   if (in.load) {
     const json& l = in.load->summary;
     std::string t = HtmlEscape(Fixed(Num(l, "acknowledged").value_or(0), 0)) + " writes, " +
@@ -270,48 +310,70 @@ std::string CutoverTable(const std::vector<Cutover>& cutovers) {
 
 constexpr size_t kMaxVerifyRows = 500;
 
-std::string VerificationTable(const json& state) {
-  const json& v = Member(state, "verification");
+std::string VerificationTable(const json& v) {
   const json& tables = Member(v, "tables");
   if (!tables.is_array() || tables.empty()) {
-    return "<p class=\"nodata\">No verification results in state.json.</p>\n";
+    return "<p class=\"nodata\">No table results.</p>\n";
   }
   std::vector<const json*> rows;
   for (const auto& t : tables) rows.push_back(&t);
-  // Differences first: they are what a reader looks for.
-  std::stable_sort(rows.begin(), rows.end(), [](const json* a, const json* b) {
-    return !Bool(*a, "match") && Bool(*b, "match");
-  });
+  // Differences first, then rows still being written: what a reader looks for.
+  auto rank = [](const json* t) {
+    std::string r = TableResultOf(*t);
+    return r == "different" ? 0 : r == "changing" ? 1 : 2;
+  };
+  std::stable_sort(rows.begin(), rows.end(),
+                   [&](const json* a, const json* b) { return rank(a) < rank(b); });
   auto cell = [](const json& t, const char* k) {
     auto n = Num(t, k);
     return n ? Fixed(*n, 0) : std::string("-");
   };
+  auto list = [](const json& t, const char* k) {
+    std::vector<std::string> out;
+    const json& items = Member(t, k);
+    if (items.is_array()) {
+      for (const auto& i : items) {
+        if (i.is_string()) out.push_back(i.get<std::string>());
+      }
+    }
+    return out;
+  };
   std::string h =
-      "<table class=\"grid\" id=\"verification\"><tr><th>database</th><th>table</th>"
-      "<th>source rows</th><th>target rows</th><th>result</th><th>rounds</th><th>note</th></tr>\n";
+      "<table class=\"grid verification\"><tr><th>database</th><th>table</th><th>key</th>"
+      "<th>source rows</th><th>target rows</th><th>result</th><th>note</th></tr>\n";
   for (size_t i = 0; i < rows.size() && i < kMaxVerifyRows; ++i) {
     const json& t = *rows[i];
-    bool match = Bool(t, "match");
+    const std::string result = TableResultOf(t);
     std::string note = Str(t, "note");
-    const json& keys = Member(t, "differing_keys");
-    if (keys.is_array() && !keys.empty()) {
-      std::vector<std::string> k;
-      for (const auto& key : keys) {
-        if (key.is_string()) k.push_back(key.get<std::string>());
-      }
-      note += (note.empty() ? "" : "; ") + std::string("keys ") + Join(k, " ");
-    }
+    auto add = [&note](const std::string& part) { note += (note.empty() ? "" : "; ") + part; };
+    if (auto k = list(t, "differing_keys"); !k.empty()) add("keys " + Join(k, " "));
+    if (auto k = list(t, "changing_keys"); !k.empty()) add("being written: " + Join(k, " "));
+    for (const auto& r : list(t, "differing_rows_text")) add(r);
+    const char* cls = result == "different" ? "bad" : result == "match" ? "ok" : "note";
     h += "<tr><td>" + HtmlEscape(Str(t, "database")) + "</td><td>" +
          HtmlEscape(Str(t, "schema") + "." + Str(t, "table")) + "</td><td>" +
+         HtmlEscape(Str(t, "key").empty() ? "-" : Str(t, "key")) + "</td><td>" +
          cell(t, "source_rows") + "</td><td>" + cell(t, "target_rows") + "</td><td class=\"" +
-         (match ? "ok\">match" : "bad\">differs") + "</td><td>" + cell(t, "rounds") + "</td><td>" +
-         HtmlEscape(note) + "</td></tr>\n";
+         cls + "\">" + HtmlEscape(result) + "</td><td>" + HtmlEscape(note) + "</td></tr>\n";
   }
   h += "</table>\n";
   if (rows.size() > kMaxVerifyRows) {
     h += "<p>and " + std::to_string(rows.size() - kMaxVerifyRows) +
          " more tables, all matching (state.json has them all).</p>\n";
   }
+  return h;
+}
+
+// Both verifications, each with what was compared, how, and the result.
+std::string VerificationSection(const json& state) {
+  std::string h;
+  for (const auto& k : kVerifications) {
+    const json& v = Member(state, k.key);
+    if (!v.is_object() || v.empty()) continue;
+    h += "<h3 id=\"" + std::string(k.key) + "\">" + HtmlEscape(k.heading) + "</h3>\n<p>" +
+         VerificationResult(v) + "</p>\n" + VerificationTable(v);
+  }
+  if (h.empty()) return "<p class=\"nodata\">No verification results in state.json.</p>\n";
   return h;
 }
 
@@ -554,7 +616,7 @@ std::string RenderHtml(const ReportInput& in, const Assets& assets) {
 
   h += "<section id=\"cutovers\"><h2>Cutover attempts</h2>\n" + CutoverTable(cutovers) +
        "</section>\n";
-  h += "<section id=\"verify\"><h2>Verification</h2>\n" + VerificationTable(in.state) +
+  h += "<section id=\"verify\"><h2>Verification</h2>\n" + VerificationSection(in.state) +
        "</section>\n";
 
   if (in.load) {

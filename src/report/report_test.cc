@@ -104,7 +104,48 @@ TEST(ReportTest, DifferencesAreListedFirst) {
   ReportInput in;
   in.state = State();
   std::string html = RenderHtml(in, kAssets);
-  EXPECT_LT(html.find("differs"), html.find(">match<"));
+  EXPECT_LT(html.find(">different<"), html.find(">match<"));
+}
+
+// Before cutover and at the switch point: what was compared, how, and the result of each.
+TEST(ReportTest, ShowsBothVerificationsWithHowAndResult) {
+  ReportInput in;
+  in.state = State();
+  in.state["verification"] = nlohmann::json::parse(R"j({
+    "level": "checksum", "mode": "convergence", "clean": true, "tables_verified": 2,
+    "mismatches": 0, "changing": 1,
+    "summary": "2 tables compared (checksum, pre-cutover convergence, hashextended): 1 match, 1 still being written (not blocking)",
+    "tables": [
+      {"database": "app", "schema": "public", "table": "accounts", "key": "(aid)",
+       "result": "match", "source_rows": 5, "target_rows": 5},
+      {"database": "app", "schema": "public", "table": "branches", "key": "(bid)",
+       "result": "changing", "source_rows": 20, "target_rows": 20,
+       "note": "2 rows were still being written", "changing_keys": ["(4)", "(18)"]}]})j");
+  in.state["switch_point_verification"] = nlohmann::json::parse(R"j({
+    "level": "checksum", "mode": "snapshot", "clean": false, "tables_verified": 2,
+    "mismatches": 1, "action": "rolled back",
+    "summary": "2 tables compared (checksum, exact snapshot pair, hashextended): 1 match, 1 different",
+    "tables": [
+      {"database": "app", "schema": "public", "table": "history", "key": "",
+       "result": "different", "source_rows": 9, "target_rows": 10, "note": "row count differs",
+       "differing_rows_text": ["- only on target: (1,2,3)"]},
+      {"database": "app", "schema": "public", "table": "branches", "key": "(bid)",
+       "result": "match", "source_rows": 20, "target_rows": 20}]})j");
+  std::string html = RenderHtml(in, kAssets);
+  EXPECT_NE(html.find("before cutover: <span class=\"ok\">clean</span>: 2 tables compared "
+                      "(checksum, pre-cutover convergence, hashextended)"),
+            std::string::npos)
+      << html;
+  EXPECT_NE(html.find("at the switch point: <span class=\"bad\">differences found</span>: 2 "
+                      "tables compared (checksum, exact snapshot pair, hashextended): 1 match, 1 "
+                      "different (rolled back)"),
+            std::string::npos);
+  EXPECT_NE(html.find("Before cutover: converging while replication runs"), std::string::npos);
+  EXPECT_NE(html.find("At the switch point: exact"), std::string::npos);
+  EXPECT_NE(html.find("being written: (4) (18)"), std::string::npos);
+  EXPECT_NE(html.find("- only on target: (1,2,3)"), std::string::npos);
+  EXPECT_NE(html.find("<td class=\"note\">changing</td>"), std::string::npos);
+  EXPECT_LT(html.find("Before cutover:"), html.find("At the switch point:"));
 }
 
 TEST(ReportTest, MissingHistoryGivesNotesNotCharts) {

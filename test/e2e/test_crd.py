@@ -54,8 +54,8 @@ def test_make_install_establishes_the_crd(kubectl):
 def test_sample_is_accepted_with_defaults(k):
     p = k.run("apply", "-f", str(ROOT / "deploy" / "samples" / "postgresupgrade.yaml"))
     assert "created" in p.stdout
-    spec = k.json("get", "pgu", "orders-to-17")["spec"]
-    assert spec["target"]["version"] == 17 and spec["source"]["service"] == "orders-db"
+    spec = k.json("get", "pgu", "orders-to-18")["spec"]
+    assert spec["target"]["version"] == 18 and spec["source"]["service"] == "orders-db"
 
     # The minimal resource gets every documented default; 45 characters is the longest name.
     k.apply(valid("a" * 45))

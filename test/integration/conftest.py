@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import time
+import urllib.parse
 import uuid
 from pathlib import Path
 
@@ -55,7 +56,7 @@ class Lab:
         return {i["name"]: i for i in json.loads(self.run("lab", "list", "--json").stdout)}
 
     def dsn(self, name, db="postgres"):
-        return self.list()[name]["dsn"].replace("/postgres?", f"/{db}?")
+        return on_db(self.list()[name]["dsn"], db)
 
 
 def sql(dsn, query, check=True):
@@ -68,15 +69,17 @@ def sql(dsn, query, check=True):
 
 
 def on_db(dsn, db):
-    """The lab DSN `dsn` for database `db`."""
-    return dsn.replace("/postgres?", f"/{db}?")
+    """The lab DSN `dsn` for database `db` (percent-encoded: psql 18 refuses spaces in URIs)."""
+    return dsn.replace("/postgres?", f"/{urllib.parse.quote(db, safe='')}?")
 
 
 def pgshift_objects(dsn, fence=False):
     """Every pgshift object on the server of `dsn`, in every database (and, with `fence`, any
     per-database setting such as the cutover's read-only fence)."""
     cluster = ("SELECT slot_name FROM pg_replication_slots WHERE slot_name LIKE 'pgshift%' "
-               "UNION ALL SELECT subname FROM pg_subscription WHERE subname LIKE 'pgshift%'")
+               "UNION ALL SELECT subname FROM pg_subscription WHERE subname LIKE 'pgshift%' "
+               "UNION ALL SELECT 'database ' || datname FROM pg_database "
+               "WHERE datname LIKE 'pgshift%'")
     if fence:
         cluster += (" UNION ALL SELECT 'setting ' || array_to_string(setconfig, ',') "
                     "FROM pg_db_role_setting WHERE setdatabase <> 0")

@@ -33,6 +33,10 @@ FAMILIES = {
     "pgshift_copy_size_bytes": "gauge",
     "pgshift_copied_bytes": "gauge",
     "pgshift_copied_rows": "gauge",
+    "pgshift_replication_worker_errors_total": "counter",
+    "pgshift_tables_retrying": "gauge",
+    "pgshift_copy_ranges": "gauge",
+    "pgshift_copy_ranges_done": "gauge",
     "pgshift_verify_tables": "gauge",
     "pgshift_verify_tables_done": "gauge",
     "pgshift_verify_mismatches": "gauge",
@@ -44,7 +48,10 @@ FAMILIES = {
 }
 PER_DATABASE = {"pgshift_replication_lag_bytes", "pgshift_replication_lag_seconds", "pgshift_tables",
                 "pgshift_tables_synced", "pgshift_copy_size_bytes", "pgshift_copied_bytes",
-                "pgshift_copied_rows"}
+                "pgshift_copied_rows", "pgshift_replication_worker_errors_total",
+                "pgshift_tables_retrying", "pgshift_copy_ranges", "pgshift_copy_ranges_done"}
+# Per database and per worker kind (table_sync, apply).
+WORKER_LABELLED = {"pgshift_replication_worker_errors_total"}
 # Families without a sample in this run: no cutover has finished while pgshift waits for the
 # manual confirmation, and no step failed.
 UNSAMPLED_HERE = {"pgshift_cutover_last_pause_seconds", "pgshift_errors_total"}
@@ -109,6 +116,10 @@ def check_scrape(types, samples, migration_id):
     for db, n in copied.items():
         if db in size and n > size[db]:
             problems.append(f"{db}: copied {n} of {size[db]} bytes")
+    ranges, ranges_done = per_db("pgshift_copy_ranges"), per_db("pgshift_copy_ranges_done")
+    for db, n in ranges_done.items():
+        if db in ranges and n > ranges[db]:
+            problems.append(f"{db}: {n} copy ranges done of {ranges[db]}")
     vt = [v for _, v in by.get("pgshift_verify_tables", [])]
     vd = [v for _, v in by.get("pgshift_verify_tables_done", [])]
     if vt and vd and vd[0] > vt[0]:
@@ -287,7 +298,9 @@ def test_metrics_of_a_real_upgrade_under_load_scraped_by_prometheus(lab):
             if name not in UNSAMPLED_HERE:
                 assert name in scraper.sampled, f"{name}: never had a sample"
         for name in PER_DATABASE:
-            assert scraper.labels[name] == {("database", "migration")}, (name, scraper.labels[name])
+            want = ("database", "migration", "worker") if name in WORKER_LABELLED else \
+                ("database", "migration")
+            assert scraper.labels[name] == {want}, (name, scraper.labels[name])
         assert scraper.labels["pgshift_phase"] == {("migration", "phase")}
         assert {"InitialCopy", "CatchingUp", "CuttingOver"} <= scraper.phases, scraper.phases
 

@@ -149,7 +149,7 @@ def test_report_of_a_real_run_renders_in_chromium(lab):
     state = lab.dir / "rp-state"
     ledger = lab.dir / "rp.ledger"
 
-    load = lab.popen("load", "run", "--dsn", app, "--rate", "300", "--duration", "16",
+    load = lab.popen("load", "run", "--dsn", app, "--rate", "300", "--duration", "24",
                      "--ledger", str(ledger))
     time.sleep(2)
     # stderr on a terminal: the live bars, checked on an emulated screen.

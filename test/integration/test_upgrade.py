@@ -108,7 +108,7 @@ def test_upgrade_through_nginx_moves_clients_and_loses_nothing(lab):
     router = lab.list()["ng-proxy"]
     load_schema(src)
     ledger = lab.dir / "ng.ledger"
-    load = lab.popen("load", "run", "--dsn", app, "--rate", "300", "--duration", "12",
+    load = lab.popen("load", "run", "--dsn", app, "--rate", "300", "--duration", "20",
                      "--ledger", str(ledger))
     time.sleep(2)
     up = lab.run("upgrade", "--source", src, "--target", dst, "--state", str(lab.dir / "ng-state"),
