@@ -58,6 +58,8 @@ void LeaderElector::Run() {
     auto now = std::chrono::steady_clock::now();
     if (held) {
       last_renew_ = now;
+      last_renew_ns_ = std::chrono::duration_cast<std::chrono::nanoseconds>(
+                           now.time_since_epoch()).count();
       if (!leading_) StartLeading();
     } else if (leading_) {
       std::string holder = CurrentLeader();
@@ -66,6 +68,7 @@ void LeaderElector::Run() {
         Log(LogLevel::kWarning, "leader election: " + config_.identity + " lost lease " +
                                     config_.lease_namespace + "/" + config_.lease_name +
                                     (other ? " to " + holder : " (renew deadline passed)"));
+        if (callbacks_.on_lost_lease) callbacks_.on_lost_lease();
         StopLeading();
       }
     }
@@ -75,6 +78,16 @@ void LeaderElector::Run() {
     StopLeading();
     if (config_.release_on_stop) Release();
   }
+}
+
+bool LeaderElector::HoldsLease() const {
+  if (!leading_) return false;
+  const int64_t now = std::chrono::duration_cast<std::chrono::nanoseconds>(
+                          std::chrono::steady_clock::now().time_since_epoch())
+                          .count();
+  const int64_t deadline =
+      std::chrono::duration_cast<std::chrono::nanoseconds>(config_.renew_deadline).count();
+  return now - last_renew_ns_.load() < deadline;
 }
 
 void LeaderElector::StartLeading() {

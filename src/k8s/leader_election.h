@@ -37,6 +37,10 @@ struct LeaderCallbacks {
   std::function<void(std::stop_token stop)> on_started_leading{};
   // Called after leading ended (lost or stopped) and the work above has returned.
   std::function<void()> on_stopped_leading{};
+  // Called on the election thread the moment the Lease is lost (another holder, or the renew
+  // deadline passed), before the work is stopped and joined: the place to fence a stale
+  // leader at once (the operator exits, as controller-runtime does). Not called on Stop().
+  std::function<void()> on_lost_lease{};
   // Called whenever the observed leader changes (also to this candidate).
   std::function<void(const std::string& identity)> on_new_leader{};
 };
@@ -53,6 +57,11 @@ class LeaderElector {
   // Stops campaigning; if leading, stops the work, then releases the Lease.
   void Stop();
   bool IsLeader() const { return leading_; }
+  // Leading, and the last renewal is younger than renew_deadline on this process's monotonic
+  // clock. A process that was frozen (SIGSTOP, a long GC-like stall, a VM pause) sees false
+  // here as soon as it runs again, before its election thread had a chance to notice: writes
+  // guarded by it never come from a leader the others have already replaced.
+  bool HoldsLease() const;
   std::string CurrentLeader() const;
 
  private:
@@ -77,6 +86,7 @@ class LeaderElector {
   std::string observed_renew_time_{};
   std::chrono::steady_clock::time_point observed_at_{};
   std::chrono::steady_clock::time_point last_renew_{};
+  std::atomic<int64_t> last_renew_ns_{0};  // last_renew_ for other threads (HoldsLease)
 };
 
 }  // namespace pgshift::k8s

@@ -46,12 +46,26 @@ bool HasFinalizer(const json& cr) {
   return false;
 }
 
-std::optional<engine::MigrationState> SavedState(const json& cr) {
-  if (!cr.contains("status") || !cr["status"].contains("engine") ||
-      !cr["status"]["engine"].is_object() || cr["status"]["engine"].empty()) {
-    return std::nullopt;
+// The engine's memory in the resource's status: none yet (no key, null or {}), a state, or an
+// error when something is there that cannot be read. A corrupt state is never taken for "no
+// migration yet": a new migration would start against servers a previous one has changed.
+Result<std::optional<engine::MigrationState>> ReadSavedState(const json& cr) {
+  if (!cr.contains("status") || !cr["status"].is_object() || !cr["status"].contains("engine")) {
+    return std::optional<engine::MigrationState>();
   }
-  auto s = engine::MigrationState::FromJson(cr["status"]["engine"]);
+  const json& e = cr["status"]["engine"];
+  if (e.is_null() || (e.is_object() && e.empty())) return std::optional<engine::MigrationState>();
+  if (!e.is_object()) {
+    return Status::FailedPrecondition(std::string("status.engine is a JSON ") + e.type_name() +
+                            ", not an object");
+  }
+  auto s = engine::MigrationState::FromJson(e);
+  if (!s.ok()) return Status::FailedPrecondition("status.engine cannot be read: " + s.status().message());
+  return std::optional<engine::MigrationState>(std::move(*s));
+}
+
+std::optional<engine::MigrationState> SavedState(const json& cr) {
+  auto s = ReadSavedState(cr);
   if (!s.ok()) return std::nullopt;
   return *s;
 }
@@ -161,6 +175,9 @@ void Controller::Run(std::stop_token stop) {
 
 Status Controller::PatchStatus(const std::string& ns, const std::string& name,
                                const json& status) {
+  if (options_.holds_lease && !options_.holds_lease()) {
+    return Status::Aborted("not written: this operator no longer holds the leader Lease");
+  }
   auto r = client_->MergePatch(kPostgresUpgrades, ns, name, {{"status", status}}, "status");
   return r.ok() ? Status::Ok() : r.status();
 }
@@ -367,7 +384,19 @@ Status Controller::Reconcile(const std::string& key) {
     return Status::Ok();  // a spec change queues the resource again
   }
   const json status = cr.value("status", json::object());
-  std::optional<engine::MigrationState> saved = SavedState(cr);
+  auto read = ReadSavedState(cr);
+  if (!read.ok()) {
+    // Stop here, loudly: no step runs until a person restores the state or deletes the resource.
+    (void)ReportProblem(
+        cr, "CorruptStatus",
+        read.status().message() +
+            "; pgshift will not start a new migration against servers a previous one may have "
+            "changed: restore status.engine (kubectl get pgu -o json of a backup, then a "
+            "status patch), or delete the resource and clean both servers by hand "
+            "(docs/kubernetes.md)");
+    return Status::Ok();  // a status or spec change queues the resource again
+  }
+  std::optional<engine::MigrationState> saved = std::move(*read);
   std::optional<engine::Phase> phase;
   if (saved) phase = saved->phase;
   const int64_t generation = cr["metadata"].value("generation", int64_t{0});
@@ -558,7 +587,9 @@ void Controller::RunTask(std::shared_ptr<Task> task, std::stop_token stop) {
   auto m = engine::Migration::FromState(saved, req, options_.tools, sink);
   if (!m.ok()) return finish(m.status());
   engine::Migration* mig = m->get();
-  mig->set_stop([&stop]() { return stop.stop_requested(); });
+  mig->set_stop([&stop, this]() {
+    return stop.stop_requested() || (options_.holds_lease && !options_.holds_lease());
+  });
   mig->set_progress([task](const std::string& line) {
     LogInfo(line, {{"resource", task->key}});
     std::lock_guard<std::mutex> lock(task->mu);

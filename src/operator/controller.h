@@ -14,6 +14,7 @@
 #pragma once
 
 #include <atomic>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -43,6 +44,10 @@ struct ControllerOptions {
   engine::ToolPaths tools;
   int workers = 2;
   int status_interval_ms = 2000;  // live figures (lag, tables) are written this often
+  // With leader election: true while this process still holds the Lease (LeaderElector::
+  // HoldsLease). Every status write is refused and every engine step stops at its next check
+  // once it is false, so a leader that was frozen and replaced writes nothing when it wakes.
+  std::function<bool()> holds_lease;
 };
 
 // One resource's figures for the metrics endpoint.

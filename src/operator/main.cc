@@ -1,4 +1,5 @@
 // pgshift-operator: reconciles PostgresUpgrade resources (see controller.h, docs/kubernetes.md).
+#include <atomic>
 #include <csignal>
 #include <cstdlib>
 #include <iostream>
@@ -101,6 +102,14 @@ int main(int argc, char** argv) {
   co.work_dir = work_dir;
   co.workers = workers;
   co.tools = engine::ToolPaths::InDir(pg_bin_dir);
+  // Set once the elector exists (below); the controller starts only after it leads.
+  std::atomic<k8s::LeaderElector*> elected{nullptr};
+  if (leader_elect) {
+    co.holds_lease = [&elected]() {
+      k8s::LeaderElector* e = elected.load();
+      return e != nullptr && e->HoldsLease();
+    };
+  }
   op::Controller controller(client->get(), &events, co);
 
   // /metrics: the engine's figures of every resource (label migration="namespace/name");
@@ -180,12 +189,19 @@ int main(int argc, char** argv) {
     if (!g_stop.stop_requested()) lost = true;
     g_stop.request_stop();
   };
+  cb.on_lost_lease = []() {
+    // Exit at once, as controller-runtime does: every engine step ends with the process, and
+    // the new leader resumes from the saved state (the engine survives a crash at any step).
+    LogError("lost the leader Lease; exiting so that a fresh process campaigns again");
+    std::_Exit(1);
+  };
   cb.on_new_leader = [](const std::string& who) { LogInfo("leader", {{"identity", who}}); };
   auto elector = k8s::LeaderElector::Create(client->get(), lc, cb);
   if (!elector.ok()) {
     std::cerr << "pgshift-operator: " << elector.status().message() << "\n";
     return 2;
   }
+  elected = elector->get();
   (*elector)->Start();
   while (!g_stop.stop_requested()) SleepMillis(200);
   (*elector)->Stop();

@@ -447,6 +447,34 @@ def test_missing_secret_key_is_reported_in_status(k, namespace, operator):
     assert degraded() is None
 
 
+def test_corrupt_engine_status_is_degraded_not_a_new_migration(k, namespace, operator):
+    """A status.engine that cannot be read (a bad hand patch, a truncated write) must stop the
+    resource with Degraded, never be taken for "no migration yet": a new migration would start
+    against servers a previous one has changed."""
+    source = Source(k, namespace, 15)
+    k.apply(upgrade("shop", source, 17))
+    k.run("patch", "pgu", "shop", "--subresource=status", "--type=merge", "-p",
+          json.dumps({"status": {"phase": "InitialCopy",
+                                 "engine": {"version": 1, "id": "0badc0de", "phase": 7}}}))
+    operator.start()
+
+    def degraded():
+        st = (k.get("postgresupgrade", "shop") or {}).get("status", {})
+        c = {c["type"]: c for c in st.get("conditions", [])}.get("Degraded")
+        return c if c and c["status"] == "True" else None
+    c = wait_for(degraded, timeout=60, what="Degraded condition")
+    assert c["reason"] == "CorruptStatus", c
+    assert "status.engine cannot be read" in c["message"], c
+    events = k.json("get", "events", "--field-selector", "involvedObject.name=shop")["items"]
+    assert any(e["type"] == "Warning" and e["reason"] == "CorruptStatus" for e in events), events
+    # Nothing was started: the engine's memory is as the patch left it, the source untouched.
+    time.sleep(3)
+    st = k.get("postgresupgrade", "shop")["status"]
+    assert st["engine"] == {"version": 1, "id": "0badc0de", "phase": 7}, st
+    assert st["phase"] == "InitialCopy", st
+    assert pgshift_leftovers(source.address, source.password) == []
+
+
 def test_manual_cutover_then_rollback_then_finish(k, namespace, operator, tmp_path):
     """Manual mode waits at ReadyForCutover until approved; after cutover, action Rollback
     brings clients back to the source with every write made on the target (reverse
@@ -492,6 +520,41 @@ def test_manual_cutover_then_rollback_then_finish(k, namespace, operator, tmp_pa
     # The source is the database in use and takes writes.
     psql(source.address, source.password,
          "INSERT INTO shop.products (sku, title, price_cents) VALUES ('after', 'finish', 1)")
+
+
+def test_a_frozen_leader_that_wakes_after_its_lease_was_taken_writes_nothing_and_exits(
+        k, namespace, operator, tmp_path):
+    """The leader is frozen (SIGSTOP: a stalled node, a paused VM), not killed: the standby takes
+    the Lease and carries on. When the old leader runs again it must not act on its stale
+    view: its status writes are refused on its own clock (the renew deadline passed) and it
+    exits at once; the standby's migration loses nothing."""
+    source = Source(k, namespace, 15)
+    standby = Operator(namespace, operator.kubeconfig, tmp_path / "work2", tmp_path / "operator2.log")
+    lease = ["--leader-elect", "--lease-duration", "3"]
+    operator.start(*lease)
+    wait_for(lambda: "leading: reconciling" in operator.log(), timeout=30, what="first operator leads")
+    standby.start(*lease)
+    try:
+        ledger = tmp_path / "app.ledger"
+        load = start_load(source, ledger)
+        k.apply(upgrade("shop", source, 17, cutover={"maxPauseMs": 5000, "maxLagBytes": 0}))
+        wait_phase(k, "shop", {"CatchingUp"}, timeout=180, operator=operator)
+        operator.proc.send_signal(signal.SIGSTOP)
+        wait_for(lambda: "leading: reconciling" in standby.log(), timeout=30, what="standby leads")
+        time.sleep(2)
+        operator.proc.send_signal(signal.SIGCONT)
+        assert operator.proc.wait(timeout=30) == 1
+        assert "lost the leader Lease" in operator.log()
+        k.run("patch", "postgresupgrade", "shop", "--type", "merge", "-p",
+              json.dumps({"spec": {"cutover": {"maxLagBytes": 8 << 20}}}))
+        wait_phase(k, "shop", {"RollbackReady"}, timeout=180, operator=standby)
+        s = stop_load(load)
+        verify_on_target(k, namespace, ledger, s["acknowledged"])
+    finally:
+        standby.stop()
+        operator.stop()
+        k.in_namespace("pgshift-system").run("delete", "lease", "pgshift-operator", "--ignore-not-found")
+        print("---- standby log (tail) ----\n" + "\n".join(standby.log().splitlines()[-30:]))
 
 
 def test_leader_election_one_operator_works_and_a_standby_takes_over(
