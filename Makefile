@@ -43,9 +43,13 @@ test-unit: build build-asan
 	cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
 	cd $(BUILD_ASAN) && ctest --output-on-failure -j $(JOBS)
 
-# Integration tests run the sanitizer build of pgshift against real servers and routers.
+# Integration tests run the sanitizer build of pgshift against real servers and routers, test
+# files IT_JOBS at a time (pytest-xdist from .cache/python; each file has its own lab and ports;
+# IT_JOBS=1 runs them one after another).
+IT_JOBS ?= 2
 test-integration: build build-asan
-	PGSHIFT_BIN=$(BUILD_ASAN)/pgshift python3 -m pytest -q $(ROOT)/test/integration
+	PGSHIFT_BIN=$(BUILD_ASAN)/pgshift PYTHONPATH=$(CACHE)/python python3 -m pytest -q \
+	  $(if $(filter 1,$(IT_JOBS)),,-n $(IT_JOBS) --dist loadfile) --durations=15 $(ROOT)/test/integration
 
 # Every ordered pair of majors 13..18 (`make test` runs a subset); the table goes to
 # .cache/matrix/table.md (bench/RESULTS.md keeps the last full run's).

@@ -1,6 +1,7 @@
 // The migration commands: check, upgrade, status, cutover, rollback, finish, abort, verify.
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <limits>
@@ -287,9 +288,15 @@ void PrintStatus(const nlohmann::json& j) {
       }
     }
   }
+  // In the order they happened (UTC timestamps of one format sort as text), not by name.
+  std::vector<std::pair<std::string, std::string>> phases;  // started_at, phase
   for (const auto& [phase, t] : j["phase_times"].items()) {
-    printf("  %-16s %s .. %s\n", phase.c_str(), t["started_at"].get<std::string>().c_str(),
-           t["finished_at"].get<std::string>().c_str());
+    phases.emplace_back(t["started_at"].get<std::string>(), phase);
+  }
+  std::stable_sort(phases.begin(), phases.end());
+  for (const auto& [started, phase] : phases) {
+    printf("  %-16s %s .. %s\n", phase.c_str(), started.c_str(),
+           j["phase_times"][phase]["finished_at"].get<std::string>().c_str());
   }
   for (const auto& c : j["cutovers"]) {
     printf("cutover %-8s %s pause %.1f ms%s%s\n", c["direction"].get<std::string>().c_str(),

@@ -17,7 +17,10 @@ namespace pgshift::engine {
 Status Migration::Cutover(Router* router) {
   if (router == nullptr) return Status::InvalidArgument("cutover needs a router");
   PGSHIFT_RETURN_IF_ERROR(RecoverInFlight(router));
-  if (state_.phase == Phase::kRollbackReady) return Status::Ok();  // the recovery finished it
+  if (state_.phase == Phase::kRollbackReady) {  // the recovery finished it, or a run before
+    Progress("migration " + state_.id + " is cut over: clients use the target");
+    return Status::Ok();
+  }
   if (state_.phase != Phase::kReadyForCutover) {
     return Status::FailedPrecondition("cutover needs phase ReadyForCutover; migration " +
                                       state_.id + " is in " + PhaseName(state_.phase));
@@ -39,7 +42,10 @@ Status Migration::Cutover(Router* router) {
 Status Migration::Rollback(Router* router) {
   if (router == nullptr) return Status::InvalidArgument("rollback needs a router");
   PGSHIFT_RETURN_IF_ERROR(RecoverInFlight(router));
-  if (state_.phase == Phase::kRolledBack) return WriteReport();  // done, maybe by the recovery
+  if (state_.phase == Phase::kRolledBack) {  // done, maybe by the recovery, maybe by a run before
+    Progress("migration " + state_.id + " is rolled back: clients use the source");
+    return WriteReport();
+  }
   if (state_.phase != Phase::kRollbackReady) {
     return Status::FailedPrecondition("rollback needs phase RollbackReady; migration " + state_.id +
                                       " is in " + PhaseName(state_.phase));

@@ -75,6 +75,11 @@ Status Migration::NothingInFlight(const char* action) const {
 }
 
 Status Migration::Finish() {
+  // Run again after it finished: the goal holds (automation reruns commands).
+  if (state_.phase == Phase::kCompleted) {
+    Progress("migration " + state_.id + " already finished: nothing to do");
+    return Status::Ok();
+  }
   PGSHIFT_RETURN_IF_ERROR(NothingInFlight("finish"));
   if (state_.phase != Phase::kRollbackReady && state_.phase != Phase::kRolledBack) {
     return Status::FailedPrecondition("finish needs phase RollbackReady or RolledBack; migration " +
@@ -102,6 +107,10 @@ Status Migration::Abort(Router* router) {
     return Status::FailedPrecondition(
         "traffic already moved to the target: use `pgshift rollback` to return to the source, "
         "or `pgshift finish` to keep the target");
+  }
+  if (state_.phase == Phase::kAborted) {
+    Progress("migration " + state_.id + " already aborted: nothing to do");
+    return Status::Ok();
   }
   if (IsTerminal(state_.phase) && state_.phase != Phase::kFailed) {
     return Status::FailedPrecondition("migration " + state_.id + " already ended (" +

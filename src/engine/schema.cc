@@ -423,9 +423,10 @@ Result<std::vector<std::string>> CopyRoles(const std::string& source_dsn,
   PGSHIFT_ASSIGN_OR_RETURN(std::string target_user, dst->QueryValue("SELECT current_user"));
   PGSHIFT_ASSIGN_OR_RETURN(std::string password_encryption,
                            dst->QueryValue("SHOW password_encryption"));
-  int applied = 0;
-  for (const std::string& stmt :
-       RoleStatementsFor(dump, target_user, dst->QuoteIdent(target_user))) {
+  int applied = 0, created = 0, existing = 0, not_carried = 0;
+  const std::vector<std::string> statements =
+      RoleStatementsFor(dump, target_user, dst->QuoteIdent(target_user));
+  for (const std::string& stmt : statements) {
     if (stmt.find("PASSWORD 'md5") != std::string::npos && password_encryption != "md5") {
       std::smatch m;
       std::regex role_re(R"(ALTER ROLE (\S+))");
@@ -439,15 +440,26 @@ Result<std::vector<std::string>> CopyRoles(const std::string& source_dsn,
       if (older != stmt) r = dst->Exec(older);
     }
     if (!r.ok()) {
-      if (dst->last_sqlstate() == "42710") continue;  // CREATE ROLE of an existing role
+      if (dst->last_sqlstate() == "42710") {  // CREATE ROLE of an existing role
+        existing++;
+        continue;
+      }
+      not_carried++;
       std::string first_line = Split(stmt, '\n')[0];
       notes.push_back("not carried: `" + RedactSecrets(first_line.substr(0, 120)) +
                       "`: " + r.message());
       continue;
     }
+    if (stmt.rfind("CREATE ROLE ", 0) == 0) created++;
     applied++;
   }
-  LogInfo("roles copied", {{"statements", std::to_string(applied)}});
+  // What was and was not carried, so that "0" never reads as "nothing happened by mistake".
+  LogInfo("roles copied", {{"created", std::to_string(created)},
+                           {"already_on_target", std::to_string(existing)},
+                           {"statements", std::to_string(applied)},
+                           {"not_carried", std::to_string(not_carried)},
+                           {"kept", "the attributes and password of " + target_user +
+                                        ", the role pgshift connects as, on the target"}});
   return notes;
 }
 

@@ -464,15 +464,22 @@ class Comparison {
     const int64_t parts = (t.estimated_rows + chunk - 1) / chunk;
     if (parts > 1) {
       // About 32 sampled keys per range; SYSTEM sampling reads whole pages, a few hundred.
-      double percent = 100.0 * static_cast<double>(parts) * 32.0 /
-                       static_cast<double>(std::max<int64_t>(t.estimated_rows, 1));
-      PGSHIFT_ASSIGN_OR_RETURN(QueryResult r,
-                               One(*p.source, "source", t.queries->SampleKeys(percent)));
+      double percent = std::min(100.0, 100.0 * static_cast<double>(parts) * 32.0 /
+                                            static_cast<double>(std::max<int64_t>(t.estimated_rows, 1)));
       std::vector<KeyValues> sample;
-      for (int i = 0; i < r.rows(); ++i) {
-        KeyValues k;
-        for (int c = 0; c < r.columns(); ++c) k.push_back(r.Get(i, c));
-        sample.push_back(std::move(k));
+      // A small percentage of a table of a few thousand pages can round to no page at all
+      // (or a stale estimate can be far off): sample more until every range has keys to cut at.
+      while (true) {
+        PGSHIFT_ASSIGN_OR_RETURN(QueryResult r,
+                                 One(*p.source, "source", t.queries->SampleKeys(percent)));
+        sample.clear();
+        for (int i = 0; i < r.rows(); ++i) {
+          KeyValues k;
+          for (int c = 0; c < r.columns(); ++c) k.push_back(r.Get(i, c));
+          sample.push_back(std::move(k));
+        }
+        if (static_cast<int64_t>(sample.size()) >= parts * 8 || percent >= 100.0) break;
+        percent = std::min(100.0, percent * 8);
       }
       ranges = SplitRange(KeyRange{}, PickCutPoints(sample, parts));
     }

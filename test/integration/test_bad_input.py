@@ -212,6 +212,8 @@ def test_state_folder_of_another_migration(lab, env):
     # The other migration is intact and can be aborted cleanly.
     assert lab.run("status", "--state", str(state), "--json").returncode == 0
     assert "phase Aborted" in lab.run("abort", "--state", str(state)).stdout
+    again = lab.run("abort", "--state", str(state))
+    assert "already aborted" in again.stderr + again.stdout and "phase Aborted" in again.stdout
     assert_untouched(other_src)
 
 

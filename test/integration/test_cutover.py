@@ -16,6 +16,7 @@ successes on the two servers must never interleave in time: at no instant both t
 import json
 import os
 import pwd
+import re
 import signal
 import subprocess
 import time
@@ -85,6 +86,9 @@ class Pair:
         time.sleep(1)
         up = lab.run(*self.upgrade_args("--cutover", "manual"), timeout=300)
         assert "phase ReadyForCutover" in up.stdout, up.stderr
+        # What the role copy did is said in figures: the app role made, postgres already there.
+        assert re.search(r"roles copied created=[1-9]\d* already_on_target=[1-9]\d* statements=\d+ not_carried=0",
+                         up.stderr), up.stderr
         self.probe = None
 
     def upgrade_args(self, *extra):
@@ -281,6 +285,8 @@ def test_router_and_server_faults_end_whole_and_say_which(lab):
     out, err = p.communicate(timeout=120)
     assert "terminated: stopping at the next safe point" in err, err
     assert p.returncode == 0 and "phase RollbackReady" in out, err
+    # The comparison after the switch is what the stop gives up, and the command says so.
+    assert "stopped on request before the exact comparison at the switch point finished" in err, err
     assert pair.leads_to() == dst_port and not pair.paused()
 
     print(f"rf: 4. at {time.time() - t0:.0f} s")
@@ -364,10 +370,15 @@ def test_the_fence_holds_against_every_path_and_role(lab):
     assert "1" in out.splitlines()
     rb = lab.run("rollback", "--state", str(pair.state))
     assert "phase RolledBack" in rb.stdout
+    # Run again, its goal already holds: it says so and succeeds (automation reruns commands).
+    again = lab.run("rollback", "--state", str(pair.state))
+    assert "is rolled back" in again.stderr + again.stdout and "phase RolledBack" in again.stdout
     assert_fenced(pair.dst, trigger)
     sql(as_app(pair.src), "INSERT INTO pgshift_probe.writes (path) VALUES ('open again')")
     pair.finish_and_verify(pair.src)
     lab.run("finish", "--state", str(pair.state))
+    again = lab.run("finish", "--state", str(pair.state))
+    assert "already finished" in again.stderr + again.stdout and "phase Completed" in again.stdout
     # Finish drops the triggers; the target keeps only its read-only default, on purpose.
     assert sql(pair.dst, "SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'pgshift%'") == "0"
     assert sql(pair.src, "SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'pgshift%'") == "0"

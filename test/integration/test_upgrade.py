@@ -63,6 +63,11 @@ def test_upgrade_under_load_cutover_and_rollback(lab, src_version, dst_version):
     assert status["verification"]["clean"] is True
     assert status["last_cutover_pause_ms"] == pytest.approx(pause_ms, abs=0.2)
     assert "password" not in json.dumps(status).lower() or "*****" in json.dumps(status)
+    # The phases are listed in the order they happened.
+    shown = lab.run("status", "--state", str(state)).stdout
+    order = ["Pending", "Preflight", "Provisioning", "Roles", "Schema", "InitialCopy"]
+    at = [shown.find(f"  {p} ") for p in order]
+    assert all(i >= 0 for i in at) and at == sorted(at), shown
 
     # Sequences on the target are ahead of every value used on the source.
     for seq, table in (("shop.orders_id_seq", "shop.orders"), ("shop.products_id_seq", "shop.products")):
@@ -108,7 +113,9 @@ def test_upgrade_through_nginx_moves_clients_and_loses_nothing(lab):
     router = lab.list()["ng-proxy"]
     load_schema(src)
     ledger = lab.dir / "ng.ledger"
-    load = lab.popen("load", "run", "--dsn", app, "--rate", "300", "--duration", "20",
+    # Long enough to outlast the upgrade on a busy machine (the test files run two at a time):
+    # the clients must meet the switch and write on the target after it.
+    load = lab.popen("load", "run", "--dsn", app, "--rate", "300", "--duration", "60",
                      "--ledger", str(ledger))
     time.sleep(2)
     up = lab.run("upgrade", "--source", src, "--target", dst, "--state", str(lab.dir / "ng-state"),
