@@ -327,7 +327,9 @@ void PrintStatus(const nlohmann::json& j) {
       line = std::string(v.value("clean", false) ? "clean" : "DIFFERENCES") + ": " +
              v.value("summary", v.value("level", "") + ", " +
                                     std::to_string(v.value("tables_verified", 0)) + " tables");
-      if (v.contains("action")) line += " (" + v.value("action", "") + ")";
+      // What was done about a difference ("rolled back", "stopped for a person"); "none" is noise.
+      const std::string action = v.value("action", "");
+      if (!action.empty() && action != "none") line += " (" + action + ")";
     }
     printf("verification %s: %s\n", when, line.c_str());
     for (const auto& t : v.value("tables", nlohmann::json::array())) {
