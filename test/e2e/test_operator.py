@@ -522,12 +522,10 @@ def test_manual_cutover_then_rollback_then_finish(k, namespace, operator, tmp_pa
          "INSERT INTO shop.products (sku, title, price_cents) VALUES ('after', 'finish', 1)")
 
 
-def test_a_frozen_leader_that_wakes_after_its_lease_was_taken_writes_nothing_and_exits(
-        k, namespace, operator, tmp_path):
-    """The leader is frozen (SIGSTOP: a stalled node, a paused VM), not killed: the standby takes
-    the Lease and carries on. When the old leader runs again it must not act on its stale
-    view: its status writes are refused on its own clock (the renew deadline passed) and it
-    exits at once; the standby's migration loses nothing."""
+def handover_under_load(k, namespace, operator, tmp_path, take_leader_away):
+    """Two operators with --leader-elect and the load client writing: the first leads and
+    migrates up to CatchingUp, then `take_leader_away(standby)` interrupts it (and waits until
+    the standby leads); the standby must finish the migration with every write on the target."""
     source = Source(k, namespace, 15)
     standby = Operator(namespace, operator.kubeconfig, tmp_path / "work2", tmp_path / "operator2.log")
     lease = ["--leader-elect", "--lease-duration", "3"]
@@ -539,42 +537,7 @@ def test_a_frozen_leader_that_wakes_after_its_lease_was_taken_writes_nothing_and
         load = start_load(source, ledger)
         k.apply(upgrade("shop", source, 17, cutover={"maxPauseMs": 5000, "maxLagBytes": 0}))
         wait_phase(k, "shop", {"CatchingUp"}, timeout=180, operator=operator)
-        operator.proc.send_signal(signal.SIGSTOP)
-        wait_for(lambda: "leading: reconciling" in standby.log(), timeout=30, what="standby leads")
-        time.sleep(2)
-        operator.proc.send_signal(signal.SIGCONT)
-        assert operator.proc.wait(timeout=30) == 1
-        assert "lost the leader Lease" in operator.log()
-        k.run("patch", "postgresupgrade", "shop", "--type", "merge", "-p",
-              json.dumps({"spec": {"cutover": {"maxLagBytes": 8 << 20}}}))
-        wait_phase(k, "shop", {"RollbackReady"}, timeout=180, operator=standby)
-        s = stop_load(load)
-        verify_on_target(k, namespace, ledger, s["acknowledged"])
-    finally:
-        standby.stop()
-        operator.stop()
-        k.in_namespace("pgshift-system").run("delete", "lease", "pgshift-operator", "--ignore-not-found")
-        print("---- standby log (tail) ----\n" + "\n".join(standby.log().splitlines()[-30:]))
-
-
-def test_leader_election_one_operator_works_and_a_standby_takes_over(
-        k, namespace, operator, tmp_path):
-    """Two operators with --leader-elect: only the Lease holder reconciles; kill -9 it mid-way
-    and the standby takes the Lease and finishes the migration."""
-    source = Source(k, namespace, 15)
-    standby = Operator(namespace, operator.kubeconfig, tmp_path / "work2", tmp_path / "operator2.log")
-    lease = ["--leader-elect", "--lease-duration", "3"]
-    operator.start(*lease)
-    wait_for(lambda: "leading: reconciling" in operator.log(), timeout=30, what="first operator leads")
-    standby.start(*lease)
-    try:
-        ledger = tmp_path / "app.ledger"
-        load = start_load(source, ledger)
-        k.apply(upgrade("shop", source, 17, cutover={"maxPauseMs": 5000, "maxLagBytes": 0}))
-        wait_phase(k, "shop", {"CatchingUp"}, timeout=180, operator=operator)
-        assert "starting step" not in standby.log()  # the standby does nothing
-        operator.kill9()
-        wait_for(lambda: "leading: reconciling" in standby.log(), timeout=30, what="standby leads")
+        take_leader_away(standby)
         k.run("patch", "postgresupgrade", "shop", "--type", "merge", "-p",
               json.dumps({"spec": {"cutover": {"maxLagBytes": 8 << 20}}}))
         wait_phase(k, "shop", {"RollbackReady"}, timeout=180, operator=standby)
@@ -587,3 +550,30 @@ def test_leader_election_one_operator_works_and_a_standby_takes_over(
         operator.stop()
         k.in_namespace("pgshift-system").run("delete", "lease", "pgshift-operator", "--ignore-not-found")
         print("---- standby log (tail) ----\n" + "\n".join(standby.log().splitlines()[-30:]))
+
+
+def test_a_frozen_leader_that_wakes_after_its_lease_was_taken_writes_nothing_and_exits(
+        k, namespace, operator, tmp_path):
+    """The leader is frozen (SIGSTOP: a stalled node, a paused VM), not killed: the standby takes
+    the Lease and carries on. When the old leader runs again it must not act on its stale
+    view: its status writes are refused on its own clock (the renew deadline passed) and it
+    exits at once; the standby's migration loses nothing."""
+    def freeze_then_wake(standby):
+        operator.proc.send_signal(signal.SIGSTOP)
+        wait_for(lambda: "leading: reconciling" in standby.log(), timeout=30, what="standby leads")
+        time.sleep(2)
+        operator.proc.send_signal(signal.SIGCONT)
+        assert operator.proc.wait(timeout=30) == 1
+        assert "lost the leader Lease" in operator.log()
+    handover_under_load(k, namespace, operator, tmp_path, freeze_then_wake)
+
+
+def test_leader_election_one_operator_works_and_a_standby_takes_over(
+        k, namespace, operator, tmp_path):
+    """Two operators with --leader-elect: only the Lease holder reconciles; kill -9 it mid-way
+    and the standby takes the Lease and finishes the migration."""
+    def kill(standby):
+        assert "starting step" not in standby.log()  # the standby does nothing
+        operator.kill9()
+        wait_for(lambda: "leading: reconciling" in standby.log(), timeout=30, what="standby leads")
+    handover_under_load(k, namespace, operator, tmp_path, kill)

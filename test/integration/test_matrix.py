@@ -17,7 +17,7 @@ import time
 import pytest
 
 from conftest import parse_kv, pgshift_objects, sql
-from test_upgrade import finish_load, load_schema
+from test_upgrade import finish_load, shop_behind_pgbouncer
 
 MAJORS = range(13, 19)
 SUBSET = [(13, 18), (18, 13), (14, 16), (16, 14), (15, 17), (17, 15)]
@@ -51,13 +51,7 @@ def test_matrix_pair(lab, src_version, dst_version):
 
 
 def _run_pair(lab, name, src_version, dst_version, row):
-    src = lab.start(f"{name}-src", src_version)
-    dst = lab.start(f"{name}-dst", dst_version)
-    app = lab.router(f"{name}-pb", f"{name}-src", "pgbouncer")
-    router = lab.list()[f"{name}-pb"]
-    load_schema(src)
-    state = lab.dir / f"{name}-state"
-    ledger = lab.dir / f"{name}.ledger"
+    src, dst, app, router, state, ledger = shop_behind_pgbouncer(lab, name, src_version, dst_version)
 
     started = time.monotonic()
     load = lab.popen("load", "run", "--dsn", app, "--rate", str(RATE), "--duration", "16",

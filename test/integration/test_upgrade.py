@@ -24,16 +24,21 @@ def finish_load(proc):
     return {**parse_kv(lines[0]), **parse_kv(lines[1])}
 
 
-@pytest.mark.parametrize("src_version,dst_version", [(15, 17), (13, 16), (17, 15)])
-def test_upgrade_under_load_cutover_and_rollback(lab, src_version, dst_version):
-    name = f"u{src_version}-{dst_version}"
+def shop_behind_pgbouncer(lab, name, src_version, dst_version):
+    """A source with the shop schema behind PgBouncer, an empty target, and the paths of the
+    migration's state folder and the load client's ledger."""
     src = lab.start(f"{name}-src", src_version)
     dst = lab.start(f"{name}-dst", dst_version)
     app = lab.router(f"{name}-pb", f"{name}-src", "pgbouncer")
     router = lab.list()[f"{name}-pb"]
     load_schema(src)
-    state = lab.dir / f"{name}-state"
-    ledger = lab.dir / f"{name}.ledger"
+    return src, dst, app, router, lab.dir / f"{name}-state", lab.dir / f"{name}.ledger"
+
+
+@pytest.mark.parametrize("src_version,dst_version", [(15, 17), (13, 16), (17, 15)])
+def test_upgrade_under_load_cutover_and_rollback(lab, src_version, dst_version):
+    name = f"u{src_version}-{dst_version}"
+    src, dst, app, router, state, ledger = shop_behind_pgbouncer(lab, name, src_version, dst_version)
 
     load = lab.popen("load", "run", "--dsn", app, "--rate", str(RATE), "--duration", "14",
                      "--ledger", str(ledger))
