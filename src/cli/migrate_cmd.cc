@@ -252,6 +252,21 @@ void PrintStatus(const nlohmann::json& j) {
     printf("tables ready %d/%d", l["tables_ready"].get<int>(), l["tables_total"].get<int>());
     if (l.contains("lag_bytes")) printf("  lag %lld bytes", l["lag_bytes"].get<long long>());
     printf("\n");
+    if (l.contains("ready_in_s")) {
+      const double s = l["ready_in_s"].get<double>();
+      if (s <= 0) {
+        printf("lag under the cutover threshold\n");
+      } else {
+        printf("ready in ~%s", FormatDurationShort(s).c_str());
+        if (l.contains("drain_bytes_per_s")) {
+          printf(" (lag falls %s/s)", FormatBytes(l["drain_bytes_per_s"].get<double>()).c_str());
+        }
+        printf("\n");
+      }
+    } else if (l.value("lag_stalled", false) && l.contains("drain_bytes_per_s")) {
+      printf("lag not falling (+%s/s): the target does not keep up\n",
+             FormatBytes(-l["drain_bytes_per_s"].get<double>()).c_str());
+    }
     for (const auto& d : l["databases"]) {
       printf("  %-20s", d["name"].get<std::string>().c_str());
       if (d.contains("lag_bytes")) printf(" lag %lld B", d["lag_bytes"].get<long long>());
@@ -303,6 +318,9 @@ void PrintStatus(const nlohmann::json& j) {
            c["succeeded"].get<bool>() ? "ok    " : "undone", c["pause_ms"].get<double>(),
            c["failed_step"].get<std::string>().empty() ? "" : " failed at ",
            c["failed_step"].get<std::string>().c_str());
+    for (const auto& n : c.value("notes", nlohmann::json::array())) {
+      if (n.is_string()) printf("  note: %s\n", n.get<std::string>().c_str());
+    }
   }
   if (!j["cutover_in_flight"].get<std::string>().empty()) {
     const auto& step = j["cutover_step"];
@@ -433,6 +451,14 @@ void AddMigrateCommands(CLI::App& app, GlobalOptions& global_options, Status* st
       auto m = engine::Migration::Open(a->state_dir, Tools(*global));
       if (!m.ok()) return void(*status = m.status());
       nlohmann::json j = (*m)->StatusJson(true);
+      const auto tail = ReadHistoryTail(a->state_dir + "/history.jsonl");
+      if (j.contains("live")) {
+        // "When can sync end?": the running engine's estimate, from its last fresh sample.
+        ProgressFigures now = FiguresFromStatus(j, tail, UnixMillis());
+        if (now.drain_bytes_per_s) j["live"]["drain_bytes_per_s"] = *now.drain_bytes_per_s;
+        if (now.ready_in_s) j["live"]["ready_in_s"] = *now.ready_in_s;
+        if (now.lag_stalled) j["live"]["lag_stalled"] = true;
+      }
       if (a->watch && isatty(STDOUT_FILENO)) printf("\033[H\033[2J");
       if (a->json) {
         printf("%s\n", j.dump(2).c_str());
@@ -440,8 +466,7 @@ void AddMigrateCommands(CLI::App& app, GlobalOptions& global_options, Status* st
         PrintStatus(j);
         if (a->watch && isatty(STDOUT_FILENO)) {
           // The same bars as `upgrade` shows, from the live status and the history file.
-          ProgressFigures f = FiguresFromStatus(
-              j, ReadHistoryTail(a->state_dir + "/history.jsonl"), UnixMillis());
+          ProgressFigures f = FiguresFromStatus(j, tail, UnixMillis());
           printf("\n");
           const int cols = TerminalColumns(STDOUT_FILENO, 100);
           for (const auto& line :

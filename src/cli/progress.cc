@@ -65,6 +65,20 @@ std::string Duration(double seconds) {
   return buf;
 }
 
+// "  ready in ~40 s (-8.0 MB/s)", "  lag not falling (+1.0 MB/s)", or "".
+std::string LagOutlook(const ProgressFigures& f) {
+  if (f.ready_in_s) {
+    if (*f.ready_in_s <= 0) return "  under the cutover threshold";
+    std::string out = "  ready in ~" + FormatDurationShort(*f.ready_in_s);
+    if (f.drain_bytes_per_s) out += " (-" + FormatBytes(*f.drain_bytes_per_s) + "/s)";
+    return out;
+  }
+  if (f.lag_stalled && f.drain_bytes_per_s) {
+    return "  lag not falling (+" + FormatBytes(-*f.drain_bytes_per_s) + "/s)";
+  }
+  return "";
+}
+
 std::optional<double> Sum(const engine::StatsSnapshot& s,
                           const engine::Measured engine::DatabaseStats::*field) {
   if (s.databases.empty()) return std::nullopt;
@@ -133,6 +147,9 @@ ProgressFigures FiguresFromSnapshot(const engine::StatsSnapshot& s) {
     }
     f.lag_seconds = std::max(f.lag_seconds.value_or(0), *v);
   }
+  f.drain_bytes_per_s = s.Fresh(s.lag_drain_bytes_per_s);
+  f.ready_in_s = s.Fresh(s.ready_in_s);
+  f.lag_stalled = s.lag_stalled && f.drain_bytes_per_s.has_value();
   f.bytes_copied = Sum(s, &engine::DatabaseStats::bytes_copied);
   f.bytes_total = Sum(s, &engine::DatabaseStats::bytes_total);
   f.tables_synced = Sum(s, &engine::DatabaseStats::tables_synced);
@@ -180,6 +197,9 @@ ProgressFigures FiguresFromStatus(const nlohmann::json& status,
       f.rows_copied = Num(*it, "rows_copied");
       f.ranges_done = Num(*it, "ranges_done");
       f.ranges_total = Num(*it, "ranges_total");
+      f.drain_bytes_per_s = Num(*it, "drain_bytes_per_s");
+      f.ready_in_s = Num(*it, "ready_in_s");
+      f.lag_stalled = it->value("lag_stalled", false);
     }
     break;
   }
@@ -289,6 +309,7 @@ std::vector<std::string> RenderProgress(const ProgressFigures& f, ProgressRates*
     std::string head = "pgshift " + f.migration_id + "  " + (f.phase.empty() ? "?" : f.phase);
     head += "  lag " + (f.lag_bytes ? FormatBytes(*f.lag_bytes) : std::string("-"));
     if (f.lag_seconds) head += " / " + Fixed(*f.lag_seconds, 1) + " s";
+    head += LagOutlook(f);
     lines.push_back(head);
   }
 

@@ -42,6 +42,10 @@ struct ProgressFigures {
   std::string migration_id;
   std::string phase;
   std::optional<double> lag_bytes, lag_seconds;
+  // Catch-up: the lag's fall per second and the seconds until it is under the cutover
+  // threshold (engine::LagTrend); `lag_stalled` when it is measured and not falling.
+  std::optional<double> drain_bytes_per_s, ready_in_s;
+  bool lag_stalled = false;
   std::optional<double> bytes_copied, bytes_total;
   std::optional<double> tables_synced, tables_total;
   std::optional<double> rows_copied;

@@ -136,6 +136,33 @@ TEST(ProgressTest, StatusWatchFiguresFromStatusAndHistory) {
   EXPECT_NE(detail[0].find("copying"), std::string::npos);
 }
 
+TEST(ProgressTest, CatchUpHeadSaysWhenTheLagWillBeUnderTheThreshold) {
+  engine::StatsSnapshot s = Snapshot(100000);
+  s.phase = "CatchingUp";
+  s.lag_drain_bytes_per_s = {8.0 * (1 << 20), 99900};
+  s.ready_in_s = {40.2, 99900};
+  ProgressRates rates;
+  auto lines = RenderProgress(FiguresFromSnapshot(s), &rates, 0, 120, false);
+  EXPECT_EQ(lines[0], "pgshift ab12cd34  CatchingUp  lag 1.0 kB / 1.5 s  ready in ~40 s (-8.0 MB/s)");
+  s.ready_in_s = {0, 99900};
+  lines = RenderProgress(FiguresFromSnapshot(s), &rates, 0, 120, false);
+  EXPECT_NE(lines[0].find("under the cutover threshold"), std::string::npos) << lines[0];
+  // Growing: no estimate, and it says so.
+  s.ready_in_s = {};
+  s.lag_drain_bytes_per_s = {-1.0 * (1 << 20), 99900};
+  s.lag_stalled = true;
+  lines = RenderProgress(FiguresFromSnapshot(s), &rates, 0, 120, false);
+  EXPECT_NE(lines[0].find("lag not falling (+1.0 MB/s)"), std::string::npos) << lines[0];
+  // From `status --watch`: the running engine's last sample in the history file.
+  nlohmann::json status = {{"id", "x"}, {"phase", "CatchingUp"}};
+  std::vector<nlohmann::json> tail = {
+      {{"ts", 9000}, {"kind", "sample"}, {"drain_bytes_per_s", 1048576.0}, {"ready_in_s", 130.0}}};
+  ProgressFigures f = FiguresFromStatus(status, tail, 10000);
+  EXPECT_EQ(f.ready_in_s, 130.0);
+  lines = RenderProgress(f, &rates, 0, 120, false);
+  EXPECT_NE(lines[0].find("ready in ~2 min (-1.0 MB/s)"), std::string::npos) << lines[0];
+}
+
 TEST(ProgressTest, DetailLinesAreCapped) {
   nlohmann::json tables = nlohmann::json::array();
   for (int i = 0; i < 30; ++i)

@@ -100,4 +100,19 @@ std::string FormatBytes(double b) {
   return buf;
 }
 
+std::string FormatDurationShort(double seconds) {
+  if (!std::isfinite(seconds) || seconds < 0) seconds = 0;
+  const long long s = std::llround(seconds);
+  char buf[48];
+  if (s < 100) {
+    snprintf(buf, sizeof buf, "%lld s", s);
+  } else if (s < 3600) {
+    snprintf(buf, sizeof buf, "%lld min", (s + 30) / 60);
+  } else {
+    const long long m = (s + 30) / 60;
+    snprintf(buf, sizeof buf, "%lld h %lld min", m / 60, m % 60);
+  }
+  return buf;
+}
+
 }  // namespace pgshift

@@ -18,6 +18,8 @@ bool ParseDouble(std::string_view s, double* out);
 std::string RedactSecrets(std::string_view text);
 // "512 B", "1.5 kB", "142.6 MB" (powers of 1024), for people.
 std::string FormatBytes(double bytes);
+// A rough duration for estimates: "40 s", "7 min", "2 h 5 min".
+std::string FormatDurationShort(double seconds);
 // Random lowercase hex of `n` characters from the OS CSPRNG.
 std::string RandomHex(size_t n);
 

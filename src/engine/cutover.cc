@@ -145,7 +145,11 @@ Status Migration::RunTable(Router* router, const Direction& d, const CutoverJour
         }};
   }
   CutoverSteps steps(state_, router, d, hook ? &*hook : nullptr,
-                     [this](const std::string& n) { state_.notes.push_back(n); });
+                     [this](const std::string& n) {
+                       state_.notes.push_back(n);
+                       attempt_notes_.push_back(n);
+                       Progress(n);
+                     });
   std::vector<CutoverRow> rows = steps.Rows();
   CutoverCallbacks cb;
   cb.journal = [this](const CutoverJournal& j, bool durable) {
@@ -210,6 +214,11 @@ void Migration::RecordAttempt(const Direction& d, const CutoverReport& rep, bool
   for (const auto& [k, v] : rep.rows_ms) {
     if (k != "prepare") a.steps_ms.emplace_back(k, v);
   }
+  constexpr size_t kMaxNotes = 20;
+  std::vector<std::string> notes = rep.notes;
+  notes.insert(notes.end(), attempt_notes_.begin(), attempt_notes_.end());
+  for (size_t i = 0; i < notes.size() && i < kMaxNotes; ++i) a.notes.push_back(notes[i]);
+  attempt_notes_.clear();
   attempt_started_at_.clear();
   RecordCutover(a);
   state_.cutovers.push_back(a);

@@ -1,5 +1,7 @@
 #include "engine/cutover_steps.h"
 
+#include <algorithm>
+
 #include "common/clock.h"
 #include "common/log.h"
 #include "common/strings.h"
@@ -99,14 +101,8 @@ std::vector<CutoverRow> CutoverSteps::Rows() {
   CutoverRow& sw = row("switch", true);
   sw.point_of_no_return = true;
   sw.ensure = true;
-  sw.act = [this, n] {
-    PGSHIFT_ASSIGN_OR_RETURN(Endpoint to, EndpointOf(Dsn(n)));
-    return router_->SwitchTo(to);
-  };
-  sw.undo = [this, o] {
-    PGSHIFT_ASSIGN_OR_RETURN(Endpoint to, EndpointOf(Dsn(o)));
-    return router_->SwitchTo(to);
-  };
+  sw.act = [this, n] { return Switch(n); };
+  sw.undo = [this, o] { return Switch(o); };
   sw.observe = [this] { return ObserveSwitch(); };
 
   CutoverRow& open = row("open", true);
@@ -385,6 +381,25 @@ Result<Observation> CutoverSteps::ObserveSwitch() {
   o.clients_may_be_on_new_side = st.MayReach(to);
   o.detail = router_->Kind() + (st.live ? "" : " (not live)") + ": " + st.detail;
   return o;
+}
+
+Status CutoverSteps::Switch(Side side) {
+  PGSHIFT_ASSIGN_OR_RETURN(Endpoint to, EndpointOf(Dsn(side)));
+  Status s = router_->SwitchTo(to);
+  if (s.code() != StatusCode::kDeadlineExceeded || !router_->SettlesByItself()) return s;
+  // The configuration changed and the live path is late: from here clients may reach the new
+  // side at any moment, so this is the switch, made; waiting longer holds nothing.
+  auto st = router_->Observe();
+  if (!st.ok() || st->config.empty() ||
+      !std::all_of(st->config.begin(), st->config.end(),
+                   [&to](const Endpoint& e) { return e == to; })) {
+    return s;
+  }
+  note_("switch: " + router_->Kind() + " is configured for the " + SideName(side) +
+        " but its live view had not followed (" + s.message() + "; " + st->detail +
+        "): clients reach the " + SideName(side) + " as it does; the " +
+        SideName(side == d_.new_side ? d_.old_side : d_.new_side) + " stays fenced meanwhile");
+  return Status::Ok();
 }
 
 Status CutoverSteps::Resume() {

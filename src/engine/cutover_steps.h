@@ -58,6 +58,9 @@ class CutoverSteps {
   Status Replication(bool enabled);
   Result<Observation> ObserveReplication();
   Result<Observation> ObserveSwitch();
+  // SwitchTo(`side`); a router that settles by itself and whose configuration leads only to
+  // `side` counts as switched when its live view is late (said in a note).
+  Status Switch(Side side);
   Status Resume();
   Status ReverseSubscription();
   Result<Observation> ObserveReverseSubscription();

@@ -67,6 +67,11 @@ nlohmann::json HistorySample(int64_t ts, const StatsSnapshot& s) {
   j["rows_copied"] = SumOrNull(s, &DatabaseStats::rows_copied, true);
   j["ranges_total"] = SumOrNull(s, &DatabaseStats::ranges_total, true);
   j["ranges_done"] = SumOrNull(s, &DatabaseStats::ranges_done, true);
+  auto drain = s.Fresh(s.lag_drain_bytes_per_s);
+  auto ready_in = s.Fresh(s.ready_in_s);
+  if (drain) j["drain_bytes_per_s"] = *drain;
+  if (ready_in) j["ready_in_s"] = *ready_in;
+  if (s.lag_stalled) j["lag_stalled"] = true;
   return j;
 }
 

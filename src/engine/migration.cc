@@ -178,6 +178,8 @@ Status Migration::SampleStats() {
   }
   Status s = sampler_.Sample(state_, &stats_);
   StatsSnapshot snap = stats_.Snapshot(MonotonicMillis());
+  UpdateLagTrend(snap);
+  snap = stats_.Snapshot(MonotonicMillis());
   if (state_.phase == Phase::kReadyForCutover) {
     // Still ready only while the lag stays under the threshold.
     double lag = 0;
@@ -195,6 +197,38 @@ Status Migration::SampleStats() {
     history_.AppendOrLog(HistorySample(UnixMillis(), snap));
   }
   return s;
+}
+
+void Migration::UpdateLagTrend(const StatsSnapshot& snap) {
+  const bool catching_up =
+      state_.phase == Phase::kCatchingUp || state_.phase == Phase::kReadyForCutover;
+  std::optional<double> lag;
+  if (catching_up && !snap.databases.empty()) {
+    lag = 0;
+    for (const auto& [name, db] : snap.databases) {
+      auto v = snap.Fresh(db.lag_bytes);
+      if (!v) {
+        lag.reset();
+        break;
+      }
+      *lag += *v;
+    }
+  }
+  if (!catching_up) lag_trend_.Reset();
+  if (!lag) {
+    lag_estimate_ = {};
+    return;
+  }
+  const int64_t now = MonotonicMillis();
+  lag_trend_.Add(now, *lag);
+  lag_estimate_ = lag_trend_.Estimate(static_cast<double>(state_.options.max_lag_bytes));
+  stats_.Update([&](StatsSnapshot& st) {
+    if (lag_estimate_.drain_bytes_per_s) {
+      st.lag_drain_bytes_per_s = {*lag_estimate_.drain_bytes_per_s, now};
+    }
+    if (lag_estimate_.ready_in_s) st.ready_in_s = {*lag_estimate_.ready_in_s, now};
+    st.lag_stalled = lag_estimate_.stalled;
+  });
 }
 
 void Migration::MaybeSampleStats() {

@@ -9,11 +9,13 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "common/status.h"
 #include "engine/copy.h"
 #include "engine/cutover.h"
 #include "engine/history.h"
+#include "engine/lag_trend.h"
 #include "engine/post_data.h"
 #include "engine/replication_health.h"
 #include "engine/router.h"
@@ -104,6 +106,8 @@ class Migration {
   // once a second from the wait loops.
   void InitStats();
   void MaybeSampleStats();
+  // The lag trend and its estimate ("ready in ~40 s") from a fresh sample, into the board.
+  void UpdateLagTrend(const StatsSnapshot& snap);
   void RecordError(const Status& s);
   void RecordCutover(const CutoverAttempt& a);
 
@@ -174,6 +178,9 @@ class Migration {
   HistoryWriter history_{""};
   std::unique_ptr<SwitchPointCheck> switch_point_;
   int64_t last_sample_ms_ = -1;
+  std::vector<std::string> attempt_notes_;  // the running cutover's steps said these
+  LagTrend lag_trend_;     // the total lag while catching up (stats: ready_in_s)
+  LagEstimate lag_estimate_;
   // Failing table sync and apply workers, across the copy and catch-up waits of this process.
   ReplicationWatch watch_;
   int64_t last_heartbeat_ms_ = -1;

@@ -102,6 +102,11 @@ class Router {
   virtual bool HoldsTraffic() const = 0;
   // True when SwitchTo() waits for a person (the manual router): no pause budget applies.
   virtual bool WaitsForPeople() const { return false; }
+  // True when, once SwitchTo() changed the configuration, the running router follows it with
+  // nothing more from pgshift (a Service's EndpointSlices follow its selector). Its SwitchTo
+  // then returns kDeadlineExceeded when the live view did not follow in time, and the engine
+  // counts the switch as made: clients reach the new side as the change takes effect.
+  virtual bool SettlesByItself() const { return false; }
   // The manual router's SwitchTo waits for a person; it polls this and returns Aborted when it
   // turns true, so a stop request (SIGINT, lease loss) is not held up by the wait.
   virtual void set_stop(std::function<bool()> stop) { (void)stop; }

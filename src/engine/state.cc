@@ -187,6 +187,7 @@ nlohmann::json MigrationState::ToJson() const {
                     {"pause_ms", c.pause_ms},
                     {"failed_step", c.failed_step},
                     {"error", c.error},
+                    {"notes", c.notes},
                     {"steps", steps}});
   }
   nlohmann::json times = nlohmann::json::object();
@@ -306,6 +307,9 @@ Result<MigrationState> MigrationState::FromJson(const nlohmann::json& j) {
       a.error = c.value("error", "");
       for (const auto& st : c.contains("steps") ? c["steps"] : kEmptyArray) {
         a.steps_ms.emplace_back(st.value("step", ""), st.value("ms", 0.0));
+      }
+      for (const auto& n : c.contains("notes") ? c["notes"] : kEmptyArray) {
+        if (n.is_string()) a.notes.push_back(n.get<std::string>());
       }
       s.cutovers.push_back(a);
     }

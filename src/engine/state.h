@@ -127,6 +127,8 @@ struct CutoverAttempt {
   std::string failed_step;
   std::string error;
   std::vector<std::pair<std::string, double>> steps_ms;
+  // What the cutover said on its way (a roll forward and why, a router that was late).
+  std::vector<std::string> notes;
 };
 
 struct PhaseTimes {

@@ -53,6 +53,12 @@ struct StatsSnapshot {
   int64_t cutover_failures = 0;
   std::optional<double> last_pause_ms;  // the last successful cutover or rollback
   int64_t ddl_events = 0;               // DDL seen on the source after the schema copy
+  // Catch-up ("when can sync end?"): how fast the total lag falls (bytes/s; negative: it
+  // grows) and the seconds until it is under the cutover threshold at that pace (LagTrend).
+  // Measured only while catching up or ready; `lag_stalled`: measured and not falling.
+  Measured lag_drain_bytes_per_s;
+  Measured ready_in_s;
+  bool lag_stalled = false;
   std::map<std::string, int64_t> errors;  // by kind: "connection", "precondition", ...
   int64_t now_ms = 0;                     // MonotonicMillis when the snapshot was taken
 

@@ -54,8 +54,10 @@ void LeaderElector::SleepFor(std::chrono::milliseconds d) {
 
 void LeaderElector::Run() {
   while (!stop_) {
-    bool held = TryAcquireOrRenew();
+    // A renewal counts from when it was sent, not from when the answer came: a slow or
+    // partitioned API server must not stretch this process's view of its own Lease.
     auto now = std::chrono::steady_clock::now();
+    bool held = TryAcquireOrRenew();
     if (held) {
       last_renew_ = now;
       last_renew_ns_ = std::chrono::duration_cast<std::chrono::nanoseconds>(
@@ -173,7 +175,9 @@ bool LeaderElector::TryAcquireOrRenew() {
 
   if (holder != config_.identity) {
     spec["acquireTime"] = now_text;
-    spec["leaseTransitions"] = spec.value("leaseTransitions", 0) + (holder.empty() ? 0 : 1);
+    // Every change of holder counts (also after a release), so that the count is a fencing
+    // token: each leader's epoch is greater than every earlier leader's.
+    spec["leaseTransitions"] = spec.value("leaseTransitions", 0) + 1;
   }
   spec["holderIdentity"] = config_.identity;
   spec["leaseDurationSeconds"] = duration_s;
@@ -191,6 +195,7 @@ bool LeaderElector::TryAcquireOrRenew() {
     observed_renew_time_ = now_text;
     observed_at_ = now;
   }
+  if (!leading_) epoch_ = (*updated)["spec"].value("leaseTransitions", int64_t{0});
   note_holder(config_.identity);
   return true;
 }

@@ -63,6 +63,9 @@ class LeaderElector {
   // guarded by it never come from a leader the others have already replaced.
   bool HoldsLease() const;
   std::string CurrentLeader() const;
+  // The Lease's leaseTransitions when this process took it: greater than every earlier
+  // leader's (a fencing token for writes, see StatusWriter). Meaningful while leading.
+  int64_t Epoch() const { return epoch_; }
 
  private:
   LeaderElector(Client* client, LeaderElectionConfig config, LeaderCallbacks callbacks);
@@ -78,6 +81,7 @@ class LeaderElector {
   LeaderElectionConfig config_;
   LeaderCallbacks callbacks_;
   std::atomic<bool> stop_{false};
+  std::atomic<int64_t> epoch_{0};
   std::atomic<bool> leading_{false};
   std::thread thread_;
   std::jthread work_;

@@ -68,6 +68,14 @@ std::vector<MetricFamily> MigrationFamilies(const std::vector<MigrationMetrics>&
                      "Replication delay reported by the source's walsender (replay lag); 0 when "
                      "caught up; absent when replication is not running",
                      G);
+  Family drain("pgshift_replication_lag_drain_bytes_per_second",
+               "How fast the total replication lag falls while catching up (a least-squares fit "
+               "over the last 30 s; negative: it grows)",
+               G);
+  Family ready_in("pgshift_cutover_ready_in_seconds",
+                  "Estimated seconds until the lag is under the cutover threshold at the pace "
+                  "measured (0: it is); absent when not catching up or the lag is not falling",
+                  G);
   Family tables("pgshift_tables", "Tables replicated by the migration's subscription", G);
   Family synced("pgshift_tables_synced",
                 "Tables whose initial copy finished and that replicate (state s or r)", G);
@@ -116,6 +124,8 @@ std::vector<MetricFamily> MigrationFamilies(const std::vector<MigrationMetrics>&
     ready.Add(l, s.ready_for_cutover ? 1.0 : 0.0);
     if (m.extra.max_lag_bytes) max_lag.Add(l, static_cast<double>(*m.extra.max_lag_bytes));
     if (m.extra.max_pause_ms) max_pause.Add(l, *m.extra.max_pause_ms / 1000.0);
+    drain.Add(l, s.Fresh(s.lag_drain_bytes_per_s));
+    ready_in.Add(l, s.Fresh(s.ready_in_s));
     for (const auto& [db, d] : s.databases) {
       Labels dl = With(l, "database", db);
       lag_bytes.Add(dl, s.Fresh(d.lag_bytes));
@@ -146,7 +156,7 @@ std::vector<MetricFamily> MigrationFamilies(const std::vector<MigrationMetrics>&
 
   std::vector<MetricFamily> out;
   for (Family* f : {&phase,        &entered,     &ready,         &max_lag,     &max_pause,
-                    &lag_bytes,    &lag_seconds, &tables,        &synced,      &copy_size,
+                    &lag_bytes,    &lag_seconds, &drain,         &ready_in,    &tables,        &synced,      &copy_size,
                     &copied_bytes, &copied_rows, &worker_errors, &retrying,     &ranges, &ranges_done,
                     &verify_tables, &verify_done, &verify_mismatches,
                     &attempts,     &failures,    &last_pause,    &ddl,         &errors}) {

@@ -45,6 +45,8 @@ MigrationMetrics Fake() {
   s.cutover_failures = 1;
   s.last_pause_ms = 31.5;
   s.ddl_events = 3;
+  s.lag_drain_bytes_per_s = {2097152, 99000};
+  s.ready_in_s = {42.5, 99000};
   s.errors["unavailable"] = 2;
   return m;
 }
@@ -87,6 +89,15 @@ TEST(MetricsTest, RendersEveryFamilyExactly) {
       "(replay lag); 0 when caught up; absent when replication is not running\n"
       "# TYPE pgshift_replication_lag_seconds gauge\n"
       "pgshift_replication_lag_seconds{database=\"shop\",migration=\"ab12cd34\"} 0.25\n"
+      "# HELP pgshift_replication_lag_drain_bytes_per_second How fast the total replication lag "
+      "falls while catching up (a least-squares fit over the last 30 s; negative: it grows)\n"
+      "# TYPE pgshift_replication_lag_drain_bytes_per_second gauge\n"
+      "pgshift_replication_lag_drain_bytes_per_second{migration=\"ab12cd34\"} 2097152\n"
+      "# HELP pgshift_cutover_ready_in_seconds Estimated seconds until the lag is under the cutover "
+      "threshold at the pace measured (0: it is); absent when not catching up or the lag is not "
+      "falling\n"
+      "# TYPE pgshift_cutover_ready_in_seconds gauge\n"
+      "pgshift_cutover_ready_in_seconds{migration=\"ab12cd34\"} 42.5\n"
       "# HELP pgshift_tables Tables replicated by the migration's subscription\n"
       "# TYPE pgshift_tables gauge\n"
       "pgshift_tables{database=\"shop\",migration=\"ab12cd34\"} 4\n"

@@ -69,6 +69,9 @@ class ServiceRouter : public engine::Router {
   // source's); settling while the two differ.
   Result<engine::RouterState> Observe() override;
   bool HoldsTraffic() const override { return false; }
+  // kube-controller-manager moves the EndpointSlices after the selector; when it is slow (or
+  // down), SwitchTo returns kDeadlineExceeded with the selector already switched.
+  bool SettlesByItself() const override { return true; }
 
  private:
   Status WaitForEndpoints(const std::string& like_service);

@@ -88,6 +88,8 @@ Controller::Controller(k8s::Client* client, k8s::EventRecorder* events, Controll
     : client_(client),
       events_(events),
       options_(std::move(options)),
+      status_writer_(client, kPostgresUpgrades,
+                     k8s::StatusFence{options_.holds_lease, options_.leader_epoch}),
       queue_(k8s::Duration(500), std::chrono::seconds(60)) {}
 
 Controller::~Controller() {
@@ -175,11 +177,7 @@ void Controller::Run(std::stop_token stop) {
 
 Status Controller::PatchStatus(const std::string& ns, const std::string& name,
                                const json& status) {
-  if (options_.holds_lease && !options_.holds_lease()) {
-    return Status::Aborted("not written: this operator no longer holds the leader Lease");
-  }
-  auto r = client_->MergePatch(kPostgresUpgrades, ns, name, {{"status", status}}, "status");
-  return r.ok() ? Status::Ok() : r.status();
+  return status_writer_.Write(ns, name, status);
 }
 
 Status Controller::SaveEngineState(const std::string& ns, const std::string& name,
@@ -313,6 +311,7 @@ Status Controller::Reconcile(const std::string& key) {
   if (!got.ok()) {
     if (got.status().code() == StatusCode::kNotFound) {
       StopTask(key);
+      status_writer_.Forget(ns, name);
       std::lock_guard<std::mutex> lock(mu_);
       last_stats_.erase(key);
       return Status::Ok();

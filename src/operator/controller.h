@@ -27,6 +27,7 @@
 #include "engine/stats.h"
 #include "k8s/client.h"
 #include "k8s/events.h"
+#include "k8s/status_writer.h"
 #include "k8s/workqueue.h"
 #include "operator/cluster.h"
 #include "operator/spec.h"
@@ -48,6 +49,10 @@ struct ControllerOptions {
   // HoldsLease). Every status write is refused and every engine step stops at its next check
   // once it is false, so a leader that was frozen and replaced writes nothing when it wakes.
   std::function<bool()> holds_lease;
+  // With leader election: this leader's epoch (LeaderElector::Epoch), written with every
+  // status and checked against the one there (k8s::StatusWriter), so that a write from an
+  // older leader that reaches the API server late is refused.
+  std::function<int64_t()> leader_epoch;
 };
 
 // One resource's figures for the metrics endpoint.
@@ -105,6 +110,8 @@ class Controller {
   k8s::Client* client_;
   k8s::EventRecorder* events_;
   ControllerOptions options_;
+  // Every status write (reconcile, the engine's saves, the live figures) goes through it.
+  k8s::StatusWriter status_writer_;
   k8s::WorkQueue queue_;
   std::atomic<bool> synced_{false};
 

@@ -1,4 +1,5 @@
 // pgshift-operator: reconciles PostgresUpgrade resources (see controller.h, docs/kubernetes.md).
+#include <algorithm>
 #include <atomic>
 #include <csignal>
 #include <cstdlib>
@@ -109,6 +110,10 @@ int main(int argc, char** argv) {
       k8s::LeaderElector* e = elected.load();
       return e != nullptr && e->HoldsLease();
     };
+    co.leader_epoch = [&elected]() {
+      k8s::LeaderElector* e = elected.load();
+      return e != nullptr ? e->Epoch() : int64_t{0};
+    };
   }
   op::Controller controller(client->get(), &events, co);
 
@@ -196,14 +201,33 @@ int main(int argc, char** argv) {
     std::_Exit(1);
   };
   cb.on_new_leader = [](const std::string& who) { LogInfo("leader", {{"identity", who}}); };
-  auto elector = k8s::LeaderElector::Create(client->get(), lc, cb);
+  // The election's own client: each request is bounded well inside the renew deadline, so
+  // a partitioned API server cannot hold the election thread past the moment the Lease is
+  // lost (client-go bounds a renewal by the deadline the same way).
+  k8s::Config election_config = *config;
+  election_config.request_timeout = std::max(std::chrono::milliseconds(200), lc.renew_deadline / 3);
+  auto election_client = k8s::Client::Create(election_config);
+  if (!election_client.ok()) {
+    std::cerr << "pgshift-operator: " << election_client.status().message() << "\n";
+    return 2;
+  }
+  auto elector = k8s::LeaderElector::Create(election_client->get(), lc, cb);
   if (!elector.ok()) {
     std::cerr << "pgshift-operator: " << elector.status().message() << "\n";
     return 2;
   }
   elected = elector->get();
   (*elector)->Start();
-  while (!g_stop.stop_requested()) SleepMillis(200);
+  while (!g_stop.stop_requested()) {
+    SleepMillis(100);
+    // A watchdog that needs no answer from anyone: a leader whose renew deadline passed on
+    // its own clock exits, whatever its election thread is waiting for.
+    if ((*elector)->IsLeader() && !(*elector)->HoldsLease()) {
+      LogError("lost the leader Lease (not renewed within the renew deadline); exiting so that "
+               "a fresh process campaigns again");
+      std::_Exit(1);
+    }
+  }
   (*elector)->Stop();
   if (lost) {
     LogError("lost the leader Lease; exiting so that a fresh process campaigns again");

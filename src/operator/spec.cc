@@ -1,5 +1,6 @@
 #include "operator/spec.h"
 
+#include <cmath>
 #include <regex>
 
 namespace pgshift::op {
@@ -319,6 +320,7 @@ Json StatusFromEngine(const engine::MigrationState& state) {
                {"pauseMs", c.pause_ms},
                {"at", c.started_at}};
     if (!c.error.empty()) lc["error"] = c.error;
+    if (!c.notes.empty()) lc["notes"] = c.notes;
     st["lastCutover"] = lc;
   }
   return st;
@@ -344,6 +346,10 @@ Json StatusFromStats(const engine::StatsSnapshot& snap) {
   st["tablesSynced"] = have_tables ? Json(static_cast<int64_t>(synced)) : Json(nullptr);
   st["tablesTotal"] = have_tables ? Json(static_cast<int64_t>(total)) : Json(nullptr);
   st["bytesCopied"] = have_copied ? Json(static_cast<int64_t>(copied)) : Json(nullptr);
+  auto drain = snap.Fresh(snap.lag_drain_bytes_per_s);
+  auto ready_in = snap.Fresh(snap.ready_in_s);
+  st["lagDrainBytesPerSecond"] = drain ? Json(std::round(*drain)) : Json(nullptr);
+  st["readyInSeconds"] = ready_in ? Json(static_cast<int64_t>(std::ceil(*ready_in))) : Json(nullptr);
   return st;
 }
 

@@ -154,9 +154,16 @@ TEST(StatusFromStats, StaleFiguresAreRemovedNotShown) {
   EXPECT_EQ(st["tablesSynced"], 7);
   EXPECT_EQ(st["tablesTotal"], 10);
   EXPECT_TRUE(st["bytesCopied"].is_null());
+  EXPECT_TRUE(st["readyInSeconds"].is_null());  // not catching up: no estimate
+  snap.ready_in_s = {39.2, 99500};
+  snap.lag_drain_bytes_per_s = {8e6, 99500};
+  st = StatusFromStats(snap);
+  EXPECT_EQ(st["readyInSeconds"], 40);
+  EXPECT_EQ(st["lagDrainBytesPerSecond"], 8e6);
   snap.now_ms = 200000;
   st = StatusFromStats(snap);
   EXPECT_TRUE(st["lagBytes"].is_null());
+  EXPECT_TRUE(st["readyInSeconds"].is_null());
 }
 
 TEST(Pgpass, EscapesSeparators) {

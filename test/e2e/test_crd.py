@@ -236,9 +236,11 @@ def test_status_subresource_and_printer_columns(k):
     status = {"phase": "CatchingUp", "message": "catching up: 3 of 4 tables streaming",
               "observedGeneration": 1, "sourceVersion": 15, "targetVersion": 17,
               "lagBytes": 123456789012, "lagSeconds": 1.5, "tablesSynced": 3, "tablesTotal": 4,
-              "bytesCopied": 5000000000,
+              "bytesCopied": 5000000000, "lagDrainBytesPerSecond": 8388608.0, "readyInSeconds": 42,
+              "leaderEpoch": 3,
               "lastCutover": {"direction": "forward", "succeeded": True, "pauseMs": 41.7,
-                              "at": "2026-11-22T01:00:00Z"},
+                              "at": "2026-11-22T01:00:00Z",
+                              "notes": ["rolling forward from step switch (interrupted)"]},
               "phaseTimes": {"InitialCopy": {"started": "2026-11-22T00:59:00Z",
                                              "finished": "2026-11-22T00:59:30Z"}},
               "conditions": [{"type": "Progressing", "status": "True", "reason": "CatchingUp",
@@ -252,9 +254,9 @@ def test_status_subresource_and_printer_columns(k):
     assert got == status  # nothing pruned, engine state kept as written
 
     table = k.run("get", "pgu").stdout.splitlines()
-    assert table[0].split() == ["NAME", "PHASE", "SOURCE", "TARGET", "LAG", "AGE"]
+    assert table[0].split() == ["NAME", "PHASE", "SOURCE", "TARGET", "LAG", "READY-IN", "AGE"]
     row = next(line.split() for line in table[1:] if line.startswith("shown "))
-    assert row[:5] == ["shown", "CatchingUp", "15", "17", "123456789012"]
+    assert row[:6] == ["shown", "CatchingUp", "15", "17", "123456789012", "42"]
     wide = k.run("get", "postgresupgrades", "shown", "-o", "wide").stdout.splitlines()
     assert wide[0].split()[-1] == "MESSAGE" and wide[1].endswith("catching up: 3 of 4 tables streaming")
 

@@ -522,13 +522,16 @@ def test_manual_cutover_then_rollback_then_finish(k, namespace, operator, tmp_pa
          "INSERT INTO shop.products (sku, title, price_cents) VALUES ('after', 'finish', 1)")
 
 
-def handover_under_load(k, namespace, operator, tmp_path, take_leader_away):
+def handover_under_load(k, namespace, operator, tmp_path, take_leader_away, leader_kubeconfig=None):
     """Two operators with --leader-elect and the load client writing: the first leads and
     migrates up to CatchingUp, then `take_leader_away(standby)` interrupts it (and waits until
-    the standby leads); the standby must finish the migration with every write on the target."""
+    the standby leads); the standby must finish the migration with every write on the target.
+    `leader_kubeconfig`: the first operator's own way to the API server."""
     source = Source(k, namespace, 15)
     standby = Operator(namespace, operator.kubeconfig, tmp_path / "work2", tmp_path / "operator2.log")
     lease = ["--leader-elect", "--lease-duration", "3"]
+    if leader_kubeconfig is not None:
+        operator.kubeconfig = leader_kubeconfig
     operator.start(*lease)
     wait_for(lambda: "leading: reconciling" in operator.log(), timeout=30, what="first operator leads")
     standby.start(*lease)
@@ -577,3 +580,151 @@ def test_leader_election_one_operator_works_and_a_standby_takes_over(
         operator.kill9()
         wait_for(lambda: "leading: reconciling" in standby.log(), timeout=30, what="standby leads")
     handover_under_load(k, namespace, operator, tmp_path, kill)
+
+
+class Partition:
+    """A TCP relay between one client and the API server that can drop the link the way a
+    network partition does: from `cut()` on, nothing is forwarded either way and new
+    connections are accepted but never answered (no RST, no FIN: the client only sees
+    silence, as behind a dead switch)."""
+
+    def __init__(self, upstream_host, upstream_port):
+        import socket
+        import threading
+        self.upstream = (upstream_host, upstream_port)
+        self.cut_event = threading.Event()
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(64)
+        self.port = self.listener.getsockname()[1]
+        self.held = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        import socket
+        import threading
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            if self.cut_event.is_set():
+                self.held.append(conn)
+                continue
+            up = socket.create_connection(self.upstream)
+            self.held += [conn, up]
+            for a, b in ((conn, up), (up, conn)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    def _pump(self, a, b):
+        import select
+        while True:
+            if self.cut_event.is_set():
+                time.sleep(0.05)  # hold both ends open, read nothing, send nothing
+                continue
+            ready, _, _ = select.select([a], [], [], 0.05)
+            if not ready or self.cut_event.is_set():
+                continue
+            try:
+                data = a.recv(65536)
+            except OSError:
+                data = b""
+            if not data:
+                try:
+                    b.shutdown(1)
+                except OSError:
+                    pass
+                return
+            b.sendall(data)
+
+    def cut(self):
+        self.cut_event.set()
+
+    def kubeconfig(self, original, path):
+        import re
+        text = Path(original).read_text()
+        text, n = re.subn(r"(server:\s*https://)[^/\s]+", rf"\g<1>127.0.0.1:{self.port}", text)
+        assert n == 1, text
+        Path(path).write_text(text)
+        return Path(path)
+
+
+def log_time(line):
+    """Seconds of the day of an operator log line (text format: HH:MM:SS.mmm first)."""
+    h, m, sec = line.split()[0].split(":")
+    return int(h) * 3600 + int(m) * 60 + float(sec)
+
+
+def test_a_leader_partitioned_from_the_api_server_stops_before_the_standby_starts(
+        k, namespace, operator, tmp_path):
+    """The leader loses the API server (a partition: silence, not a closed connection) while
+    it still reaches both PostgreSQL servers. It cannot renew its Lease, so it must stop acting
+    before the standby may take over: it exits at its renew deadline (2 s of a 3 s Lease, on its
+    own clock, whatever its election requests are waiting for), the standby leads only after
+    that (both logs, one clock), and the standby's migration loses nothing. Only one engine
+    ever acts."""
+    import re
+    api = re.search(r"server:\s*https://([^:/\s]+):(\d+)", Path(operator.kubeconfig).read_text())
+    relay = Partition(api.group(1), int(api.group(2)))
+    proxied = relay.kubeconfig(operator.kubeconfig, tmp_path / "partitioned.kubeconfig")
+
+    def partition(standby):
+        relay.cut()
+        cut_at = time.monotonic()
+        assert operator.proc.wait(timeout=30) == 1
+        exited_after = time.monotonic() - cut_at
+        wait_for(lambda: "leading: reconciling" in standby.log(), timeout=30, what="standby leads")
+        print(f"partitioned leader exited {exited_after:.2f} s after the cut")
+        lost = [l for l in operator.log().splitlines() if "lost the leader Lease" in l]
+        assert lost, operator.log()[-3000:]
+        leads = [l for l in standby.log().splitlines() if "leading: reconciling" in l]
+        # The old leader was gone before the new one began (same machine, same clock).
+        assert log_time(lost[-1]) < log_time(leads[0]), (lost[-1], leads[0])
+    handover_under_load(k, namespace, operator, tmp_path, partition, leader_kubeconfig=proxied)
+
+
+def test_service_endpoints_that_never_follow_the_selector_end_fully_switched(
+        k, namespace, operator, tmp_path):
+    """kube-controller-manager is frozen (SIGSTOP) just before the cutover, so the traffic
+    Service's EndpointSlices never follow the selector pgshift patches. Once the selector leads
+    to the target, clients may reach it at any moment: the cutover must go forward (the source
+    stays fenced, the target opens), never back to a source that the Service may no longer
+    lead to, and never stop in between; it says so in status.lastCutover.notes. When the
+    controller runs again, clients land on the target and no acknowledged write is lost."""
+    source = Source(k, namespace, 15)
+    operator.start()
+    ledger = tmp_path / "app.ledger"
+    load = start_load(source, ledger)
+    k.apply(upgrade("shop", source, 17, cutover={"mode": "manual", "maxPauseMs": 5000}))
+    wait_phase(k, "shop", {"ReadyForCutover"}, timeout=180, operator=operator)
+    kcm = int((K8S_DIR / "run" / "kube-controller-manager.pid").read_text())
+    os.kill(kcm, signal.SIGSTOP)
+    try:
+        k.run("patch", "postgresupgrade", "shop", "--type", "merge", "-p",
+              json.dumps({"spec": {"cutover": {"approved": True}}}))
+        wait_phase(k, "shop", {"RollbackReady"}, timeout=120, operator=operator)
+        st = k.get("postgresupgrade", "shop")["status"]
+        cut = st["lastCutover"]
+        assert cut["succeeded"] and cut["direction"] == "forward", cut
+        notes = " ".join(cut.get("notes", []))
+        assert "live view had not followed" in notes, cut
+        # Fully switched while the endpoints still lead to the source: the selector leads to
+        # the target, the source refuses writes, the target takes them.
+        svc = k.get("service", "app-db")
+        assert svc["spec"]["selector"] == {"pgshift.dev/upgrade": "shop", "pgshift.dev/role": "target"}
+        p = psql(source.address, source.password,
+                 "INSERT INTO shop.products (sku, title, price_cents) VALUES ('x', 'y', 1)", check=False)
+        assert p.returncode != 0 and "read-only" in p.stderr, p.stderr
+        target = pod_address(namespace, "shop-target-0")
+        psql(target, target_password(k, "shop"),
+             "INSERT INTO shop.products (sku, title, price_cents) VALUES ('t', 'on target', 1)")
+    finally:
+        os.kill(kcm, signal.SIGCONT)
+    # The controller catches up: clients through app-db reach the target and write again.
+    version = wait_for(lambda: (psql(source.app, target_password(k, "shop"), "SHOW server_version_num",
+                                     check=False).stdout.strip() or None), timeout=60,
+                       what="app-db leads to the target")
+    assert version.startswith("17"), version
+    time.sleep(3)
+    s = stop_load(load)
+    verify_on_target(k, namespace, ledger, s["acknowledged"])

@@ -28,6 +28,8 @@ FAMILIES = {
     "pgshift_cutover_max_pause_seconds": "gauge",
     "pgshift_replication_lag_bytes": "gauge",
     "pgshift_replication_lag_seconds": "gauge",
+    "pgshift_replication_lag_drain_bytes_per_second": "gauge",
+    "pgshift_cutover_ready_in_seconds": "gauge",
     "pgshift_tables": "gauge",
     "pgshift_tables_synced": "gauge",
     "pgshift_copy_size_bytes": "gauge",
@@ -56,6 +58,8 @@ WORKER_LABELLED = {"pgshift_replication_worker_errors_total"}
 # manual confirmation, and no step failed.
 UNSAMPLED_HERE = {"pgshift_cutover_last_pause_seconds", "pgshift_errors_total"}
 
+# May be negative: the lag's fall per second is negative while it grows.
+SIGNED = {"pgshift_replication_lag_drain_bytes_per_second"}
 SAMPLE_RE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$')
 LABEL_RE = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
 
@@ -98,7 +102,7 @@ def check_scrape(types, samples, migration_id):
             problems.append(f"{name} {labels}: migration label")
         if name in PER_DATABASE and not labels.get("database"):
             problems.append(f"{name} {labels}: no database label")
-        if value < 0 or value != value:
+        if (value < 0 and name not in SIGNED) or value != value:
             problems.append(f"{name} {labels} = {value}")
     current = [l["phase"] for l, v in by.get("pgshift_phase", []) if v == 1]
     if len(current) != 1:

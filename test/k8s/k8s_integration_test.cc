@@ -19,6 +19,7 @@
 #include "k8s/informer.h"
 #include "k8s/leader_election.h"
 #include "k8s/logging.h"
+#include "k8s/status_writer.h"
 #include "test_env.h"
 
 namespace pgshift::k8s {
@@ -184,7 +185,9 @@ void EnsureWidgetCrd(Client* c) {
         "schema": {"openAPIV3Schema": {"type": "object", "properties": {
           "spec": {"type": "object", "properties": {"size": {"type": "integer"}}},
           "status": {"type": "object", "properties": {
-            "phase": {"type": "string"}, "observedGeneration": {"type": "integer"}}}}}}}]}})");
+            "phase": {"type": "string"}, "observedGeneration": {"type": "integer"},
+            "leaderEpoch": {"type": "integer"},
+            "counts": {"type": "object", "additionalProperties": {"type": "integer"}}}}}}}}]}})");
   Result<Json> r = c->Apply(resources::kCustomResourceDefinitions, "", crd, {"pgshift-test", true});
   ASSERT_TRUE(r.ok()) << r.status().ToString();
   ASSERT_TRUE(Eventually([&] {
@@ -245,6 +248,73 @@ TEST_F(K8sTest, StatusSubresourceIsSeparateFromSpec) {
   }, "status");
   ASSERT_TRUE(modified.ok()) << modified.status().ToString();
   EXPECT_EQ((*modified)["status"]["phase"], "Modified");
+}
+
+TEST_F(K8sTest, StatusWriterLosesNoWriteAndRefusesAnOlderLeader) {
+  EnsureWidgetCrd(client_.get());
+  Json w = {{"apiVersion", "test.pgshift.dev/v1"}, {"kind", "Widget"},
+            {"metadata", {{"name", "w2"}}}, {"spec", {{"size", 1}}}};
+  ASSERT_TRUE(client_->CreateObject(kWidgets, ns(), w).ok());
+  std::atomic<bool> holds{true};
+  std::atomic<int64_t> epoch{3};
+  StatusWriter writer(client_.get(), kWidgets,
+                      {[&] { return holds.load(); }, [&] { return epoch.load(); }});
+
+  // Four threads write through the writer while an outside party (kubectl, another
+  // controller) writes the same status directly: every write of both lands.
+  constexpr int kThreads = 4, kEach = 8;
+  std::vector<std::thread> threads;
+  std::atomic<int> failures{0};
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      for (int i = 1; i <= kEach; ++i) {
+        if (!writer.Write(ns(), "w2", {{"counts", {{"t" + std::to_string(t), i}}}}).ok()) ++failures;
+      }
+    });
+  }
+  threads.emplace_back([&] {
+    for (int i = 1; i <= kEach; ++i) {
+      Result<Json> r = client_->Modify(kWidgets, ns(), "w2", [i](Json& o) {
+        o["status"]["counts"]["outside"] = i;
+        return Status::Ok();
+      }, "status", 50);
+      if (!r.ok()) ++failures;
+    }
+  });
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(failures.load(), 0);
+  Json st = (*client_->Get(kWidgets, ns(), "w2"))["status"];
+  for (int t = 0; t < kThreads; ++t) EXPECT_EQ(st["counts"]["t" + std::to_string(t)], kEach) << st;
+  EXPECT_EQ(st["counts"]["outside"], kEach) << st;
+  EXPECT_EQ(st["leaderEpoch"], 3);
+  EXPECT_GT(writer.conflicts(), 0) << "the outside writer never raced the writer";
+
+  // A write that changes nothing costs no request.
+  const int64_t puts = writer.puts();
+  ASSERT_TRUE(writer.Write(ns(), "w2", {{"phase", "Same"}}).ok());
+  ASSERT_TRUE(writer.Write(ns(), "w2", {{"phase", "Same"}}).ok());
+  EXPECT_EQ(writer.puts(), puts + 1);
+
+  // A newer leader writes; the older one's next write is refused and changes nothing.
+  StatusWriter newer(client_.get(), kWidgets, {[] { return true; }, [] { return int64_t{4}; }});
+  ASSERT_TRUE(newer.Write(ns(), "w2", {{"phase", "NewLeader"}}).ok());
+  Status stale = writer.Write(ns(), "w2", {{"phase", "StaleLeader"}});
+  EXPECT_EQ(stale.code(), StatusCode::kAborted) << stale.ToString();
+  EXPECT_NE(stale.message().find("newer leader (epoch 4)"), std::string::npos) << stale.message();
+  st = (*client_->Get(kWidgets, ns(), "w2"))["status"];
+  EXPECT_EQ(st["phase"], "NewLeader");
+  EXPECT_EQ(st["leaderEpoch"], 4);
+
+  // A writer that lost its Lease writes nothing, whatever the epochs say.
+  epoch = 5;
+  holds = false;
+  EXPECT_EQ(writer.Write(ns(), "w2", {{"phase", "NoLease"}}).code(), StatusCode::kAborted);
+  holds = true;
+  ASSERT_TRUE(writer.Write(ns(), "w2", {{"phase", "Epoch5"}}).ok());
+  EXPECT_EQ((*client_->Get(kWidgets, ns(), "w2"))["status"]["phase"], "Epoch5");
+  // Gone: NotFound, not a retry loop.
+  ASSERT_TRUE(client_->Delete(kWidgets, ns(), "w2").ok());
+  EXPECT_TRUE(IsNotFound(writer.Write(ns(), "w2", {{"phase", "Gone"}})));
 }
 
 // --- watches -----------------------------------------------------------------------------
@@ -465,6 +535,7 @@ TEST_F(K8sTest, LeaderLosesLeaseAndStopsWorking) {
   ASSERT_TRUE(Eventually([&] { return working.load(); }, 10s));
   EXPECT_TRUE((*elector)->IsLeader());
   EXPECT_EQ((*elector)->CurrentLeader(), "candidate-a");
+  const int64_t first_epoch = (*elector)->Epoch();
 
   // Another party takes the lease by force (as after a partition): the old leader must
   // notice at its next renewal and stop its work.
@@ -484,6 +555,22 @@ TEST_F(K8sTest, LeaderLosesLeaseAndStopsWorking) {
   // It did not take the lease back: the usurper's lease has not expired for it... until it
   // does, which needs a fresh candidate to observe for lease_duration.
   EXPECT_EQ((*client_->Get(resources::kLeases, ns(), "lock"))["spec"]["holderIdentity"], "usurper");
+
+  // The epoch (leaseTransitions) is a fencing token: a later leader's is greater, also when
+  // it takes a Lease that was released rather than taken over.
+  ASSERT_TRUE(client_->Modify(resources::kLeases, ns(), "lock", [](Json& l) {
+    l["spec"]["holderIdentity"] = "";  // as Release() leaves it
+    return Status::Ok();
+  }).ok());
+  LeaderElectionConfig lb{ns(), "lock", "candidate-b", 3s, 2s, 200ms, true};
+  auto next = LeaderElector::Create(client_.get(), lb, LeaderCallbacks{});
+  ASSERT_TRUE(next.ok());
+  (*next)->Start();
+  ASSERT_TRUE(Eventually([&] { return (*next)->IsLeader(); }, 10s));
+  EXPECT_GT((*next)->Epoch(), first_epoch);
+  EXPECT_EQ((*next)->Epoch(),
+            (*client_->Get(resources::kLeases, ns(), "lock"))["spec"]["leaseTransitions"]);
+  (*next)->Stop();
 }
 
 // A child process whose stdout lines are collected.
