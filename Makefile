@@ -9,12 +9,13 @@ CMAKE_FLAGS ?=
 include $(ROOT)/mk/k8s.mk
 include $(ROOT)/mk/operator.mk
 
-.PHONY: all setup build build-asan test test-unit test-integration test-matrix demo format clean lab-down help bench bench-metrics
+.PHONY: all setup build build-asan test test-unit test-integration test-matrix demo demo-k8s format clean lab-down help bench bench-metrics
 
 all: build
 
 help:
 	@echo "make demo    install what is missing, build, run the demo (PostgreSQL, PgBouncer, load client)"
+	@echo "make demo-k8s  the Kubernetes story: the operator moves a StatefulSet under load (test cluster)"
 	@echo "make test    install what is missing, build (also with ASan+UBSan), run every test"
 	@echo "make build   build build/pgshift"
 	@echo "make setup   only install dependencies (idempotent; cached under .cache/)"
@@ -64,6 +65,11 @@ test: test-unit test-k8s test-integration
 
 demo: build
 	@bash $(ROOT)/scripts/demo.sh
+
+# The Kubernetes story on the test cluster (scripts/demo_k8s.py); DEMO_SIZE, DEMO_RATE.
+demo-k8s: build k8s-tools k8s-up
+	@$(K8S_ENV) $(K8S_SCRIPTS)/build.sh kubectl
+	@$(K8S_ENV) python3 $(ROOT)/scripts/demo_k8s.py
 
 bench: build
 	python3 $(ROOT)/bench/cutover.py --runs 5

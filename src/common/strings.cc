@@ -102,7 +102,8 @@ std::string FormatBytes(double b) {
 
 std::string FormatDurationShort(double seconds) {
   if (!std::isfinite(seconds) || seconds < 0) seconds = 0;
-  const long long s = std::llround(seconds);
+  // Under 10 s, round up: "ready in ~0 s" while it is not would read as done.
+  const long long s = seconds < 10 ? static_cast<long long>(std::ceil(seconds)) : std::llround(seconds);
   char buf[48];
   if (s < 100) {
     snprintf(buf, sizeof buf, "%lld s", s);

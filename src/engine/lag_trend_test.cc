@@ -76,6 +76,7 @@ TEST(LagTrend, OldSamplesLeaveTheWindowSoAChangeOfPaceShows) {
 TEST(FormatDurationShort, RoundsForPeople) {
   EXPECT_EQ(FormatDurationShort(0), "0 s");
   EXPECT_EQ(FormatDurationShort(39.6), "40 s");
+  EXPECT_EQ(FormatDurationShort(0.3), "1 s");  // not done yet: never "0 s"
   EXPECT_EQ(FormatDurationShort(430), "7 min");
   EXPECT_EQ(FormatDurationShort(7500), "2 h 5 min");
   EXPECT_EQ(FormatDurationShort(-3), "0 s");

@@ -227,7 +227,8 @@ Status Migration::StepCatchUp() {
     MaybeSampleStats();
     if (total <= state_.options.max_lag_bytes) break;
     const std::string eta = lag_estimate_.Describe();
-    Progress("catching up: lag " + std::to_string(total) + " bytes" + (eta.empty() ? "" : "; " + eta));
+    Progress("catching up: lag " + FormatBytes(static_cast<double>(total)) +
+             (eta.empty() ? "" : "; " + eta));
     PGSHIFT_RETURN_IF_ERROR(Wait(1000));
   }
   PGSHIFT_RETURN_IF_ERROR(CheckDdlLog());

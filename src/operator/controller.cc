@@ -458,6 +458,8 @@ Status Controller::Reconcile(const std::string& key) {
                                        status.value("phase", ""), true, false, degraded_reason,
                                        degraded_message, generation, NowUtc())}};
   if (!status.contains("phase")) st["phase"] = "Pending";
+  // A message of a wait that is over (no ready endpoint yet, a missing Secret) must not stay.
+  st["message"] = "running step " + StepName(step);
   PGSHIFT_RETURN_IF_ERROR(PatchStatus(ns, name, st));
   StartTask(cr, *spec, step, std::move(*wiring));
   return Status::Ok();
