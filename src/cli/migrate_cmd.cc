@@ -308,6 +308,19 @@ void PrintStatus(const nlohmann::json& j) {
   for (const auto& [phase, t] : j["phase_times"].items()) {
     phases.emplace_back(t["started_at"].get<std::string>(), phase);
   }
+  int analyzed = 0;
+  double analyze_ms = 0;
+  bool any_analyzed = false;
+  for (const auto& d : j.value("databases", nlohmann::json::array())) {
+    if (!d.value("analyzed", false)) continue;
+    any_analyzed = true;
+    analyzed += d.value("analyzed_tables", 0);
+    analyze_ms += d.value("analyze_ms", 0.0);
+  }
+  if (any_analyzed) {
+    printf("statistics: %d tables analyzed on the target in %.1f s before cutover\n", analyzed,
+           analyze_ms / 1000.0);
+  }
   std::stable_sort(phases.begin(), phases.end());
   for (const auto& [started, phase] : phases) {
     printf("  %-16s %s .. %s\n", phase.c_str(), started.c_str(),

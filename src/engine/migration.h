@@ -106,6 +106,8 @@ class Migration {
   // once a second from the wait loops.
   void InitStats();
   void MaybeSampleStats();
+  // ANALYZE of every table on the target before ReadyForCutover (statistics.h).
+  Status WarmStatistics();
   // The lag trend and its estimate ("ready in ~40 s") from a fresh sample, into the board.
   void UpdateLagTrend(const StatsSnapshot& snap);
   void RecordError(const Status& s);

@@ -563,6 +563,12 @@ Status CheckDatabase(const std::string& source_dsn, const std::string& target_ds
          ""});
   }
 
+  results.push_back({"statistics", Severity::kInfo, db,
+                     "planner statistics are not replicated: every table is ANALYZEd on the "
+                     "target before it is ready for cutover, so the first queries there have "
+                     "fresh statistics",
+                     ""});
+
   auto used = ListInstalledExtensions(*src);
   if (!used.ok()) return ctx(used.status());
   results.push_back(CheckExtensions(db, *used, target_available, report->target_major));

@@ -174,7 +174,10 @@ nlohmann::json MigrationState::ToJson() const {
                    {"ddl_mark", d.ddl_mark},
                    {"tables", d.tables},
                    {"copy_done", d.copy_done},
-                   {"post_data_done", d.post_data_done}});
+                   {"post_data_done", d.post_data_done},
+                   {"analyzed", d.analyzed},
+                   {"analyzed_tables", d.analyzed_tables},
+                   {"analyze_ms", d.analyze_ms}});
   }
   nlohmann::json cuts = nlohmann::json::array();
   for (const auto& c : cutovers) {
@@ -286,6 +289,9 @@ Result<MigrationState> MigrationState::FromJson(const nlohmann::json& j) {
       db.tables = d.value("tables", std::vector<std::string>{});
       db.copy_done = d.value("copy_done", false);
       db.post_data_done = d.value("post_data_done", false);
+      db.analyzed = d.value("analyzed", false);
+      db.analyzed_tables = d.value("analyzed_tables", 0);
+      db.analyze_ms = d.value("analyze_ms", 0.0);
       s.databases.push_back(db);
     }
     static const nlohmann::json kEmptyObject = nlohmann::json::object();

@@ -116,6 +116,10 @@ struct DatabaseState {
   // the work of finding out.
   bool copy_done = false;       // every table's rows are on the target
   bool post_data_done = false;  // indexes, constraints, triggers built after the copy
+  // Planner statistics warmed on the target before cutover (statistics.h).
+  bool analyzed = false;
+  int analyzed_tables = 0;
+  double analyze_ms = 0;
 };
 
 struct CutoverAttempt {

@@ -14,6 +14,7 @@
 #include "engine/preflight.h"
 #include "engine/replication_health.h"
 #include "engine/server_ops.h"
+#include "engine/statistics.h"
 #include "engine/verify.h"
 #include "pg/conninfo.h"
 #include "pg/connection.h"
@@ -253,10 +254,38 @@ Status Migration::StepCatchUp() {
       }
     }
   }
+  PGSHIFT_RETURN_IF_ERROR(WarmStatistics());
   PGSHIFT_RETURN_IF_ERROR(FenceTarget());
   // The lag as the cutover's preconditions left it, whatever the throttle.
   (void)SampleStats();
   return Move(Phase::kReadyForCutover);
+}
+
+// Before the target can take clients, its planner gets statistics of the data it now holds
+// (statistics.h); the cutover's precondition waits for it. Done once per database: a resumed
+// run does not analyze again.
+Status Migration::WarmStatistics() {
+  for (auto& db : state_.databases) {
+    if (db.analyzed) continue;
+    int jobs = 0;
+    {
+      PGSHIFT_ASSIGN_OR_RETURN(ConnPtr dst, Connect(state_.target_dsn, db.name, "target"));
+      jobs = CopyJobs(*dst);
+    }
+    Progress("statistics " + db.name + ": ANALYZE of the target's tables, " +
+             std::to_string(jobs) + " at once");
+    PGSHIFT_ASSIGN_OR_RETURN(AnalyzeReport rep,
+                             AnalyzeDatabase(state_.target_dsn, db.name, jobs, stop_));
+    for (const auto& s : rep.skipped) Progress("statistics " + db.name + ": not analyzed: " + s);
+    db.analyzed = true;
+    db.analyzed_tables = rep.tables;
+    db.analyze_ms = rep.elapsed_ms;
+    Progress("statistics " + db.name + ": " + std::to_string(rep.tables) +
+             " tables analyzed on the target in " + Ms(rep.elapsed_ms) + " ms (" +
+             std::to_string(rep.jobs) + " at once): the planner has fresh statistics at cutover");
+    PGSHIFT_RETURN_IF_ERROR(Save());
+  }
+  return Status::Ok();
 }
 
 // From ReadyForCutover on the target takes no client write: a write there now would conflict

@@ -162,6 +162,46 @@ void Row(std::string* h, std::string_view key, const std::string& value_html) {
   *h += "<tr><th>" + HtmlEscape(key) + "</th><td>" + value_html + "</td></tr>\n";
 }
 
+// "When could sync end?" from the history's catch-up samples: how far behind the target started,
+// how long it took to get under the cutover threshold and at what pace, and how the engine's
+// first estimate compared. Empty when the history has no catch-up with a lag.
+std::string CatchUpHtml(const ReportInput& in) {
+  std::vector<const json*> samples;
+  for (const auto& e : in.history.events) {
+    if (Str(e, "kind") == "sample" && Str(e, "phase") == "CatchingUp" && Num(e, "lag_bytes")) {
+      samples.push_back(&e);
+    }
+  }
+  if (samples.empty()) return "";
+  const double threshold =
+      Num(Member(in.state, "options"), "max_lag_bytes").value_or(16.0 * 1024 * 1024);
+  const json& first = *samples.front();
+  const double t0 = first["ts"].get<double>() / 1000.0, lag0 = *Num(first, "lag_bytes");
+  const json* under = nullptr;
+  const json* estimate = nullptr;
+  for (const json* e : samples) {
+    if (estimate == nullptr && Num(*e, "ready_in_s").value_or(0) > 0) estimate = e;
+    if (*Num(*e, "lag_bytes") <= threshold) {
+      under = e;
+      break;
+    }
+  }
+  std::string out = "started " + FormatBytes(lag0) + " behind";
+  if (under == nullptr) return HtmlEscape(out + "; the lag never got under the threshold (" +
+                                          FormatBytes(threshold) + ") in the history");
+  const double t1 = (*under)["ts"].get<double>() / 1000.0;
+  out += "; under the threshold (" + FormatBytes(threshold) + ") " +
+         FormatDurationShort(t1 - t0) + " later";
+  if (t1 > t0 && lag0 > threshold) out += " (" + FormatBytes((lag0 - *Num(*under, "lag_bytes")) / (t1 - t0)) + "/s)";
+  if (estimate != nullptr) {
+    const double te = (*estimate)["ts"].get<double>() / 1000.0;
+    out += "; first estimate \"ready in ~" + FormatDurationShort(*Num(*estimate, "ready_in_s")) +
+           "\" at " + FormatBytes(*Num(*estimate, "lag_bytes")) + ", " +
+           FormatDurationShort(std::max(0.0, t1 - te)) + " before it was";
+  }
+  return HtmlEscape(out);
+}
+
 std::string SummaryHtml(const ReportInput& in, const std::vector<PhaseSpan>& phases,
                         const std::vector<Cutover>& cutovers) {
   const json& s = in.state;
@@ -206,6 +246,7 @@ std::string SummaryHtml(const ReportInput& in, const std::vector<PhaseSpan>& pha
     Row(&h, "initial copy", copy + " (last sample)");
     break;
   }
+  if (std::string c = CatchUpHtml(in); !c.empty()) Row(&h, "catch-up", c);
   const Cutover* last_ok = nullptr;
   for (const auto& c : cutovers) {
     if (c.succeeded) last_ok = &c;
@@ -494,7 +535,10 @@ json ChartData(const ReportInput& in) {
   }
   d["cutovers"] = cuts;
 
-  json lag = {{"t", json::array()}, {"bytes", json::array()}, {"seconds", json::array()}};
+  json lag = {{"t", json::array()},
+              {"bytes", json::array()},
+              {"seconds", json::array()},
+              {"ready_in", json::array()}};
   json copy = {{"t", json::array()},
                {"bytes_pct", json::array()},
                {"tables_pct", json::array()},
@@ -515,6 +559,7 @@ json ChartData(const ReportInput& in) {
       lag["t"].push_back(t);
       lag["bytes"].push_back(OrNull(Num(e, "lag_bytes")));
       lag["seconds"].push_back(OrNull(Num(e, "lag_seconds")));
+      lag["ready_in"].push_back(OrNull(Num(e, "ready_in_s")));
       auto bc = Num(e, "bytes_copied"), bt = Num(e, "bytes_total");
       auto ts = Num(e, "tables_synced"), tt = Num(e, "tables_total");
       copy["t"].push_back(t);
@@ -590,7 +635,10 @@ std::string RenderHtml(const ReportInput& in, const Assets& assets) {
            " line(s) of history.jsonl could not be read and were skipped.</p>\n";
     }
     if (AnyValue(data["lag"]["bytes"]) || AnyValue(data["lag"]["seconds"])) {
-      h += Chart("chart-lag", "Replication lag (bytes and seconds) over time", "lag");
+      h += Chart("chart-lag",
+                 "Replication lag (bytes and seconds) over time, and while catching up the "
+                 "estimated seconds until it is under the cutover threshold",
+                 "lag");
     } else {
       h += "<p class=\"nodata\">history.jsonl holds no lag figures.</p>\n";
     }

@@ -93,11 +93,12 @@
   if (document.getElementById("chart-lag")) {
     draw("chart-lag",
          [line("lag bytes", C.blue, "bytes", function (u, v) { return fmtBytes(v); }),
-          line("lag seconds", C.orange, "s", function (u, v) { return fmtSeconds(v); })],
+          line("lag seconds", C.orange, "s", function (u, v) { return fmtSeconds(v); }),
+          line("ready in", C.green, "s", function (u, v) { return fmtSeconds(v); }, { dash: [6, 4] })],
          [{ scale: "bytes", values: function (u, vs) { return vs.map(fmtBytes); }, size: 70 },
           { scale: "s", side: 1, grid: { show: false },
             values: function (u, vs) { return vs.map(fmtSeconds); } }],
-         [data.lag.t, data.lag.bytes, data.lag.seconds]);
+         [data.lag.t, data.lag.bytes, data.lag.seconds, data.lag.ready_in]);
   }
   if (document.getElementById("chart-copy")) {
     draw("chart-copy",

@@ -5,6 +5,7 @@
 
 #include <cstdlib>
 #include <fstream>
+#include <optional>
 #include <string>
 
 #include "common/files.h"
@@ -200,6 +201,31 @@ TEST(ReportTest, HistorySkipsTornLinesAndFeedsCharts) {
   EXPECT_NE(html.find("1 line(s) of history.jsonl could not be read"), std::string::npos);
   EXPECT_NE(html.find("200 B of 200 B, 9 rows"), std::string::npos);
   (void)RemoveAll(dir);
+}
+
+TEST(ReportTest, CatchUpSaysHowFarBehindHowLongAndHowGoodTheEstimateWas) {
+  ReportInput in;
+  in.state = State();
+  in.state["options"]["max_lag_bytes"] = 16 << 20;
+  in.history.found = true;
+  const double mb = 1 << 20;
+  auto sample = [&](int64_t ts, double lag, std::optional<double> ready_in) {
+    nlohmann::json e = {{"ts", ts}, {"kind", "sample"}, {"phase", "CatchingUp"}, {"lag_bytes", lag * mb}};
+    if (ready_in) e["ready_in_s"] = *ready_in;
+    in.history.events.push_back(e);
+  };
+  sample(1795309210000, 500, std::nullopt);
+  sample(1795309213000, 380, 9.0);  // the first estimate: 9 s
+  sample(1795309216000, 200, 4.0);
+  sample(1795309220000, 10, 0.0);  // under 16 MB: 10 s after the start, 7 s after the estimate
+  nlohmann::json d = ChartData(in);
+  EXPECT_EQ(d["lag"]["ready_in"], nlohmann::json({nullptr, 9.0, 4.0, 0.0}));
+  std::string html = RenderHtml(in, kAssets);
+  EXPECT_NE(html.find("<th>catch-up</th><td>started 500.0 MB behind; under the threshold (16.0 MB) "
+                      "10 s later (49.0 MB/s); first estimate &quot;ready in ~9 s&quot; at 380.0 MB, "
+                      "7 s before it was</td>"),
+            std::string::npos)
+      << html.substr(html.find("<table class=\"summary\">"), 2000);
 }
 
 TEST(ReportTest, MissingLedgerIsAClearError) {
