@@ -313,6 +313,11 @@ def pgshift_upgrade(lab, src, dst, args, work, extra=(), on_line=None):
         m = re.search(r"indexes and constraints of \S+ built in ([\d.]+) ms", ln)
         if m:
             res["post_data_s"] = round(float(m.group(1)) / 1000, 2)
+        m = re.search(r"statistics \S+: (\d+) tables analyzed on the target in ([\d.]+) ms \((\d+) at once\)", ln)
+        if m:
+            res["analyze_s"] = round(float(m.group(2)) / 1000, 2)
+            res["analyzed_tables"] = int(m.group(1))
+            res["analyze_jobs"] = int(m.group(3))
         m = re.search(r"copy \S+: (\d+) tables in (\d+) ranges, .*?, (\d+) jobs, binary for (\d+) of", ln)
         if m:
             res["plan"] = {"tables": int(m.group(1)), "ranges": int(m.group(2)),
