@@ -1,5 +1,7 @@
 #include "k8s/leader_election.h"
 
+#include <algorithm>
+
 #include "k8s/api_error.h"
 #include "k8s/logging.h"
 #include "k8s/time_format.h"
@@ -143,9 +145,10 @@ bool LeaderElector::TryAcquireOrRenew() {
           {"leaseDurationSeconds", duration_s},
           {"acquireTime", now_text},
           {"renewTime", now_text},
-          {"leaseTransitions", 0}}}};
+          {"leaseTransitions", std::max<int64_t>(0, config_.min_epoch + 1)}}}};
     Result<Json> created = client_->CreateObject(leases, config_.lease_namespace, lease);
     if (!created.ok()) return false;  // someone else created it first
+    epoch_ = (*created)["spec"].value("leaseTransitions", int64_t{0});
     {
       std::lock_guard<std::mutex> lock(mu_);
       observed_renew_time_ = now_text;
@@ -177,7 +180,8 @@ bool LeaderElector::TryAcquireOrRenew() {
     spec["acquireTime"] = now_text;
     // Every change of holder counts (also after a release), so that the count is a fencing
     // token: each leader's epoch is greater than every earlier leader's.
-    spec["leaseTransitions"] = spec.value("leaseTransitions", 0) + 1;
+    spec["leaseTransitions"] =
+        std::max(spec.value("leaseTransitions", int64_t{0}) + 1, config_.min_epoch + 1);
   }
   spec["holderIdentity"] = config_.identity;
   spec["leaseDurationSeconds"] = duration_s;

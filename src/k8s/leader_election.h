@@ -29,6 +29,10 @@ struct LeaderElectionConfig {
   std::chrono::milliseconds retry_period{std::chrono::seconds(2)};
   // On Stop() while leading: mark the Lease free so that another candidate takes over now.
   bool release_on_stop = true;
+  // The highest epoch already used elsewhere (written into the objects this leader guards,
+  // see Epoch()). A Lease this candidate creates or takes counts on from above it, so that
+  // epochs stay increasing when the Lease was deleted and made again. -1: none.
+  int64_t min_epoch = -1;
 };
 
 struct LeaderCallbacks {

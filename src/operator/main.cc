@@ -211,6 +211,25 @@ int main(int argc, char** argv) {
     std::cerr << "pgshift-operator: " << election_client.status().message() << "\n";
     return 2;
   }
+  // Epochs already written into resources: a Lease made again (deleted by hand, a namespace
+  // made anew) must not start below them, or every write would be refused as stale.
+  {
+    auto list = (*client)->List(op::kPostgresUpgrades, ns);
+    for (int attempt = 1; !list.ok() && attempt < 10 && !g_stop.stop_requested(); ++attempt) {
+      SleepMillis(1000);
+      list = (*client)->List(op::kPostgresUpgrades, ns);
+    }
+    if (!list.ok()) {
+      std::cerr << "pgshift-operator: listing PostgresUpgrades: " << list.status().message() << "\n";
+      return 1;
+    }
+    for (const auto& pu : list->items) {
+      const auto st = pu.find("status");
+      if (st == pu.end() || !st->is_object()) continue;
+      const auto e = st->find(k8s::kLeaderEpochField);
+      if (e != st->end() && e->is_number_integer()) lc.min_epoch = std::max(lc.min_epoch, e->get<int64_t>());
+    }
+  }
   auto elector = k8s::LeaderElector::Create(election_client->get(), lc, cb);
   if (!elector.ok()) {
     std::cerr << "pgshift-operator: " << elector.status().message() << "\n";

@@ -573,6 +573,35 @@ TEST_F(K8sTest, LeaderLosesLeaseAndStopsWorking) {
   (*next)->Stop();
 }
 
+TEST_F(K8sTest, EpochsStayAboveTheOnesAlreadyWrittenWhenTheLeaseIsMadeAgain) {
+  // A Lease made anew (deleted by hand) must not hand out epochs that resources already hold:
+  // every status write would then be refused as coming from an older leader.
+  LeaderElectionConfig lc{ns(), "fresh", "candidate-a", 3s, 2s, 200ms, true};
+  lc.min_epoch = 41;
+  auto a = LeaderElector::Create(client_.get(), lc, LeaderCallbacks{});
+  ASSERT_TRUE(a.ok());
+  (*a)->Start();
+  ASSERT_TRUE(Eventually([&] { return (*a)->IsLeader(); }, 10s));
+  EXPECT_EQ((*a)->Epoch(), 42);
+  (*a)->Stop();  // released
+  // Taking an existing Lease: one above both its count and what is known to be written.
+  LeaderElectionConfig lb{ns(), "fresh", "candidate-b", 3s, 2s, 200ms, true};
+  lb.min_epoch = 50;
+  auto b = LeaderElector::Create(client_.get(), lb, LeaderCallbacks{});
+  ASSERT_TRUE(b.ok());
+  (*b)->Start();
+  ASSERT_TRUE(Eventually([&] { return (*b)->IsLeader(); }, 10s));
+  EXPECT_EQ((*b)->Epoch(), 51);
+  (*b)->Stop();
+  LeaderElectionConfig lc2{ns(), "fresh", "candidate-c", 3s, 2s, 200ms, true};
+  auto c = LeaderElector::Create(client_.get(), lc2, LeaderCallbacks{});
+  ASSERT_TRUE(c.ok());
+  (*c)->Start();
+  ASSERT_TRUE(Eventually([&] { return (*c)->IsLeader(); }, 10s));
+  EXPECT_EQ((*c)->Epoch(), 52);
+  (*c)->Stop();
+}
+
 // A child process whose stdout lines are collected.
 class Child {
  public:
