@@ -14,7 +14,6 @@ DEMO_SIZE (default 1GB) sizes the order history; DEMO_RATE the client's operatio
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -134,13 +133,7 @@ def main():
     if batch is not None:
         batch.wait(timeout=600)
     time.sleep(3)  # clients go on writing, on PostgreSQL 18 now
-    load.send_signal(signal.SIGTERM)
-    out, err = load.communicate(timeout=120)
-    (OUT / "load.err").write_text(err)
-    if load.returncode != 0:
-        sys.exit(f"the load client failed:\n{err[-3000:]}")
-    lines = out.strip().splitlines()
-    s = {**e2e.parse_kv(lines[0]), **e2e.parse_kv(lines[1])}
+    s = e2e.stop_load(load, OUT / "load.err")
     st = k.get("postgresupgrade", "shop")["status"]
     if st.get("phase") != "RollbackReady":
         sys.exit(f"the upgrade failed: {st.get('message')}")

@@ -16,6 +16,7 @@
 #include "common/stop_signals.h"
 #include "common/strings.h"
 #include "engine/inspect.h"
+#include "engine/lag_trend.h"
 #include "engine/migration.h"
 #include "engine/preflight.h"
 #include "engine/switch_point.h"
@@ -252,21 +253,14 @@ void PrintStatus(const nlohmann::json& j) {
     printf("tables ready %d/%d", l["tables_ready"].get<int>(), l["tables_total"].get<int>());
     if (l.contains("lag_bytes")) printf("  lag %lld bytes", l["lag_bytes"].get<long long>());
     printf("\n");
-    if (l.contains("ready_in_s")) {
-      const double s = l["ready_in_s"].get<double>();
-      if (s <= 0) {
-        printf("lag under the cutover threshold\n");
-      } else {
-        printf("ready in ~%s", FormatDurationShort(s).c_str());
-        if (l.contains("drain_bytes_per_s")) {
-          printf(" (lag falls %s/s)", FormatBytes(l["drain_bytes_per_s"].get<double>()).c_str());
-        }
-        printf("\n");
-      }
-    } else if (l.value("lag_stalled", false) && l.contains("drain_bytes_per_s")) {
-      printf("lag not falling (+%s/s): the target does not keep up\n",
-             FormatBytes(-l["drain_bytes_per_s"].get<double>()).c_str());
+    // The running engine's estimate, said as the engine says it (LagEstimate::Describe).
+    engine::LagEstimate outlook;
+    if (l.contains("drain_bytes_per_s")) {
+      outlook.drain_bytes_per_s = l["drain_bytes_per_s"].get<double>();
     }
+    if (l.contains("ready_in_s")) outlook.ready_in_s = l["ready_in_s"].get<double>();
+    outlook.stalled = l.value("lag_stalled", false);
+    if (const std::string said = outlook.Describe(); !said.empty()) printf("%s\n", said.c_str());
     for (const auto& d : l["databases"]) {
       printf("  %-20s", d["name"].get<std::string>().c_str());
       if (d.contains("lag_bytes")) printf(" lag %lld B", d["lag_bytes"].get<long long>());

@@ -79,18 +79,6 @@ std::string LagOutlook(const ProgressFigures& f) {
   return "";
 }
 
-std::optional<double> Sum(const engine::StatsSnapshot& s,
-                          const engine::Measured engine::DatabaseStats::*field) {
-  if (s.databases.empty()) return std::nullopt;
-  double total = 0;
-  for (const auto& [name, db] : s.databases) {
-    auto v = s.Fresh(db.*field);
-    if (!v) return std::nullopt;
-    total += *v;
-  }
-  return total;
-}
-
 std::optional<double> Num(const nlohmann::json& j, const char* key) {
   if (!j.is_object()) return std::nullopt;
   auto it = j.find(key);
@@ -138,7 +126,7 @@ ProgressFigures FiguresFromSnapshot(const engine::StatsSnapshot& s) {
   ProgressFigures f;
   f.migration_id = s.migration_id;
   f.phase = s.phase;
-  f.lag_bytes = Sum(s, &engine::DatabaseStats::lag_bytes);
+  f.lag_bytes = s.Total(&engine::DatabaseStats::lag_bytes);
   for (const auto& [name, db] : s.databases) {
     auto v = s.Fresh(db.lag_seconds);
     if (!v) {
@@ -150,13 +138,13 @@ ProgressFigures FiguresFromSnapshot(const engine::StatsSnapshot& s) {
   f.drain_bytes_per_s = s.Fresh(s.lag_drain_bytes_per_s);
   f.ready_in_s = s.Fresh(s.ready_in_s);
   f.lag_stalled = s.lag_stalled && f.drain_bytes_per_s.has_value();
-  f.bytes_copied = Sum(s, &engine::DatabaseStats::bytes_copied);
-  f.bytes_total = Sum(s, &engine::DatabaseStats::bytes_total);
-  f.tables_synced = Sum(s, &engine::DatabaseStats::tables_synced);
-  f.tables_total = Sum(s, &engine::DatabaseStats::tables_total);
-  f.rows_copied = Sum(s, &engine::DatabaseStats::rows_copied);
-  f.ranges_done = Sum(s, &engine::DatabaseStats::ranges_done);
-  f.ranges_total = Sum(s, &engine::DatabaseStats::ranges_total);
+  f.bytes_copied = s.Total(&engine::DatabaseStats::bytes_copied);
+  f.bytes_total = s.Total(&engine::DatabaseStats::bytes_total);
+  f.tables_synced = s.Total(&engine::DatabaseStats::tables_synced);
+  f.tables_total = s.Total(&engine::DatabaseStats::tables_total);
+  f.rows_copied = s.Total(&engine::DatabaseStats::rows_copied);
+  f.ranges_done = s.Total(&engine::DatabaseStats::ranges_done);
+  f.ranges_total = s.Total(&engine::DatabaseStats::ranges_total);
   f.verify_done = s.verify_tables_done;
   f.verify_total = s.verify_tables_total;
   f.verify_mismatches = s.verify_mismatches;

@@ -18,15 +18,10 @@ nlohmann::json Base(int64_t ts, const char* kind) { return {{"ts", ts}, {"kind",
 
 // Sum of one figure over every database, or null when any database lacks a fresh value.
 nlohmann::json SumOrNull(const StatsSnapshot& s, Measured DatabaseStats::*field, bool integral) {
-  if (s.databases.empty()) return nullptr;
-  double sum = 0;
-  for (const auto& [name, db] : s.databases) {
-    std::optional<double> v = s.Fresh(db.*field);
-    if (!v) return nullptr;
-    sum += *v;
-  }
-  if (integral) return static_cast<int64_t>(sum);
-  return sum;
+  std::optional<double> sum = s.Total(field);
+  if (!sum) return nullptr;
+  if (integral) return static_cast<int64_t>(*sum);
+  return *sum;
 }
 
 }  // namespace

@@ -182,14 +182,8 @@ Status Migration::SampleStats() {
   snap = stats_.Snapshot(MonotonicMillis());
   if (state_.phase == Phase::kReadyForCutover) {
     // Still ready only while the lag stays under the threshold.
-    double lag = 0;
-    bool known = !snap.databases.empty();
-    for (const auto& [name, db] : snap.databases) {
-      auto v = snap.Fresh(db.lag_bytes);
-      if (!v) known = false;
-      lag += v.value_or(0);
-    }
-    bool ready = known && lag <= static_cast<double>(state_.options.max_lag_bytes);
+    std::optional<double> lag = snap.Total(&DatabaseStats::lag_bytes);
+    bool ready = lag && *lag <= static_cast<double>(state_.options.max_lag_bytes);
     stats_.Update([&](StatsSnapshot& st) { st.ready_for_cutover = ready; });
   }
   // Only whole samples go to the history: every database answered.
@@ -202,19 +196,9 @@ Status Migration::SampleStats() {
 void Migration::UpdateLagTrend(const StatsSnapshot& snap) {
   const bool catching_up =
       state_.phase == Phase::kCatchingUp || state_.phase == Phase::kReadyForCutover;
-  std::optional<double> lag;
-  if (catching_up && !snap.databases.empty()) {
-    lag = 0;
-    for (const auto& [name, db] : snap.databases) {
-      auto v = snap.Fresh(db.lag_bytes);
-      if (!v) {
-        lag.reset();
-        break;
-      }
-      *lag += *v;
-    }
-  }
   if (!catching_up) lag_trend_.Reset();
+  const std::optional<double> lag =
+      catching_up ? snap.Total(&DatabaseStats::lag_bytes) : std::nullopt;
   if (!lag) {
     lag_estimate_ = {};
     return;

@@ -67,6 +67,18 @@ struct StatsSnapshot {
     if (m.at_ms < 0 || now_ms - m.at_ms > kStaleAfterMs) return std::nullopt;
     return m.value;
   }
+  // The sum of one figure over every database; unknown when there is none, or when any
+  // database's value is not fresh.
+  std::optional<double> Total(Measured DatabaseStats::*field) const {
+    if (databases.empty()) return std::nullopt;
+    double total = 0;
+    for (const auto& [name, db] : databases) {
+      std::optional<double> v = Fresh(db.*field);
+      if (!v) return std::nullopt;
+      total += *v;
+    }
+    return total;
+  }
 };
 
 // Thread-safe holder: the orchestrator updates, anyone snapshots.

@@ -242,11 +242,15 @@ def start_load(source, ledger, duration=600):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def stop_load(proc):
+def stop_load(proc, log_path=None):
+    """Stops the load client; its log goes to `log_path`, else (the tail) to the test output."""
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
-    print("load client:", err[-2000:])
+    if log_path is not None:
+        Path(log_path).write_text(err)
+    else:
+        print("load client:", err[-2000:])
     lines = out.strip().splitlines()
     return {**parse_kv(lines[0]), **parse_kv(lines[1])}
 
@@ -475,16 +479,23 @@ def test_corrupt_engine_status_is_degraded_not_a_new_migration(k, namespace, ope
     assert pgshift_leftovers(source.address, source.password) == []
 
 
-def test_manual_cutover_then_rollback_then_finish(k, namespace, operator, tmp_path):
-    """Manual mode waits at ReadyForCutover until approved; after cutover, action Rollback
-    brings clients back to the source with every write made on the target (reverse
-    replication); Finish then removes every pgshift object from both servers."""
+def manual_shop_ready_for_cutover(k, namespace, operator, tmp_path):
+    """A PostgreSQL 15 shop under load, and a manual PostgresUpgrade to 17 waiting at
+    ReadyForCutover; returns (source, ledger, load client)."""
     source = Source(k, namespace, 15)
     operator.start()
     ledger = tmp_path / "app.ledger"
     load = start_load(source, ledger)
     k.apply(upgrade("shop", source, 17, cutover={"mode": "manual", "maxPauseMs": 5000}))
     wait_phase(k, "shop", {"ReadyForCutover"}, timeout=180, operator=operator)
+    return source, ledger, load
+
+
+def test_manual_cutover_then_rollback_then_finish(k, namespace, operator, tmp_path):
+    """Manual mode waits at ReadyForCutover until approved; after cutover, action Rollback
+    brings clients back to the source with every write made on the target (reverse
+    replication); Finish then removes every pgshift object from both servers."""
+    source, ledger, load = manual_shop_ready_for_cutover(k, namespace, operator, tmp_path)
     time.sleep(3)
     st = k.get("postgresupgrade", "shop")["status"]
     assert st["phase"] == "ReadyForCutover"  # it waits
@@ -691,12 +702,7 @@ def test_service_endpoints_that_never_follow_the_selector_end_fully_switched(
     stays fenced, the target opens), never back to a source that the Service may no longer
     lead to, and never stop in between; it says so in status.lastCutover.notes. When the
     controller runs again, clients land on the target and no acknowledged write is lost."""
-    source = Source(k, namespace, 15)
-    operator.start()
-    ledger = tmp_path / "app.ledger"
-    load = start_load(source, ledger)
-    k.apply(upgrade("shop", source, 17, cutover={"mode": "manual", "maxPauseMs": 5000}))
-    wait_phase(k, "shop", {"ReadyForCutover"}, timeout=180, operator=operator)
+    source, ledger, load = manual_shop_ready_for_cutover(k, namespace, operator, tmp_path)
     kcm = int((K8S_DIR / "run" / "kube-controller-manager.pid").read_text())
     os.kill(kcm, signal.SIGSTOP)
     try:

@@ -517,6 +517,22 @@ TEST_F(K8sTest, EventsAreRecordedAndAggregated) {
 
 // --- leader election ---------------------------------------------------------------------
 
+// Starts a candidate for Lease `lease` (knowing `min_epoch`), waits until it leads, stops it
+// (releasing the Lease) and returns the epoch it led with.
+int64_t EpochOfNextLeader(Client* client, const std::string& ns, const std::string& lease,
+                          const std::string& identity, int64_t min_epoch = -1) {
+  LeaderElectionConfig lc{ns, lease, identity, 3s, 2s, 200ms, true};
+  lc.min_epoch = min_epoch;
+  auto e = LeaderElector::Create(client, lc, LeaderCallbacks{});
+  EXPECT_TRUE(e.ok()) << e.status().ToString();
+  if (!e.ok()) return -1;
+  (*e)->Start();
+  EXPECT_TRUE(Eventually([&] { return (*e)->IsLeader(); }, 10s)) << identity << " never led";
+  const int64_t epoch = (*e)->Epoch();
+  (*e)->Stop();
+  return epoch;
+}
+
 TEST_F(K8sTest, LeaderLosesLeaseAndStopsWorking) {
   std::atomic<bool> working{false}, stopped{false};
   std::atomic<int> work_ended{0};
@@ -562,44 +578,19 @@ TEST_F(K8sTest, LeaderLosesLeaseAndStopsWorking) {
     l["spec"]["holderIdentity"] = "";  // as Release() leaves it
     return Status::Ok();
   }).ok());
-  LeaderElectionConfig lb{ns(), "lock", "candidate-b", 3s, 2s, 200ms, true};
-  auto next = LeaderElector::Create(client_.get(), lb, LeaderCallbacks{});
-  ASSERT_TRUE(next.ok());
-  (*next)->Start();
-  ASSERT_TRUE(Eventually([&] { return (*next)->IsLeader(); }, 10s));
-  EXPECT_GT((*next)->Epoch(), first_epoch);
-  EXPECT_EQ((*next)->Epoch(),
+  const int64_t next_epoch = EpochOfNextLeader(client_.get(), ns(), "lock", "candidate-b");
+  EXPECT_GT(next_epoch, first_epoch);
+  EXPECT_EQ(next_epoch,
             (*client_->Get(resources::kLeases, ns(), "lock"))["spec"]["leaseTransitions"]);
-  (*next)->Stop();
 }
 
 TEST_F(K8sTest, EpochsStayAboveTheOnesAlreadyWrittenWhenTheLeaseIsMadeAgain) {
   // A Lease made anew (deleted by hand) must not hand out epochs that resources already hold:
   // every status write would then be refused as coming from an older leader.
-  LeaderElectionConfig lc{ns(), "fresh", "candidate-a", 3s, 2s, 200ms, true};
-  lc.min_epoch = 41;
-  auto a = LeaderElector::Create(client_.get(), lc, LeaderCallbacks{});
-  ASSERT_TRUE(a.ok());
-  (*a)->Start();
-  ASSERT_TRUE(Eventually([&] { return (*a)->IsLeader(); }, 10s));
-  EXPECT_EQ((*a)->Epoch(), 42);
-  (*a)->Stop();  // released
+  EXPECT_EQ(EpochOfNextLeader(client_.get(), ns(), "fresh", "candidate-a", 41), 42);
   // Taking an existing Lease: one above both its count and what is known to be written.
-  LeaderElectionConfig lb{ns(), "fresh", "candidate-b", 3s, 2s, 200ms, true};
-  lb.min_epoch = 50;
-  auto b = LeaderElector::Create(client_.get(), lb, LeaderCallbacks{});
-  ASSERT_TRUE(b.ok());
-  (*b)->Start();
-  ASSERT_TRUE(Eventually([&] { return (*b)->IsLeader(); }, 10s));
-  EXPECT_EQ((*b)->Epoch(), 51);
-  (*b)->Stop();
-  LeaderElectionConfig lc2{ns(), "fresh", "candidate-c", 3s, 2s, 200ms, true};
-  auto c = LeaderElector::Create(client_.get(), lc2, LeaderCallbacks{});
-  ASSERT_TRUE(c.ok());
-  (*c)->Start();
-  ASSERT_TRUE(Eventually([&] { return (*c)->IsLeader(); }, 10s));
-  EXPECT_EQ((*c)->Epoch(), 52);
-  (*c)->Stop();
+  EXPECT_EQ(EpochOfNextLeader(client_.get(), ns(), "fresh", "candidate-b", 50), 51);
+  EXPECT_EQ(EpochOfNextLeader(client_.get(), ns(), "fresh", "candidate-c"), 52);
 }
 
 // A child process whose stdout lines are collected.
