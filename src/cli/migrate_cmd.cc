@@ -171,6 +171,30 @@ Result<std::unique_ptr<engine::Router>> RouterFor(const engine::MigrationState& 
   return routers::MakeRouter(rc);
 }
 
+// `check --router ...`: the router's own Check(), as a preflight finding.
+engine::CheckResult CheckRouter(const engine::MigrationOptions& o, const std::string& state_dir) {
+  engine::CheckResult r;
+  r.id = "router";
+  r.subject = engine::RouterKindName(o.router);
+  routers::RouterConfig rc;
+  rc.kind = o.router;
+  rc.admin = o.router_admin;
+  rc.config = o.router_config;
+  rc.state_dir = state_dir.empty() ? "." : state_dir;
+  auto router = routers::MakeRouter(rc);
+  Status s = router.ok() ? (*router)->Check() : router.status();
+  if (s.ok()) {
+    r.message = (*router)->Summary().empty() ? "reachable and configured" : (*router)->Summary();
+    return r;
+  }
+  r.severity = engine::Severity::kError;
+  const std::string text = s.message();
+  const auto fix = text.find(" Fix: ");
+  r.message = fix == std::string::npos ? text : text.substr(0, fix);
+  r.remedy = fix == std::string::npos ? "" : text.substr(fix + 6);
+  return r;
+}
+
 void AddProgressOption(CLI::App* c, MigrateArgs* a) {
   c->add_option("--progress", a->progress,
                 "auto | plain | bars | detail: bars with rate and ETA at the bottom of the "
@@ -399,6 +423,12 @@ void AddMigrateCommands(CLI::App& app, GlobalOptions& global_options, Status* st
   check->add_option("--rollback-replication", a->rollback_replication, "on | off")
       ->check(Word(ParseOnOff))
       ->capture_default_str();
+  CLI::Option* check_router = check->add_option("--router", a->router,
+                    "also check the router the cutover will drive: pgbouncer (reachable, its "
+                    "ini leads somewhere, no pool in session mode) | nginx | manual")
+      ->check(Word(ParseCliRouter));
+  check->add_option("--router-admin", a->router_admin, "PgBouncer admin console DSN");
+  check->add_option("--router-config", a->router_config, "pgbouncer.ini or nginx.conf");
   check->add_flag("--json", a->json, "machine-readable output");
   check->callback([=]() {
     auto options = ToOptions(*a);
@@ -410,6 +440,9 @@ void AddMigrateCommands(CLI::App& app, GlobalOptions& global_options, Status* st
     po.tools = Tools(*global);
     auto rep = engine::RunPreflight(a->source, a->target, po);
     if (!rep.ok()) return void(*status = rep.status());
+    if (!a->router_admin.empty() || !a->router_config.empty() || check_router->count() > 0) {
+      rep->results.push_back(CheckRouter(*options, a->state_dir));
+    }
     printf("%s\n", a->json ? rep->ToJson().dump(2).c_str() : rep->RenderTable().c_str());
     if (rep->HasErrors()) *status = Status::FailedPrecondition("preflight found errors (see above)");
   });
@@ -635,6 +668,9 @@ void AddMigrateCommands(CLI::App& app, GlobalOptions& global_options, Status* st
     }();
     bars.reset();
     if (!rep.ok()) return void(*status = rep.status());
+    if (!a->router_admin.empty() || !a->router_config.empty() || check_router->count() > 0) {
+      rep->results.push_back(CheckRouter(*options, a->state_dir));
+    }
     printf("%s\n", a->json ? rep->ToJson().dump(2).c_str() : rep->Render().c_str());
     if (!rep->clean()) *status = Status::FailedPrecondition("the databases differ (see above)");
   });

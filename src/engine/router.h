@@ -84,8 +84,12 @@ class Router {
  public:
   virtual ~Router() = default;
   virtual std::string Kind() const = 0;
-  // Reachable and configured; called before a cutover.
+  // Reachable and configured, and able to do what the cutover asks of it (PgBouncer: no pool
+  // in session mode); called before a migration starts and before a cutover.
   virtual Status Check() = 0;
+  // After a Check() that passed: one line on what was checked, for `pgshift check`
+  // (e.g. "PgBouncer 1.18.0, pool_mode transaction for every pool"); empty when none.
+  virtual std::string Summary() const { return ""; }
   // Holds new transactions; returns once in-flight ones finished, or fails after `timeout_ms`
   // leaving the router not paused. Routers that cannot hold traffic (nginx, a Service) return
   // Ok at once: the fence then makes writes fail instead.

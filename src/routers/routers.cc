@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <optional>
 #include <regex>
+#include <set>
 
 #include "common/clock.h"
 #include "common/fault.h"
@@ -65,11 +66,36 @@ class PgBouncerRouter : public engine::Router {
     PGSHIFT_RETURN_IF_ERROR(Connect());
     auto r = admin_->Query("SHOW VERSION");
     if (!r.ok()) return r.status().WithContext("PgBouncer admin console");
+    const std::string version = r->rows() > 0 ? r->Get(0, 0) : "PgBouncer";
     std::string ini;
     PGSHIFT_RETURN_IF_ERROR(ReadFileTo(config_.config, &ini));
     auto t = PgBouncerIniTarget(ini);
-    return t.ok() ? Status::Ok() : t.status();
+    if (!t.ok()) return t.status();
+    PGSHIFT_ASSIGN_OR_RETURN(PgBouncerPoolModes modes, ReadPoolModes(ini));
+    std::vector<std::string> session = SessionPools(modes);
+    if (!session.empty()) {
+      return Status::FailedPrecondition(
+          "PgBouncer pools in session mode (pool_mode = session: " + Join(session, ", ") +
+          "). PAUSE there waits until every client disconnects, so clients cannot be held for "
+          "a moment at cutover: each attempt would wait --max-pause and be undone. Fix: if the "
+          "application keeps no session state across transactions (SET, prepared statements, "
+          "advisory locks, LISTEN, temporary tables), set pool_mode = transaction for these in " +
+          config_.config + " and RELOAD PgBouncer; otherwise use --router manual (pgshift "
+          "fences the source, catches up, and waits for `pgshift cutover --confirm` once the "
+          "application uses the target). Nothing was changed on the source");
+    }
+    summary_ = version + ", pool_mode " + (modes.global.empty() ? "session" : modes.global) +
+               " by default";
+    for (const auto& list : {modes.databases, modes.users}) {
+      for (const auto& [name, mode] : list) {
+        if (!mode.empty() && mode != modes.global) summary_ += ", " + name + ": " + mode;
+      }
+    }
+    summary_ += ": PAUSE holds clients between transactions";
+    return Status::Ok();
   }
+
+  std::string Summary() const override { return summary_; }
 
   Status Pause(int timeout_ms) override {
     PGSHIFT_RETURN_IF_ERROR(Connect());
@@ -203,8 +229,41 @@ class PgBouncerRouter : public engine::Router {
     return Status::Ok();
   }
 
+  // SHOW CONFIG, SHOW DATABASES and SHOW USERS (columns by name: they vary by version), and
+  // the ini's own `pool_mode=` on [databases] entries.
+  Result<PgBouncerPoolModes> ReadPoolModes(const std::string& ini) {
+    PgBouncerPoolModes m;
+    auto config = admin_->Query("SHOW CONFIG");
+    if (!config.ok()) return config.status().WithContext("PgBouncer SHOW CONFIG");
+    for (int i = 0; i < config->rows(); ++i) {
+      if (config->Get(i, "key") == "pool_mode") m.global = config->Get(i, "value");
+    }
+    auto dbs = admin_->Query("SHOW DATABASES");
+    if (!dbs.ok()) return dbs.status().WithContext("PgBouncer SHOW DATABASES");
+    const bool db_modes = dbs->ColumnIndex("pool_mode") >= 0;
+    std::set<std::string> live;
+    for (int i = 0; i < dbs->rows(); ++i) {
+      const std::string name = dbs->Get(i, "name");
+      if (name == "pgbouncer") continue;  // the admin console itself
+      live.insert(name);
+      m.databases.emplace_back("database " + name, db_modes ? dbs->Get(i, "pool_mode") : "");
+    }
+    // Entries with no pool yet (a `*` entry is never shown as one).
+    for (const auto& [name, mode] : PgBouncerIniPoolModes(ini)) {
+      if (!live.count(name)) m.databases.emplace_back("database " + name, mode);
+    }
+    auto users = admin_->Query("SHOW USERS");
+    if (users.ok() && users->ColumnIndex("pool_mode") >= 0) {
+      for (int i = 0; i < users->rows(); ++i) {
+        m.users.emplace_back("user " + users->Get(i, "name"), users->Get(i, "pool_mode"));
+      }
+    }
+    return m;
+  }
+
   RouterConfig config_;
   std::unique_ptr<pg::Connection> admin_;
+  std::string summary_;
 };
 
 class NginxRouter : public engine::Router {
@@ -338,6 +397,42 @@ class ManualRouter : public engine::Router {
 };
 
 }  // namespace
+
+std::vector<std::string> SessionPools(const PgBouncerPoolModes& modes) {
+  // A client's pool mode: its user's override, else its database's, else the default
+  // (PgBouncer's own default is session).
+  auto session = [](const std::string& mode) { return ToLower(mode) == "session"; };
+  const bool global = modes.global.empty() || session(modes.global);
+  std::vector<std::string> out;
+  for (const auto& [name, mode] : modes.databases) {
+    if (session(mode)) {
+      out.push_back(name);
+    } else if (mode.empty() && global) {
+      out.push_back(name + " (the default pool_mode of [pgbouncer])");
+    }
+  }
+  for (const auto& [name, mode] : modes.users) {
+    if (session(mode)) out.push_back(name);
+  }
+  return out;
+}
+
+std::vector<std::pair<std::string, std::string>> PgBouncerIniPoolModes(const std::string& ini) {
+  std::vector<std::pair<std::string, std::string>> out;
+  bool in_databases = false;
+  for (const auto& line : Split(ini, '\n')) {
+    std::string_view t = Trim(line);
+    if (!t.empty() && t.front() == '[') {
+      in_databases = ToLower(t) == "[databases]";
+      continue;
+    }
+    if (!in_databases || t.empty() || t.front() == ';' || t.front() == '#') continue;
+    auto eq = line.find('=');
+    if (eq == std::string::npos) continue;
+    out.emplace_back(std::string(Trim(line.substr(0, eq))), ConnValue(line.substr(eq + 1), "pool_mode"));
+  }
+  return out;
+}
 
 Result<std::string> RewritePgBouncerIni(const std::string& ini, const Endpoint& to) {
   std::vector<std::string> lines = Split(ini, '\n');

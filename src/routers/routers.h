@@ -5,6 +5,8 @@
 
 #include <memory>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "engine/router.h"
 #include "engine/state.h"
@@ -31,6 +33,22 @@ Result<std::string> RewritePgBouncerIni(const std::string& ini, const engine::En
 Result<engine::Endpoint> PgBouncerIniTarget(const std::string& ini);
 // Every distinct endpoint of the [databases] entries, in order.
 Result<std::vector<engine::Endpoint>> PgBouncerIniTargets(const std::string& ini);
+// Pool modes a running PgBouncer uses, as its admin console shows them: the [pgbouncer]
+// default (SHOW CONFIG), and the overrides of databases (SHOW DATABASES, and `pool_mode=` of
+// the ini's [databases] entries, which covers `*` before any pool exists) and users
+// (SHOW USERS); an empty override means the default applies.
+struct PgBouncerPoolModes {
+  std::string global;
+  std::vector<std::pair<std::string, std::string>> databases;  // name, override
+  std::vector<std::pair<std::string, std::string>> users;      // name, override
+};
+// The pools in session mode, for people ("the default pool_mode of [pgbouncer]", "database
+// shop", "user app"); empty when every pool pauses between transactions (transaction or
+// statement mode). Pure, for tests.
+std::vector<std::string> SessionPools(const PgBouncerPoolModes& modes);
+// Every [databases] entry's name and its `pool_mode=` (empty when it has none).
+std::vector<std::pair<std::string, std::string>> PgBouncerIniPoolModes(const std::string& ini);
+
 // Rewrites the `server host:port` lines of nginx stream upstreams.
 Result<std::string> RewriteNginxUpstream(const std::string& conf, const engine::Endpoint& to);
 Result<engine::Endpoint> NginxUpstreamTarget(const std::string& conf);

@@ -43,5 +43,34 @@ TEST(NginxConf, RewritesUpstreamServersNotServerBlocks) {
   EXPECT_EQ(where->port, 26000);
 }
 
+TEST(PgBouncerPoolMode, SessionPoolsAreNamedByWhereTheModeComesFrom) {
+  PgBouncerPoolModes transaction{"transaction", {{"database shop", ""}, {"database *", ""}}, {}};
+  EXPECT_TRUE(SessionPools(transaction).empty());
+
+  // PgBouncer's own default is session: a missing setting is session.
+  PgBouncerPoolModes unset{"", {{"database shop", ""}}, {}};
+  EXPECT_EQ(SessionPools(unset),
+            std::vector<std::string>{"database shop (the default pool_mode of [pgbouncer])"});
+
+  // A database that overrides a session default is fine; one that does not is not.
+  PgBouncerPoolModes mixed{"session", {{"database shop", "transaction"}, {"database *", ""}}, {}};
+  EXPECT_EQ(SessionPools(mixed),
+            std::vector<std::string>{"database * (the default pool_mode of [pgbouncer])"});
+
+  // Overrides to session under a transaction default, for a database or a user.
+  PgBouncerPoolModes overrides{"transaction",
+                               {{"database shop", "session"}, {"database crm", "statement"}},
+                               {{"user app", ""}, {"user batch", "SESSION"}}};
+  EXPECT_EQ(SessionPools(overrides),
+            (std::vector<std::string>{"database shop", "user batch"}));
+}
+
+TEST(PgBouncerPoolMode, IniEntriesCarryTheirOwnPoolMode) {
+  auto modes = PgBouncerIniPoolModes(
+      "[databases]\n* = host=a port=1\nshop = host=a port=1 pool_mode=session\n"
+      "; old = host=b pool_mode=session\n[pgbouncer]\npool_mode = transaction\n");
+  EXPECT_EQ(modes, (std::vector<std::pair<std::string, std::string>>{{"*", ""}, {"shop", "session"}}));
+}
+
 }  // namespace
 }  // namespace pgshift::routers

@@ -1,6 +1,7 @@
 """pgshift upgrade end to end: real servers, PgBouncer, and the load client writing at 500
 writes/s through the router during the whole migration, its cutover and its rollback."""
 import json
+import signal
 import time
 
 import pytest
@@ -15,6 +16,12 @@ RATE = 625  # 20% reads: 500 writes/s
 def load_schema(dsn):
     subprocess.run([psql_bin(), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", dsn, "-f", str(APP_SCHEMA)],
                    check=True, capture_output=True)
+
+
+def stop_load(proc):
+    """Stops a load client before its --duration ends (SIGTERM: it stops writing, then reports)."""
+    proc.send_signal(signal.SIGTERM)
+    return finish_load(proc)
 
 
 def finish_load(proc):
