@@ -47,6 +47,8 @@ struct MigrateArgs {
   std::string copy = engine::CopyMethodName(kDefaults.copy);
   int jobs = kDefaults.copy_jobs;
   int64_t copy_rate = kDefaults.copy_rate;
+  int64_t max_retained_wal = kDefaults.max_retained_wal;
+  CLI::Option* max_retained_wal_option = nullptr;
   std::string level = "checksum";
   int verify_jobs = 4;
   std::string hash = "auto";
@@ -139,6 +141,12 @@ void AddMigrationOptions(CLI::App* c, MigrateArgs* a) {
                 "most bytes per second the copy reads from the source, all jobs together, e.g. "
                 "50MB (--copy snapshot; default 0: no limit)")
       ->transform(CLI::AsSizeValue(false));
+  a->max_retained_wal_option =
+      c->add_option("--max-retained-wal", a->max_retained_wal,
+                    "most WAL the source may keep for one of pgshift's replication slots, e.g. "
+                    "20GB: past it pgshift stops and says so, before the source's disk fills "
+                    "(default 0: no limit; given again on a resume, it replaces the old one)")
+          ->transform(CLI::AsSizeValue(false));
 }
 
 Result<engine::MigrationOptions> ToOptions(const MigrateArgs& a) {
@@ -158,6 +166,7 @@ Result<engine::MigrationOptions> ToOptions(const MigrateArgs& a) {
   PGSHIFT_ASSIGN_OR_RETURN(o.copy, engine::ParseCopyMethod(a.copy));
   o.copy_jobs = a.jobs;
   o.copy_rate = a.copy_rate;
+  o.max_retained_wal = a.max_retained_wal;
   return o;
 }
 
@@ -293,6 +302,19 @@ void PrintStatus(const nlohmann::json& j) {
       printf("\n");
       if (d.contains("workers")) {
         const auto& w = d["workers"];
+        if (!w.value("enabled", true)) {
+          printf("    subscription DISABLED: nothing replicates (ALTER SUBSCRIPTION ... ENABLE "
+                 "on the target once its cause is fixed)\n");
+        }
+        if (w.contains("conflicts") && !w["conflicts"].empty()) {
+          std::vector<std::string> parts;
+          for (const auto& [type, n] : w["conflicts"].items()) {
+            parts.push_back(type + " " + std::to_string(n.get<long long>()));
+          }
+          printf("    replication conflicts: %s (the target differs from the source; cutover "
+                 "is blocked)\n",
+                 Join(parts, ", ").c_str());
+        }
         if (w.value("sync_errors", 0) > 0 || w.value("apply_errors", 0) > 0 ||
             !w["retrying"].empty()) {
           printf("    replication errors: %lld table sync, %lld apply",
@@ -427,6 +449,9 @@ void AddMigrateCommands(CLI::App& app, GlobalOptions& global_options, Status* st
                     "also check the router the cutover will drive: pgbouncer (reachable, its "
                     "ini leads somewhere, no pool in session mode) | nginx | manual")
       ->check(Word(ParseCliRouter));
+  check->add_option("--max-retained-wal", a->max_retained_wal,
+                    "the limit upgrade will run with, shown against the source's free space")
+      ->transform(CLI::AsSizeValue(false));
   check->add_option("--router-admin", a->router_admin, "PgBouncer admin console DSN");
   check->add_option("--router-config", a->router_config, "pgbouncer.ini or nginx.conf");
   check->add_flag("--json", a->json, "machine-readable output");
@@ -437,6 +462,7 @@ void AddMigrateCommands(CLI::App& app, GlobalOptions& global_options, Status* st
     po.databases = options->databases;
     po.tables_without_pk_full = options->tables_without_pk == engine::TablesWithoutPk::kFull;
     po.rollback_replication = options->rollback_replication;
+    po.max_retained_wal = options->max_retained_wal;
     po.tools = Tools(*global);
     auto rep = engine::RunPreflight(a->source, a->target, po);
     if (!rep.ok()) return void(*status = rep.status());
@@ -461,7 +487,8 @@ void AddMigrateCommands(CLI::App& app, GlobalOptions& global_options, Status* st
     StopSignals signals;  // before any thread starts: they inherit the blocked signals
     auto lock = LockStateDir(a->state_dir, "upgrade");
     if (!lock.ok()) return void(*status = lock.status());
-    engine::MigrationRequest req{a->source, a->target, a->state_dir, *options};
+    engine::MigrationRequest req{a->source, a->target, a->state_dir, *options, std::nullopt};
+    if (a->max_retained_wal_option->count() > 0) req.max_retained_wal = a->max_retained_wal;
     auto m = engine::Migration::OpenOrCreate(req, Tools(*global));
     if (!m.ok()) return void(*status = m.status());
     (*m)->set_stop([&signals] { return signals.requested(); });
@@ -668,9 +695,6 @@ void AddMigrateCommands(CLI::App& app, GlobalOptions& global_options, Status* st
     }();
     bars.reset();
     if (!rep.ok()) return void(*status = rep.status());
-    if (!a->router_admin.empty() || !a->router_config.empty() || check_router->count() > 0) {
-      rep->results.push_back(CheckRouter(*options, a->state_dir));
-    }
     printf("%s\n", a->json ? rep->ToJson().dump(2).c_str() : rep->Render().c_str());
     if (!rep->clean()) *status = Status::FailedPrecondition("the databases differ (see above)");
   });

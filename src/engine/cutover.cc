@@ -66,7 +66,17 @@ Status Migration::Attempts(Router* router, const Direction& d) {
   Status last;
   for (int attempt = 1; attempt <= std::max(1, state_.options.cutover_attempts); ++attempt) {
     if (stop_ && stop_()) return Status::Aborted("stopped on request; nothing is in flight");
-    if (&d == &Direction::Forward()) PGSHIFT_RETURN_IF_ERROR(CheckDdlLog());
+    if (&d == &Direction::Forward()) {
+      PGSHIFT_RETURN_IF_ERROR(CheckDdlLog());
+      last = CheckReplicationFlows();
+      if (last.code() == StatusCode::kFailedPrecondition) break;  // a worker fails, a conflict
+      if (!last.ok()) {
+        Progress("cutover attempt " + std::to_string(attempt) + " not started: " +
+                 last.message());
+        PGSHIFT_RETURN_IF_ERROR(Wait(1000 * attempt));
+        continue;
+      }
+    }
     last = SwitchOver(router, d);
     if (last.ok() || state_.phase == d.done) return Status::Ok();
     if (!state_.cutover_in_flight.empty()) break;  // stuck: neither done nor undone
@@ -77,6 +87,9 @@ Status Migration::Attempts(Router* router, const Direction& d) {
     PGSHIFT_RETURN_IF_ERROR(Wait(1000 * attempt));
   }
   RecordError(last);
+  // `status` (and the operator's Degraded condition) says why clients did not move.
+  state_.last_error = last.message();
+  (void)Save();
   return last;
 }
 

@@ -58,6 +58,13 @@ Result<std::unique_ptr<Migration>> Migration::OpenOrCreate(const MigrationReques
           " between other servers; use another --state folder, or omit --source/--target to "
           "resume it");
     }
+    if (req.max_retained_wal && *req.max_retained_wal != m->state_.options.max_retained_wal) {
+      LogInfo("--max-retained-wal changes from " +
+              std::to_string(m->state_.options.max_retained_wal) + " to " +
+              std::to_string(*req.max_retained_wal) + " bytes");
+      m->state_.options.max_retained_wal = *req.max_retained_wal;
+      PGSHIFT_RETURN_IF_ERROR(m->Save());
+    }
     return m;
   }
   if (req.source_dsn.empty() || req.target_dsn.empty()) {

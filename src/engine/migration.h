@@ -33,6 +33,8 @@ struct MigrationRequest {
   std::string target_dsn;
   std::string state_dir;
   MigrationOptions options;
+  // Given on a resume: the new --max-retained-wal (a DBA who made room allows more).
+  std::optional<int64_t> max_retained_wal;
 };
 
 class Migration {
@@ -149,6 +151,13 @@ class Migration {
   // `watch`: also observe the forward subscription's workers while waiting (not inside the
   // cutover's pause, where every millisecond counts).
   Status WaitForMarker(bool forward, int64_t deadline_ms, ReplicationWatch* watch = nullptr);
+  // Before a forward cutover holds clients: the subscriptions are enabled, met no conflict,
+  // and a marker written on the source reaches the target now (their workers watched while
+  // it travels), so the pause is never spent on replication that cannot apply.
+  Status CheckReplicationFlows();
+  // The WAL the source keeps for each slot, as the last sample measured it, against
+  // --max-retained-wal and the slot's wal_status (wal_retention.h).
+  Status GuardWal();
   Status CheckDdlLog();
   Status Verify();
   // The exact comparison at the switch point (step_switch_point.cc, switch_point.h). Before a

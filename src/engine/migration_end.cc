@@ -206,6 +206,8 @@ nlohmann::json Migration::StatusJson(bool live) {
           nlohmann::json w = nlohmann::json::object();
           if (trouble->sync_errors) w["sync_errors"] = *trouble->sync_errors;
           if (trouble->apply_errors) w["apply_errors"] = *trouble->apply_errors;
+          w["enabled"] = trouble->enabled;
+          w["conflicts"] = trouble->conflicts;
           w["retrying"] = trouble->retrying;
           nlohmann::json errs = nlohmann::json::array();
           for (const auto& e : trouble->log_errors) {

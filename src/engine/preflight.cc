@@ -1,5 +1,7 @@
 #include "engine/preflight.h"
 
+#include "engine/wal_retention.h"
+
 #include <algorithm>
 #include <cctype>
 #include <memory>
@@ -741,6 +743,9 @@ Result<PreflightReport> RunPreflight(const std::string& source_dsn, const std::s
   for (auto& c : CheckCapacity(*ss, *su, *ts, *tu, std::max(n, 1), options.rollback_replication)) {
     results.push_back(std::move(c));
   }
+  auto wal = ReadWalRetentionFacts(*source);
+  if (!wal.ok()) return src_ctx(wal.status());
+  for (auto& c : CheckWalRetention(*wal, options.max_retained_wal)) results.push_back(std::move(c));
 
   // Privileges.
   auto sp = ReadRolePrivileges(*source);

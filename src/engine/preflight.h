@@ -48,6 +48,8 @@ struct PreflightOptions {
   ToolPaths tools;
   // Keep replicating target -> source after cutover, so rollback loses nothing.
   bool rollback_replication = true;
+  // --max-retained-wal (0: none), shown against the source's own limit and free space.
+  int64_t max_retained_wal = 0;
   // Load the roles and every database's schema into a scratch database on the target, as the
   // migration will, and report each statement the target refuses (check id "schema-load";
   // C-language functions whose library it cannot load: "c-functions").

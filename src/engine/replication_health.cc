@@ -111,6 +111,19 @@ Result<ReplicationFacts> ReadReplicationFacts(pg::Connection& target, const std:
       f.apply_errors = st.GetInt(0, "apply_error_count");
     }
   }
+  if (major >= 18) {
+    // Read by name: each major may add conflict types.
+    PGSHIFT_ASSIGN_OR_RETURN(
+        pg::QueryResult c,
+        target.Query("SELECT substr(e.key, 7), e.value FROM pg_stat_subscription_stats s, "
+                     "jsonb_each_text(to_jsonb(s)) e WHERE s.subid = $1::oid "
+                     "AND e.key LIKE 'confl\\_%' ORDER BY 1",
+                     {oid}));
+    for (int i = 0; i < c.rows(); ++i) {
+      long long n = 0;
+      if (ParseInt64(c.Get(i, 1), &n)) f.conflicts[c.Get(i, 0)] = n;
+    }
+  }
   // Parallel apply workers (16+) have no table either; only the leader counts as "the" apply
   // worker.
   std::string workers =
@@ -292,6 +305,14 @@ std::vector<WorkerLogError> FindWorkerErrors(const std::string& log, const std::
   return out;
 }
 
+std::string DescribeConflicts(const std::map<std::string, int64_t>& conflicts) {
+  std::vector<std::string> parts;
+  for (const auto& [type, n] : conflicts) {
+    if (n > 0) parts.push_back(type + " " + std::to_string(n));
+  }
+  return Join(parts, ", ");
+}
+
 Status ReplicationWatch::Observe(pg::Connection& target, const std::string& database,
                                  const std::string& sub) {
   PGSHIFT_ASSIGN_OR_RETURN(ReplicationFacts f, ReadReplicationFacts(target, sub));
@@ -301,6 +322,25 @@ Status ReplicationWatch::Observe(pg::Connection& target, const std::string& data
         "subscription " + sub + " on the target (database " + database +
         ") is disabled, so nothing replicates: after fixing what disabled it, run ALTER "
         "SUBSCRIPTION " + target.QuoteIdent(sub) + " ENABLE on the target, then resume");
+  }
+  if (const std::string conflicts = DescribeConflicts(f.conflicts); !conflicts.empty()) {
+    std::string msg = "replication into database " + database +
+                      " met conflicts: the target's apply worker found rows that differ from "
+                      "the source (pg_stat_subscription_stats of " + sub + ": " + conflicts +
+                      "). update_missing and delete_missing changes were skipped, so the "
+                      "target no longer holds what the source holds; cutover is blocked";
+    auto log = ReadServerLogTail(target);
+    if (log.ok()) {
+      std::string said;
+      for (const auto& line : Split(*log, '\n')) {
+        if (line.find("conflict detected on relation") != std::string::npos) said = line;
+      }
+      if (!said.empty()) msg += "\nthe target's last conflict: " + said;
+    }
+    msg += "\nfind the rows with `pgshift verify`; repair them on the target, then clear the "
+           "counters (SELECT pg_stat_reset_subscription_stats(oid) FROM pg_subscription WHERE "
+           "subname = '" + sub + "') and resume; or abort and start again";
+    return Status::FailedPrecondition(RedactSecrets(msg));
   }
   const int64_t now = MonotonicMillis();
   auto [it, first] = seen_.try_emplace(sub);
@@ -420,11 +460,15 @@ Status ReplicationWatch::Observe(pg::Connection& target, const std::string& data
 Result<WorkerTrouble> DescribeWorkerTrouble(pg::Connection& target, const std::string& sub) {
   PGSHIFT_ASSIGN_OR_RETURN(ReplicationFacts f, ReadReplicationFacts(target, sub));
   WorkerTrouble t;
+  t.enabled = !f.found || f.enabled;
   t.sync_errors = f.sync_errors;
   t.apply_errors = f.apply_errors;
+  for (const auto& [type, n] : f.conflicts) {
+    if (n > 0) t.conflicts[type] = n;
+  }
   t.retrying = f.retrying;
-  const bool trouble =
-      !f.retrying.empty() || f.sync_errors.value_or(0) > 0 || f.apply_errors.value_or(0) > 0;
+  const bool trouble = !f.retrying.empty() || f.sync_errors.value_or(0) > 0 ||
+                       f.apply_errors.value_or(0) > 0 || !t.conflicts.empty() || !t.enabled;
   if (!trouble) return t;
   auto log = ReadServerLogTail(target);
   if (!log.ok()) {

@@ -37,6 +37,11 @@ struct ReplicationFacts {
   bool enabled = false;
   std::optional<int64_t> sync_errors;   // pg_stat_subscription_stats (15+)
   std::optional<int64_t> apply_errors;
+  // Conflicts the apply worker met, by type ("insert_exists", "update_missing", ...), from
+  // pg_stat_subscription_stats' confl_* columns (18+; empty before). Some stop the apply
+  // worker (they are apply errors too); update_missing and delete_missing are skipped
+  // silently, so the target no longer holds what the source holds.
+  std::map<std::string, int64_t> conflicts;
   int apply_pid = 0;                    // 0: no apply worker running
   std::map<std::string, int> sync_pids;  // "schema.table" -> its running table sync worker
   // Tables in state 'd' without a running sync worker: a failed copy waiting for its retry.
@@ -75,7 +80,8 @@ class ReplicationWatch {
   // database). Ok while every worker works, or has failed fewer times than the threshold; a
   // FailedPrecondition error naming the stalled table(s) or the apply worker, the number of
   // failed attempts and the server's message (or where to find it) once it has. A disabled
-  // subscription is an error at once.
+  // subscription is an error at once, and so is any conflict the apply worker counted since
+  // the subscription began (18+): a skipped change means the target differs from the source.
   Status Observe(pg::Connection& target, const std::string& database, const std::string& sub);
 
  private:
@@ -97,10 +103,15 @@ class ReplicationWatch {
   std::map<std::string, Seen> seen_;  // by subscription
 };
 
+// "update_missing 3, insert_exists 1" of the counters above 0; empty when none.
+std::string DescribeConflicts(const std::map<std::string, int64_t>& conflicts);
+
 // What `pgshift status` shows of a subscription's workers: counters, tables waiting for a
 // retry, and the errors the log holds for them (or why it cannot be read).
 struct WorkerTrouble {
+  bool enabled = true;
   std::optional<int64_t> sync_errors, apply_errors;
+  std::map<std::string, int64_t> conflicts;  // 18+, the counters above 0
   std::vector<std::string> retrying;
   std::vector<WorkerLogError> log_errors;
   std::string log_note;  // why the log could not be read; empty when it was (or not needed)

@@ -5,6 +5,7 @@
 #include "common/clock.h"
 #include "common/strings.h"
 #include "engine/replication_health.h"
+#include "engine/wal_retention.h"
 #include "engine/inspect.h"
 #include "pg/conninfo.h"
 
@@ -108,6 +109,7 @@ Status StatsSampler::SampleDatabase(const MigrationState& state, const DatabaseS
                            src->Query(kSourceSql, {sub, std::to_string(db.ddl_mark)}));
   PGSHIFT_ASSIGN_OR_RETURN(pg::QueryResult sizes,
                            src->Query(kSourceSizesSql, {state.PublicationName(db)}));
+  PGSHIFT_ASSIGN_OR_RETURN(SlotRetention retention, ReadSlotRetention(*src, sub));
   const int64_t src_at = MonotonicMillis();
   PGSHIFT_ASSIGN_OR_RETURN(pg::Connection * dst, Conn(state.target_dsn, db.name, false));
   PGSHIFT_ASSIGN_OR_RETURN(pg::QueryResult tables, dst->Query(kTargetTablesSql, {sub}));
@@ -148,6 +150,10 @@ Status StatsSampler::SampleDatabase(const MigrationState& state, const DatabaseS
   const bool copier_reports = state.options.copy == CopyMethod::kSnapshot && tables.rows() == 0;
   board->Update([&](StatsSnapshot& s) {
     DatabaseStats& d = s.databases[db.name];
+    if (retention.found) {
+      d.retained_wal_bytes = {static_cast<double>(retention.retained_bytes), src_at};
+      d.wal_status = retention.wal_status;
+    }
     if (!lag.IsNull(0, 0)) {
       double bytes = std::max(0.0, ToDouble(lag.Get(0, 0)));
       d.lag_bytes = {bytes, src_at};
@@ -166,6 +172,8 @@ Status StatsSampler::SampleDatabase(const MigrationState& state, const DatabaseS
     if (workers.sync_errors) d.sync_errors = {static_cast<double>(*workers.sync_errors), at};
     if (workers.apply_errors) d.apply_errors = {static_cast<double>(*workers.apply_errors), at};
     d.tables_retrying = {static_cast<double>(workers.retrying.size()), at};
+    for (const auto& [type, n] : workers.conflicts) d.conflicts[type] = {static_cast<double>(n), at};
+    if (workers.found) d.subscription_enabled = {workers.enabled ? 1.0 : 0.0, at};
     if (state.options.copy == CopyMethod::kSnapshot && d.ranges_total.at_ms >= 0) {
       // Replicating: every range of the copy is done (and stays so).
       d.ranges_done = {d.ranges_total.value, at};

@@ -221,7 +221,8 @@ nlohmann::json MigrationState::ToJson() const {
             {"cutover_attempts", o.cutover_attempts},
             {"copy", CopyMethodName(o.copy)},
             {"copy_jobs", o.copy_jobs},
-            {"copy_rate", o.copy_rate}}},
+            {"copy_rate", o.copy_rate},
+            {"max_retained_wal", o.max_retained_wal}}},
           {"databases", dbs},
           {"phase_times", times},
           {"cutovers", cuts},
@@ -278,6 +279,7 @@ Result<MigrationState> MigrationState::FromJson(const nlohmann::json& j) {
     PGSHIFT_ASSIGN_OR_RETURN(so.copy, ParseCopyMethod(o.value("copy", "native")));
     so.copy_jobs = o.value("copy_jobs", defaults.copy_jobs);
     so.copy_rate = o.value("copy_rate", defaults.copy_rate);
+    so.max_retained_wal = o.value("max_retained_wal", defaults.max_retained_wal);
     for (const auto& d : j.at("databases")) {
       DatabaseState db;
       db.name = d.at("name").get<std::string>();

@@ -97,6 +97,9 @@ struct MigrationOptions {
   CopyMethod copy = CopyMethod::kSnapshot;
   int copy_jobs = 0;          // sessions per side copying at once (kSnapshot); 0: the target's cores
   int64_t copy_rate = 0;      // bytes/s the copy reads from the source, all jobs together; 0: no limit
+  // Most WAL the source may keep for one of pgshift's slots before pgshift stops (0: no limit;
+  // wal_retention.h).
+  int64_t max_retained_wal = 0;
 };
 
 // What exists for one migrated database. Each flag is set after the object was made, and

@@ -36,6 +36,15 @@ struct DatabaseStats {
   // pgshift's own copy (CopyMethod::kSnapshot): pieces of tables, done of all.
   Measured ranges_total;
   Measured ranges_done;
+  // Conflicts the apply worker counted, by type (PostgreSQL 18+: confl_* of
+  // pg_stat_subscription_stats), and whether the subscription is enabled (1) or was disabled
+  // (0: by hand, or by disable_on_error): nothing replicates then.
+  std::map<std::string, Measured> conflicts;
+  Measured subscription_enabled;
+  // WAL the source keeps for the migration's slot (pg_current_wal_lsn() - restart_lsn), and
+  // the slot's wal_status (13+; "" before) measured with it (wal_retention.h).
+  Measured retained_wal_bytes;
+  std::string wal_status;
 };
 
 struct StatsSnapshot {

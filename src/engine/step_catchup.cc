@@ -16,6 +16,7 @@
 #include "engine/server_ops.h"
 #include "engine/statistics.h"
 #include "engine/verify.h"
+#include "engine/wal_retention.h"
 #include "pg/conninfo.h"
 #include "pg/connection.h"
 
@@ -63,6 +64,7 @@ Status Migration::WaitForMarker(bool forward, int64_t deadline_ms, ReplicationWa
       if (v.ok() && *v == token) break;
       if (stop_ && stop_()) return Status::Aborted("stopped on request");
       MaybeSampleStats();
+      if (forward) PGSHIFT_RETURN_IF_ERROR(GuardWal());
       if (watch != nullptr && forward && MonotonicMillis() - last_observed >= 500) {
         // An apply worker that fails on a row never brings the marker: say why, now.
         last_observed = MonotonicMillis();
@@ -75,6 +77,39 @@ Status Migration::WaitForMarker(bool forward, int64_t deadline_ms, ReplicationWa
     }
   }
   return Status::Ok();
+}
+
+Status Migration::GuardWal() {
+  const StatsSnapshot snap = stats_.Snapshot(MonotonicMillis());
+  for (const auto& db : state_.databases) {
+    auto it = snap.databases.find(db.name);
+    if (it == snap.databases.end()) continue;
+    const std::optional<double> retained = snap.Fresh(it->second.retained_wal_bytes);
+    if (!retained) continue;
+    SlotRetention r;
+    r.slot = state_.SubscriptionName(db);
+    r.found = true;
+    r.retained_bytes = static_cast<int64_t>(*retained);
+    r.wal_status = it->second.wal_status;
+    PGSHIFT_RETURN_IF_ERROR(GuardRetention(r, state_.options.max_retained_wal, db.name));
+  }
+  return Status::Ok();
+}
+
+Status Migration::CheckReplicationFlows() {
+  for (const auto& db : state_.databases) {
+    PGSHIFT_ASSIGN_OR_RETURN(ConnPtr dst, Connect(state_.target_dsn, db.name, "target"));
+    PGSHIFT_RETURN_IF_ERROR(watch_.Observe(*dst, db.name, state_.SubscriptionName(db)));
+  }
+  constexpr int64_t kFlowMs = 30000;
+  Status s = WaitForMarker(true, MonotonicMillis() + kFlowMs, &watch_);
+  if (s.code() == StatusCode::kDeadlineExceeded) {
+    return Status::DeadlineExceeded(
+        "replication into the target is not keeping up: a marker written on the source did not "
+        "reach it within " + std::to_string(kFlowMs / 1000) +
+        " s, so clients were not held; `pgshift status` shows the lag and the workers");
+  }
+  return s;
 }
 
 namespace {
@@ -226,6 +261,7 @@ Status Migration::StepCatchUp() {
       PGSHIFT_RETURN_IF_ERROR(watch_.Observe(*dst, db.name, state_.SubscriptionName(db)));
     }
     MaybeSampleStats();
+    PGSHIFT_RETURN_IF_ERROR(GuardWal());
     if (total <= state_.options.max_lag_bytes) break;
     const std::string eta = lag_estimate_.Describe();
     Progress("catching up: lag " + FormatBytes(static_cast<double>(total)) +

@@ -101,6 +101,7 @@ Status Migration::RunCopy(const DatabaseState& db, const CopyPlan& plan, int job
       last_heartbeat_ms_ = now;
     }
     MaybeSampleStats();
+    PGSHIFT_RETURN_IF_ERROR(GuardWal());
     if (now - last_report >= 5000) {
       double rate = static_cast<double>(p.bytes_streamed) / std::max<double>(1, now - started) * 1000;
       Progress("copy " + db.name + ": " + FormatBytes(p.bytes_done) + " of " +
@@ -151,6 +152,7 @@ Status Migration::BuildPostData(const DatabaseState& db, PostDataBuilder& post) 
       }
     });
     MaybeSampleStats();
+    PGSHIFT_RETURN_IF_ERROR(GuardWal());
     if (now - last_report >= 5000) {
       Progress("indexes and constraints of " + db.name + ": " + std::to_string(post.done()) +
                " of " + std::to_string(post.total()));
@@ -329,6 +331,7 @@ Status Migration::StepInitialCopy() {
     }
     if (total > 0 && ready == total) break;
     MaybeSampleStats();
+    PGSHIFT_RETURN_IF_ERROR(GuardWal());
     if (MonotonicMillis() - last_report > 2000) {
       Progress("initial copy: " + std::to_string(ready) + "/" + std::to_string(total) +
                " tables ready");

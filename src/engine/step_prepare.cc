@@ -66,6 +66,7 @@ Status Migration::StepPreflight() {
   po.tables_without_pk_full = state_.options.tables_without_pk == TablesWithoutPk::kFull;
   po.tools = tools_;
   po.rollback_replication = state_.options.rollback_replication;
+  po.max_retained_wal = state_.options.max_retained_wal;
   po.migration_id = state_.id;
   po.allow_own_leftovers = true;
   auto rep = RunPreflight(state_.source_dsn, state_.target_dsn, po);

@@ -94,6 +94,18 @@ std::vector<MetricFamily> MigrationFamilies(const std::vector<MigrationMetrics>&
                        "Failed attempts of the subscription's table sync and apply workers "
                        "(pg_stat_subscription_stats, PostgreSQL 15+ targets)",
                        C);
+  Family conflicts("pgshift_replication_conflicts_total",
+                   "Conflicts the subscription's apply worker met, by type (PostgreSQL 18+ "
+                   "targets); any blocks the cutover",
+                   C);
+  Family enabled("pgshift_subscription_enabled",
+                 "1 while the subscription into the target is enabled, 0 when it was disabled "
+                 "(nothing replicates)",
+                 G);
+  Family retained("pgshift_source_retained_wal_bytes",
+                  "WAL the source keeps for the migration's replication slot (current LSN minus "
+                  "the slot's restart_lsn); --max-retained-wal stops pgshift past it",
+                  G);
   Family retrying("pgshift_tables_retrying",
                   "Tables whose initial copy failed and waits for the subscription's retry", G);
   Family ranges("pgshift_copy_ranges",
@@ -137,6 +149,9 @@ std::vector<MetricFamily> MigrationFamilies(const std::vector<MigrationMetrics>&
       copied_rows.Add(dl, s.Fresh(d.rows_copied));
       worker_errors.Add(With(dl, "worker", "table_sync"), s.Fresh(d.sync_errors));
       worker_errors.Add(With(dl, "worker", "apply"), s.Fresh(d.apply_errors));
+      for (const auto& [type, n] : d.conflicts) conflicts.Add(With(dl, "type", type), s.Fresh(n));
+      enabled.Add(dl, s.Fresh(d.subscription_enabled));
+      retained.Add(dl, s.Fresh(d.retained_wal_bytes));
       retrying.Add(dl, s.Fresh(d.tables_retrying));
       ranges.Add(dl, s.Fresh(d.ranges_total));
       ranges_done.Add(dl, s.Fresh(d.ranges_done));
@@ -157,7 +172,7 @@ std::vector<MetricFamily> MigrationFamilies(const std::vector<MigrationMetrics>&
   std::vector<MetricFamily> out;
   for (Family* f : {&phase,        &entered,     &ready,         &max_lag,     &max_pause,
                     &lag_bytes,    &lag_seconds, &drain,         &ready_in,    &tables,        &synced,      &copy_size,
-                    &copied_bytes, &copied_rows, &worker_errors, &retrying,     &ranges, &ranges_done,
+                    &copied_bytes, &copied_rows, &worker_errors, &conflicts, &enabled, &retained, &retrying,     &ranges, &ranges_done,
                     &verify_tables, &verify_done, &verify_mismatches,
                     &attempts,     &failures,    &last_pause,    &ddl,         &errors}) {
     out.push_back(f->Take());

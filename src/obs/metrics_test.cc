@@ -33,6 +33,9 @@ MigrationMetrics Fake() {
   fresh.tables_retrying = {1, 99000};
   fresh.ranges_total = {12, 99000};
   fresh.ranges_done = {7, 99000};
+  fresh.conflicts["update_missing"] = {2, 99000};
+  fresh.subscription_enabled = {1, 99000};
+  fresh.retained_wal_bytes = {33554432, 99000};
   s.databases["shop"] = fresh;
   engine::DatabaseStats stale;
   stale.lag_bytes = {123, 94000};
@@ -124,6 +127,20 @@ TEST(MetricsTest, RendersEveryFamilyExactly) {
       "worker=\"table_sync\"} 5\n"
       "pgshift_replication_worker_errors_total{database=\"shop\",migration=\"ab12cd34\","
       "worker=\"apply\"} 0\n"
+      "# HELP pgshift_replication_conflicts_total Conflicts the subscription's apply worker met, "
+      "by type (PostgreSQL 18+ targets); any blocks the cutover\n"
+      "# TYPE pgshift_replication_conflicts_total counter\n"
+      "pgshift_replication_conflicts_total{database=\"shop\",migration=\"ab12cd34\","
+      "type=\"update_missing\"} 2\n"
+      "# HELP pgshift_subscription_enabled 1 while the subscription into the target is enabled, 0 "
+      "when it was disabled (nothing replicates)\n"
+      "# TYPE pgshift_subscription_enabled gauge\n"
+      "pgshift_subscription_enabled{database=\"shop\",migration=\"ab12cd34\"} 1\n"
+      "# HELP pgshift_source_retained_wal_bytes WAL the source keeps for the migration's "
+      "replication slot (current LSN minus the slot's restart_lsn); --max-retained-wal stops "
+      "pgshift past it\n"
+      "# TYPE pgshift_source_retained_wal_bytes gauge\n"
+      "pgshift_source_retained_wal_bytes{database=\"shop\",migration=\"ab12cd34\"} 33554432\n"
       "# HELP pgshift_tables_retrying Tables whose initial copy failed and waits for the "
       "subscription's retry\n"
       "# TYPE pgshift_tables_retrying gauge\n"

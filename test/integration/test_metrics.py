@@ -36,6 +36,9 @@ FAMILIES = {
     "pgshift_copied_bytes": "gauge",
     "pgshift_copied_rows": "gauge",
     "pgshift_replication_worker_errors_total": "counter",
+    "pgshift_replication_conflicts_total": "counter",
+    "pgshift_subscription_enabled": "gauge",
+    "pgshift_source_retained_wal_bytes": "gauge",
     "pgshift_tables_retrying": "gauge",
     "pgshift_copy_ranges": "gauge",
     "pgshift_copy_ranges_done": "gauge",
@@ -51,13 +54,16 @@ FAMILIES = {
 PER_DATABASE = {"pgshift_replication_lag_bytes", "pgshift_replication_lag_seconds", "pgshift_tables",
                 "pgshift_tables_synced", "pgshift_copy_size_bytes", "pgshift_copied_bytes",
                 "pgshift_copied_rows", "pgshift_replication_worker_errors_total",
-                "pgshift_tables_retrying", "pgshift_copy_ranges", "pgshift_copy_ranges_done"}
+                "pgshift_tables_retrying", "pgshift_copy_ranges", "pgshift_copy_ranges_done",
+                "pgshift_subscription_enabled", "pgshift_source_retained_wal_bytes"}
 # Per database and per worker kind (table_sync, apply).
 WORKER_LABELLED = {"pgshift_replication_worker_errors_total"}
 # Families without a sample in this run: no cutover has finished while pgshift waits for the
-# manual confirmation, and no step failed; the catch-up is shorter than the 3 s of samples the
+# manual confirmation, and no step failed; a PostgreSQL 17 target counts no conflicts
+# (test_apply_errors.py scrapes them from an 18 one); the catch-up is shorter than the 3 s of samples the
 # lag's trend needs (test_catchup.py scrapes both from a real backlog).
 UNSAMPLED_HERE = {"pgshift_cutover_last_pause_seconds", "pgshift_errors_total",
+                  "pgshift_replication_conflicts_total",
                   "pgshift_replication_lag_drain_bytes_per_second",
                   "pgshift_cutover_ready_in_seconds"}
 
