@@ -285,6 +285,10 @@ void PrintStatus(const nlohmann::json& j) {
     const auto& l = j["live"];
     printf("tables ready %d/%d", l["tables_ready"].get<int>(), l["tables_total"].get<int>());
     if (l.contains("lag_bytes")) printf("  lag %lld bytes", l["lag_bytes"].get<long long>());
+    if (l.contains("reverse_lag_bytes")) {
+      printf("  reverse replication (target -> source, for rollback) lag %lld bytes",
+             l["reverse_lag_bytes"].get<long long>());
+    }
     printf("\n");
     // The running engine's estimate, said as the engine says it (LagEstimate::Describe).
     engine::LagEstimate outlook;
@@ -298,6 +302,9 @@ void PrintStatus(const nlohmann::json& j) {
       printf("  %-20s", d["name"].get<std::string>().c_str());
       if (d.contains("lag_bytes")) printf(" lag %lld B", d["lag_bytes"].get<long long>());
       if (d.contains("lag_seconds")) printf(" %.1f s", d["lag_seconds"].get<double>());
+      if (d.contains("reverse_lag_bytes")) {
+        printf(" reverse lag %lld B", d["reverse_lag_bytes"].get<long long>());
+      }
       if (d.contains("error")) printf(" (%s)", d["error"].get<std::string>().c_str());
       printf("\n");
       if (d.contains("workers")) {

@@ -11,8 +11,8 @@ engine::StatsSnapshot Snapshot(int64_t now) {
   s.phase = "InitialCopy";
   s.now_ms = now;
   auto m = [&](double v) { return engine::Measured{v, now - 100}; };
-  s.databases["a"] = {m(1000), m(0.5), m(4), m(1), m(50 << 20), m(200 << 20), m(10), {}, {}, {}, m(8), m(3), {}, {}, {}, {}};
-  s.databases["b"] = {m(24), m(1.5), m(6), m(5), m(10 << 20), m(40 << 20), m(10), {}, {}, {}, m(4), m(4), {}, {}, {}, {}};
+  s.databases["a"] = {m(1000), m(0.5), m(4), m(1), m(50 << 20), m(200 << 20), m(10), {}, {}, {}, m(8), m(3), {}, {}, {}, {}, {}};
+  s.databases["b"] = {m(24), m(1.5), m(6), m(5), m(10 << 20), m(40 << 20), m(10), {}, {}, {}, m(4), m(4), {}, {}, {}, {}, {}};
   return s;
 }
 

@@ -200,5 +200,8 @@ class Migration {
 // Replication lag of one database in bytes (source WAL not yet confirmed by the target's
 // subscription); -1 when the slot is missing.
 Result<int64_t> ForwardLagBytes(const MigrationState& s, const DatabaseState& db);
+// The same for reverse replication after cutover: target WAL not yet confirmed by the
+// source's reverse subscription (slot ReverseName(db) on the target); -1 when it is gone.
+Result<int64_t> ReverseLagBytes(const MigrationState& s, const DatabaseState& db);
 
 }  // namespace pgshift::engine

@@ -182,6 +182,11 @@ nlohmann::json Migration::StatusJson(bool live) {
   int64_t lag_total = 0;
   int ready = 0, total = 0;
   bool lag_known = true;
+  // After cutover: how far the source is behind the target, through reverse replication.
+  const bool reverse_shown =
+      state_.phase == Phase::kRollbackReady && state_.options.rollback_replication;
+  int64_t reverse_total = 0;
+  bool reverse_known = true;
   for (const auto& db : state_.databases) {
     nlohmann::json d = {{"name", db.name}};
     auto dst = Connect(state_.target_dsn, db.name, "target");
@@ -237,12 +242,23 @@ nlohmann::json Migration::StatusJson(bool live) {
         if (!lag.ok()) d["error"] = lag.status().message();
       }
     }
+    if (reverse_shown) {
+      auto lag = ReverseLagBytes(state_, db);
+      if (lag.ok() && *lag >= 0) {
+        d["reverse_lag_bytes"] = *lag;
+        reverse_total += *lag;
+      } else {
+        reverse_known = false;
+        if (!lag.ok()) d["error"] = lag.status().message();
+      }
+    }
     dbs.push_back(d);
   }
   j["live"] = {{"databases", dbs}, {"tables_ready", ready}, {"tables_total", total}};
   if (lag_known && state_.phase >= Phase::kInitialCopy && state_.phase <= Phase::kCuttingOver) {
     j["live"]["lag_bytes"] = lag_total;
   }
+  if (reverse_shown && reverse_known) j["live"]["reverse_lag_bytes"] = reverse_total;
   return j;
 }
 

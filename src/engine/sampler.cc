@@ -78,6 +78,9 @@ Result<pg::Connection*> StatsSampler::Conn(const std::string& dsn, const std::st
 }
 
 Status StatsSampler::Sample(const MigrationState& state, StatsBoard* board) {
+  if (state.phase == Phase::kRollbackReady && state.options.rollback_replication) {
+    return SampleReverse(state, board);
+  }
   if (!Sampled(state.phase)) return Status::Ok();
   Status first;
   int64_t ddl_events = 0;
@@ -180,6 +183,22 @@ Status StatsSampler::SampleDatabase(const MigrationState& state, const DatabaseS
       d.ranges_total.at_ms = at;
     }
   });
+  return Status::Ok();
+}
+
+Status StatsSampler::SampleReverse(const MigrationState& state, StatsBoard* board) {
+  for (const auto& db : state.databases) {
+    PGSHIFT_ASSIGN_OR_RETURN(pg::Connection * dst, Conn(state.target_dsn, db.name, false));
+    PGSHIFT_ASSIGN_OR_RETURN(
+        pg::QueryResult r,
+        dst->Query("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint "
+                   "FROM pg_replication_slots WHERE slot_name = $1",
+                   {state.ReverseName(db)}));
+    if (r.rows() == 0 || r.IsNull(0, 0)) continue;
+    const double lag = std::max(0.0, ToDouble(r.Get(0, 0)));
+    const int64_t at = MonotonicMillis();
+    board->Update([&](StatsSnapshot& s) { s.databases[db.name].reverse_lag_bytes = {lag, at}; });
+  }
   return Status::Ok();
 }
 

@@ -32,6 +32,8 @@ class StatsSampler {
 
  private:
   Result<pg::Connection*> Conn(const std::string& dsn, const std::string& db, bool source);
+  // After cutover: only the reverse replication's lag, from the target.
+  Status SampleReverse(const MigrationState& state, StatsBoard* board);
   Status SampleDatabase(const MigrationState& state, const DatabaseState& db, StatsBoard* board,
                         int64_t* ddl_events);
 

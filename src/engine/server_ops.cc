@@ -192,17 +192,31 @@ Status SyncSequences(pg::Connection& from, pg::Connection& to) {
   return s.ok() ? Status::Ok() : s.status().WithContext("setting sequences");
 }
 
-Result<int64_t> ForwardLagBytes(const MigrationState& s, const DatabaseState& db) {
-  PGSHIFT_ASSIGN_OR_RETURN(ConnPtr src, Connect(s.source_dsn, db.name, "source"));
+namespace {
+
+// WAL of the server at `dsn` not yet confirmed through its slot `slot`; -1 when it is gone.
+Result<int64_t> SlotLagBytes(const std::string& dsn, const std::string& database,
+                             const std::string& side, const std::string& slot) {
+  PGSHIFT_ASSIGN_OR_RETURN(ConnPtr c, Connect(dsn, database, side));
   PGSHIFT_ASSIGN_OR_RETURN(
       pg::QueryResult r,
-      src->Query("SELECT coalesce(pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn), 0)::bigint "
-                 "FROM pg_replication_slots WHERE slot_name = $1",
-                 {s.SubscriptionName(db)}));
+      c->Query("SELECT coalesce(pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn), 0)::bigint "
+               "FROM pg_replication_slots WHERE slot_name = $1",
+               {slot}));
   if (r.rows() == 0) return int64_t{-1};
   long long lag = 0;
-  if (!ParseInt64(r.Get(0, 0), &lag)) return Status::Internal("unexpected lag of slot " + s.SubscriptionName(db));
+  if (!ParseInt64(r.Get(0, 0), &lag)) return Status::Internal("unexpected lag of slot " + slot);
   return std::max<int64_t>(0, lag);
+}
+
+}  // namespace
+
+Result<int64_t> ForwardLagBytes(const MigrationState& s, const DatabaseState& db) {
+  return SlotLagBytes(s.source_dsn, db.name, "source", s.SubscriptionName(db));
+}
+
+Result<int64_t> ReverseLagBytes(const MigrationState& s, const DatabaseState& db) {
+  return SlotLagBytes(s.target_dsn, db.name, "target", s.ReverseName(db));
 }
 
 }  // namespace pgshift::engine

@@ -45,6 +45,8 @@ struct DatabaseStats {
   // the slot's wal_status (13+; "" before) measured with it (wal_retention.h).
   Measured retained_wal_bytes;
   std::string wal_status;
+  // After cutover (RollbackReady): target WAL not yet confirmed by reverse replication.
+  Measured reverse_lag_bytes;
 };
 
 struct StatsSnapshot {

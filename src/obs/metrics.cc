@@ -106,6 +106,10 @@ std::vector<MetricFamily> MigrationFamilies(const std::vector<MigrationMetrics>&
                   "WAL the source keeps for the migration's replication slot (current LSN minus "
                   "the slot's restart_lsn); --max-retained-wal stops pgshift past it",
                   G);
+  Family reverse_lag("pgshift_reverse_replication_lag_bytes",
+                      "After cutover: target WAL not yet confirmed by reverse replication to the "
+                      "source (what a rollback would wait for)",
+                      G);
   Family retrying("pgshift_tables_retrying",
                   "Tables whose initial copy failed and waits for the subscription's retry", G);
   Family ranges("pgshift_copy_ranges",
@@ -152,6 +156,7 @@ std::vector<MetricFamily> MigrationFamilies(const std::vector<MigrationMetrics>&
       for (const auto& [type, n] : d.conflicts) conflicts.Add(With(dl, "type", type), s.Fresh(n));
       enabled.Add(dl, s.Fresh(d.subscription_enabled));
       retained.Add(dl, s.Fresh(d.retained_wal_bytes));
+      reverse_lag.Add(dl, s.Fresh(d.reverse_lag_bytes));
       retrying.Add(dl, s.Fresh(d.tables_retrying));
       ranges.Add(dl, s.Fresh(d.ranges_total));
       ranges_done.Add(dl, s.Fresh(d.ranges_done));
@@ -172,7 +177,7 @@ std::vector<MetricFamily> MigrationFamilies(const std::vector<MigrationMetrics>&
   std::vector<MetricFamily> out;
   for (Family* f : {&phase,        &entered,     &ready,         &max_lag,     &max_pause,
                     &lag_bytes,    &lag_seconds, &drain,         &ready_in,    &tables,        &synced,      &copy_size,
-                    &copied_bytes, &copied_rows, &worker_errors, &conflicts, &enabled, &retained, &retrying,     &ranges, &ranges_done,
+                    &copied_bytes, &copied_rows, &worker_errors, &conflicts, &enabled, &retained, &reverse_lag, &retrying,     &ranges, &ranges_done,
                     &verify_tables, &verify_done, &verify_mismatches,
                     &attempts,     &failures,    &last_pause,    &ddl,         &errors}) {
     out.push_back(f->Take());

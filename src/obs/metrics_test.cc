@@ -36,6 +36,7 @@ MigrationMetrics Fake() {
   fresh.conflicts["update_missing"] = {2, 99000};
   fresh.subscription_enabled = {1, 99000};
   fresh.retained_wal_bytes = {33554432, 99000};
+  fresh.reverse_lag_bytes = {512, 99000};
   s.databases["shop"] = fresh;
   engine::DatabaseStats stale;
   stale.lag_bytes = {123, 94000};
@@ -141,6 +142,10 @@ TEST(MetricsTest, RendersEveryFamilyExactly) {
       "pgshift past it\n"
       "# TYPE pgshift_source_retained_wal_bytes gauge\n"
       "pgshift_source_retained_wal_bytes{database=\"shop\",migration=\"ab12cd34\"} 33554432\n"
+      "# HELP pgshift_reverse_replication_lag_bytes After cutover: target WAL not yet confirmed by "
+      "reverse replication to the source (what a rollback would wait for)\n"
+      "# TYPE pgshift_reverse_replication_lag_bytes gauge\n"
+      "pgshift_reverse_replication_lag_bytes{database=\"shop\",migration=\"ab12cd34\"} 512\n"
       "# HELP pgshift_tables_retrying Tables whose initial copy failed and waits for the "
       "subscription's retry\n"
       "# TYPE pgshift_tables_retrying gauge\n"

@@ -39,6 +39,7 @@ FAMILIES = {
     "pgshift_replication_conflicts_total": "counter",
     "pgshift_subscription_enabled": "gauge",
     "pgshift_source_retained_wal_bytes": "gauge",
+    "pgshift_reverse_replication_lag_bytes": "gauge",
     "pgshift_tables_retrying": "gauge",
     "pgshift_copy_ranges": "gauge",
     "pgshift_copy_ranges_done": "gauge",
@@ -59,11 +60,11 @@ PER_DATABASE = {"pgshift_replication_lag_bytes", "pgshift_replication_lag_second
 # Per database and per worker kind (table_sync, apply).
 WORKER_LABELLED = {"pgshift_replication_worker_errors_total"}
 # Families without a sample in this run: no cutover has finished while pgshift waits for the
-# manual confirmation, and no step failed; a PostgreSQL 17 target counts no conflicts
+# manual confirmation (so no reverse lag either), and no step failed; a PostgreSQL 17 target counts no conflicts
 # (test_apply_errors.py scrapes them from an 18 one); the catch-up is shorter than the 3 s of samples the
 # lag's trend needs (test_catchup.py scrapes both from a real backlog).
 UNSAMPLED_HERE = {"pgshift_cutover_last_pause_seconds", "pgshift_errors_total",
-                  "pgshift_replication_conflicts_total",
+                  "pgshift_replication_conflicts_total", "pgshift_reverse_replication_lag_bytes",
                   "pgshift_replication_lag_drain_bytes_per_second",
                   "pgshift_cutover_ready_in_seconds"}
 

@@ -72,6 +72,11 @@ def test_upgrade_under_load_cutover_and_rollback(lab, src_version, dst_version):
 
     status = json.loads(lab.run("status", "--state", str(state), "--json").stdout)
     assert status["phase"] == "RollbackReady"
+    # After cutover the lag that matters is the reverse one (what a rollback would wait for).
+    assert status["live"]["reverse_lag_bytes"] >= 0, status["live"]
+    assert all(d["reverse_lag_bytes"] >= 0 for d in status["live"]["databases"]), status["live"]
+    assert "reverse replication (target -> source, for rollback) lag" in \
+        lab.run("status", "--state", str(state)).stdout
     assert status["verification"]["clean"] is True
     assert status["last_cutover_pause_ms"] == pytest.approx(pause_ms, abs=0.2)
     assert "password" not in json.dumps(status).lower() or "*****" in json.dumps(status)
