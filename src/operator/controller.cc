@@ -372,7 +372,7 @@ Status Controller::Reconcile(const std::string& key) {
           std::lock_guard<std::mutex> lock(task->mu);
           findings = PreflightFindings(task->last_line);
         }
-        std::string message = task->result.message();
+        std::string message = InSpecWords(task->result.message());
         if (!findings.empty()) {
           // What to change is in the findings, in the spec's words, as for checkOnly.
           (void)PatchStatus(ns, name, {{"preflight", findings}});

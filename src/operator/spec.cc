@@ -321,19 +321,31 @@ Json TargetStatefulSet(const Json& resource, const UpgradeSpec& spec) {
              Json::array({{{"metadata", {{"name", "data"}}}, {"spec", claim_spec}}})}}}};
 }
 
-std::vector<std::string> PreflightFindings(const std::string& progress_line) {
-  static const std::string kHead = "preflight found problems:";
-  if (progress_line.rfind(kHead, 0) != 0) return {};
+std::string InSpecWords(std::string text) {
   // Longest first: a remedy's whole phrase before the bare option.
   static const std::vector<std::pair<std::string, std::string>> kSpecWords = {
       {"rerun with --tables-without-pk full", "set spec.tablesWithoutPrimaryKey: full"},
       {"--tables-without-pk full", "spec.tablesWithoutPrimaryKey: full"},
       {"pass --rollback-replication off", "set spec.rollback.keepReverseReplication: false"},
       {"--rollback-replication off", "spec.rollback.keepReverseReplication: false"},
+      {"--on-difference stop", "spec.cutover.onDifference: stop"},
+      {"`pgshift rollback --state DIR`", "spec.action: Rollback"},
+      {"`pgshift finish --state DIR`", "spec.action: Finish"},
       {"point --target at a server of another major version",
        "set spec.target.version to another major version"},
       {"with --databases", "in spec.source.databases"},
   };
+  for (const auto& [cli, spec] : kSpecWords) {
+    for (size_t p = text.find(cli); p != std::string::npos; p = text.find(cli, p + spec.size())) {
+      text.replace(p, cli.size(), spec);
+    }
+  }
+  return text;
+}
+
+std::vector<std::string> PreflightFindings(const std::string& progress_line) {
+  static const std::string kHead = "preflight found problems:";
+  if (progress_line.rfind(kHead, 0) != 0) return {};
   std::vector<std::string> out;
   size_t start = kHead.size();
   while (start <= progress_line.size()) {
@@ -341,12 +353,7 @@ std::vector<std::string> PreflightFindings(const std::string& progress_line) {
     if (end == std::string::npos) end = progress_line.size();
     std::string line = progress_line.substr(start, end - start);
     while (!line.empty() && (line.back() == ' ' || line.back() == '\r')) line.pop_back();
-    for (const auto& [cli, spec] : kSpecWords) {
-      for (size_t p = line.find(cli); p != std::string::npos; p = line.find(cli, p + spec.size())) {
-        line.replace(p, cli.size(), spec);
-      }
-    }
-    if (!line.empty()) out.push_back(line);
+    if (!line.empty()) out.push_back(InSpecWords(std::move(line)));
     start = end + 1;
   }
   return out;

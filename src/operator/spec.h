@@ -91,10 +91,13 @@ Json TargetStatefulSet(const Json& resource, const UpgradeSpec& spec);
 // than int64 holds.
 Result<int64_t> QuantityToInt64(const std::string& text);
 
+// The engine's text (an error, a preflight remedy) in the resource's words: the CLI options
+// and commands it names for the settings the spec has are replaced by the spec's fields.
+std::string InSpecWords(std::string engine_text);
+
 // The findings of a preflight that stopped a migration, from the engine's progress line
-// ("preflight found problems:" and the report's table), one line each, with the CLI's option
-// words in the remedies replaced by the spec's fields; empty when `progress_line` is no such
-// report.
+// ("preflight found problems:" and the report's table), one line each, InSpecWords; empty
+// when `progress_line` is no such report.
 std::vector<std::string> PreflightFindings(const std::string& progress_line);
 
 // The engine's options from the spec.

@@ -134,6 +134,13 @@ TEST(PreflightFindings, SayWhatToChangeInTheSpec) {
       PreflightFindings("preflight found problems:\n x, or pass --rollback-replication off").at(0),
       " x, or set spec.rollback.keepReverseReplication: false");
   EXPECT_TRUE(PreflightFindings("copy postgres: 3 tables").empty());
+  // As CheckSwitchPoint stops after a difference with --on-difference stop.
+  EXPECT_EQ(InSpecWords("clients stay on the target (--on-difference stop); decide: `pgshift "
+                        "rollback --state DIR` moves them back to the source, nothing lost; "
+                        "`pgshift finish --state DIR` keeps the target as it is"),
+            "clients stay on the target (spec.cutover.onDifference: stop); decide: spec.action: "
+            "Rollback moves them back to the source, nothing lost; spec.action: Finish keeps the "
+            "target as it is");
 }
 
 TEST(ResumedOptions, WhatShapedTheServersStaysAsStarted) {

@@ -548,7 +548,10 @@ def test_a_table_without_a_primary_key_is_refused_then_moved_with_full(k, namesp
     operator.start()
     ledger = tmp_path / "app.ledger"
     load = start_load(source, ledger)
-    k.apply(upgrade("shop", source, 17, cutover={"mode": "manual", "maxPauseMs": 5000}))
+    # The copy's settings and onDifference reach the engine as the CLI's --jobs, --copy-rate
+    # and --on-difference do.
+    k.apply(upgrade("shop", source, 17, copy={"jobs": 2, "rate": "50Mi"},
+                    cutover={"mode": "manual", "maxPauseMs": 5000, "onDifference": "stop"}))
 
     def refused():
         st = (k.get("postgresupgrade", "shop") or {}).get("status", {})
@@ -572,7 +575,10 @@ def test_a_table_without_a_primary_key_is_refused_then_moved_with_full(k, namesp
     wait_phase(k, "shop", {"ReadyForCutover"}, timeout=180, operator=operator)
     st = k.get("postgresupgrade", "shop")["status"]
     assert "preflight" not in st, st["preflight"]  # the refused try's findings are gone
-    assert st["engine"]["options"]["tables_without_pk_full"] is True
+    options = st["engine"]["options"]
+    assert options["tables_without_pk_full"] is True
+    assert (options["copy"], options["copy_jobs"], options["copy_rate"]) == ("snapshot", 2, 50 << 20)
+    assert options["on_difference"] == "stop"
     assert any("public.audit_log set to REPLICA IDENTITY FULL" in n for n in st["engine"]["notes"])
     assert psql(source.address, source.password, identity).stdout.strip() == "f"
     # Updates and deletes on the audit log replicate (without a replica identity the source
