@@ -367,7 +367,18 @@ Status Controller::Reconcile(const std::string& key) {
       if (!task->result.ok()) {
         auto reread = client_->Get(kPostgresUpgrades, ns, name);
         json fresh = reread.ok() ? *reread : cr;
-        (void)ReportProblem(fresh, ReasonFor(task->result), task->result.message());
+        std::vector<std::string> findings;
+        {
+          std::lock_guard<std::mutex> lock(task->mu);
+          findings = PreflightFindings(task->last_line);
+        }
+        std::string message = InSpecWords(task->result.message());
+        if (!findings.empty()) {
+          // What to change is in the findings, in the spec's words, as for checkOnly.
+          (void)PatchStatus(ns, name, {{"preflight", findings}});
+          message += " (status.preflight lists the findings and what to change)";
+        }
+        (void)ReportProblem(fresh, ReasonFor(task->result), message);
         // Retried with backoff: most failures (a server restarting, lag) pass.
         return Status::Unavailable(StepName(task->step) + " failed: " + task->result.message());
       }
@@ -518,6 +529,7 @@ void Controller::RunTask(std::shared_ptr<Task> task, std::stop_token stop) {
     po.databases = spec->databases;
     po.tools = options_.tools;
     po.rollback_replication = spec->keep_reverse_replication;
+    po.tables_without_pk_full = spec->tables_without_pk == engine::TablesWithoutPk::kFull;
     auto rep = engine::RunPreflight(wiring->source_dsn, wiring->target_dsn, po);
     if (!rep.ok()) return finish(rep.status());
     json lines = json::array();
@@ -555,6 +567,9 @@ void Controller::RunTask(std::shared_ptr<Task> task, std::stop_token stop) {
       previous = task->last_phase;
       task->last_phase = phase;
     }
+    if (s.ok() && previous == "Preflight" && phase != previous) {
+      (void)PatchStatus(ns, name, {{"preflight", nullptr}});  // findings of a refused try
+    }
     if (s.ok() && previous != phase) {
       (void)events_->Record(task->cr, k8s::EventType::kNormal, "PhaseChanged",
                             (previous.empty() ? "Pending" : previous) + " -> " + phase);
@@ -577,14 +592,7 @@ void Controller::RunTask(std::shared_ptr<Task> task, std::stop_token stop) {
     return s;
   };
   std::optional<engine::MigrationState> saved = SavedState(*cr);
-  if (saved) {
-    // Cutover settings follow the spec; what shaped the servers (databases, reverse
-    // replication) stays as it was started.
-    saved->options.cutover = req.options.cutover;
-    saved->options.max_lag_bytes = req.options.max_lag_bytes;
-    saved->options.max_pause_ms = req.options.max_pause_ms;
-    saved->options.verify = req.options.verify;
-  }
+  if (saved) saved->options = ResumedOptions(saved->options, saved->phase, *spec);
   auto m = engine::Migration::FromState(saved, req, options_.tools, sink);
   if (!m.ok()) return finish(m.status());
   engine::Migration* mig = m->get();

@@ -1,5 +1,6 @@
 #include "operator/spec.h"
 
+#include <cctype>
 #include <cmath>
 #include <regex>
 
@@ -57,12 +58,22 @@ Result<UpgradeSpec> ParseSpec(const Json& resource) {
 
   PGSHIFT_RETURN_IF_ERROR(
       Read(Member(spec, "traffic"), "service", "traffic.service", &s.traffic_service));
+  std::string tables_without_pk = engine::TablesWithoutPkName(s.tables_without_pk);
+  PGSHIFT_RETURN_IF_ERROR(
+      Read(spec, "tablesWithoutPrimaryKey", "tablesWithoutPrimaryKey", &tables_without_pk));
+  const Json& copy = Member(spec, "copy");
+  std::string copy_method = engine::CopyMethodName(s.copy_method);
+  PGSHIFT_RETURN_IF_ERROR(Read(copy, "method", "copy.method", &copy_method));
+  PGSHIFT_RETURN_IF_ERROR(Read(copy, "jobs", "copy.jobs", &s.copy_jobs));
   const Json& cut = Member(spec, "cutover");
   std::string cutover_mode = engine::CutoverModeName(s.cutover_mode);
   PGSHIFT_RETURN_IF_ERROR(Read(cut, "mode", "cutover.mode", &cutover_mode));
   PGSHIFT_RETURN_IF_ERROR(Read(cut, "approved", "cutover.approved", &s.cutover_approved));
   PGSHIFT_RETURN_IF_ERROR(Read(cut, "maxLagBytes", "cutover.maxLagBytes", &s.max_lag_bytes));
   PGSHIFT_RETURN_IF_ERROR(Read(cut, "maxPauseMs", "cutover.maxPauseMs", &s.max_pause_ms));
+  std::string on_difference;
+  const bool on_difference_set = cut.contains("onDifference") && !cut["onDifference"].is_null();
+  PGSHIFT_RETURN_IF_ERROR(Read(cut, "onDifference", "cutover.onDifference", &on_difference));
   std::string verify = engine::VerifyLevelName(s.verify);
   PGSHIFT_RETURN_IF_ERROR(Read(spec, "verify", "verify", &verify));
   PGSHIFT_RETURN_IF_ERROR(Read(Member(spec, "rollback"), "keepReverseReplication",
@@ -100,10 +111,118 @@ Result<UpgradeSpec> ParseSpec(const Json& resource) {
   auto level = engine::ParseVerifyLevel(verify);
   if (!level.ok()) return Bad("verify", "must be none, count or checksum");
   s.verify = *level;
+  auto twp = engine::ParseTablesWithoutPk(tables_without_pk);
+  if (!twp.ok()) return Bad("tablesWithoutPrimaryKey", "must be refuse or full");
+  s.tables_without_pk = *twp;
+  auto method = engine::ParseCopyMethod(copy_method);
+  if (!method.ok()) return Bad("copy.method", "must be snapshot or native");
+  s.copy_method = *method;
+  if (s.copy_jobs < 0 || s.copy_jobs > 256) {
+    return Bad("copy.jobs", "must be 0..256 (0: as many as the target has cores)");
+  }
+  if (copy.contains("rate") && !copy["rate"].is_null()) {
+    const Json& rate = copy["rate"];
+    Result<int64_t> bytes = Status::InvalidArgument("not a number or a string");
+    if (rate.is_number_integer()) {
+      bytes = rate.get<int64_t>();
+      if (*bytes < 0) bytes = Status::InvalidArgument("negative");
+    } else if (rate.is_string()) {
+      bytes = QuantityToInt64(rate.get<std::string>());
+    }
+    if (!bytes.ok()) {
+      return Bad("copy.rate",
+                 "must be a whole number of bytes per second, 0 (no limit) or more, or a quantity "
+                 "such as 50Mi (" +
+                     bytes.status().message() + ")");
+    }
+    s.copy_rate = *bytes;
+  }
+  if (s.copy_method == engine::CopyMethod::kNative && (s.copy_jobs != 0 || s.copy_rate != 0)) {
+    return Bad("copy",
+               "jobs and rate apply to method snapshot only (native copies one table per "
+               "subscription worker at its own pace): remove them, or use method snapshot");
+  }
+  if (on_difference_set) {
+    auto d = engine::ParseOnDifference(on_difference);
+    if (!d.ok()) return Bad("cutover.onDifference", "must be rollback or stop");
+    s.on_difference = *d;
+  }
+  if (s.on_difference == engine::OnDifference::kRollback && !s.keep_reverse_replication) {
+    return Bad("cutover.onDifference",
+               "rollback needs rollback.keepReverseReplication: true (without reverse "
+               "replication going back loses the writes made on the target): set onDifference "
+               "to stop, or keep reverse replication");
+  }
   if (!s.action.empty() && s.action != "Rollback" && s.action != "Finish") {
     return Bad("action", "must be empty, Rollback or Finish");
   }
   return s;
+}
+
+Result<int64_t> QuantityToInt64(const std::string& text) {
+  // <digits>[.<digits>] then a suffix: binary (Ki..Ei), decimal SI (n, u, m, "", k..E) or a
+  // decimal exponent (e/E<int>), as Kubernetes' resource.Quantity reads them. The value is
+  // mantissa * 10^exp10 * 2^exp2, kept exact.
+  const auto bad = [&](const std::string& why) {
+    return Status::InvalidArgument("\"" + text + "\" " + why);
+  };
+  size_t i = 0;
+  const bool negative = !text.empty() && text[0] == '-';
+  if (i < text.size() && (text[i] == '+' || text[i] == '-')) ++i;
+  int64_t mantissa = 0;
+  int exp10 = 0, exp2 = 0, digits = 0;
+  bool point = false;
+  for (; i < text.size() && (std::isdigit(static_cast<unsigned char>(text[i])) || text[i] == '.');
+       ++i) {
+    if (text[i] == '.') {
+      if (point) return bad("is not a quantity");
+      point = true;
+      continue;
+    }
+    ++digits;
+    if (__builtin_mul_overflow(mantissa, 10, &mantissa) ||
+        __builtin_add_overflow(mantissa, text[i] - '0', &mantissa)) {
+      return bad("has too many digits");
+    }
+    if (point) --exp10;
+  }
+  if (digits == 0) return bad("is not a quantity");
+  if (negative && mantissa != 0) return bad("is negative");
+  const std::string suffix = text.substr(i);
+  static const std::map<std::string, std::pair<int, int>> kSuffixes = {
+      {"", {0, 0}},    {"n", {-9, 0}},  {"u", {-6, 0}},  {"m", {-3, 0}},
+      {"k", {3, 0}},   {"M", {6, 0}},   {"G", {9, 0}},   {"T", {12, 0}},
+      {"P", {15, 0}},  {"E", {18, 0}},  {"Ki", {0, 10}}, {"Mi", {0, 20}},
+      {"Gi", {0, 30}}, {"Ti", {0, 40}}, {"Pi", {0, 50}}, {"Ei", {0, 60}}};
+  if (auto it = kSuffixes.find(suffix); it != kSuffixes.end()) {
+    exp10 += it->second.first;
+    exp2 += it->second.second;
+  } else if (static const std::regex kExp("^[eE][-+]?[0-9]{1,3}$");
+             std::regex_match(suffix, kExp)) {
+    exp10 += std::stoi(suffix.substr(1));
+  } else {
+    return bad("has an unknown suffix (want Ki, Mi, Gi, ..., k, M, G, ... or e<exponent>)");
+  }
+  int64_t v = mantissa;
+  if (v == 0) return int64_t{0};
+  // Divide by 10 per negative decimal exponent, or by 5 with one factor 2 of 2^exp2 ("1.5Ki").
+  for (; exp10 < 0; ++exp10) {
+    if (v % 10 == 0) {
+      v /= 10;
+    } else if (exp2 > 0 && v % 5 == 0) {
+      v /= 5;
+      --exp2;
+    } else {
+      return bad("is not a whole number");
+    }
+  }
+  for (; exp10 > 0; --exp10) {
+    if (__builtin_mul_overflow(v, 10, &v)) return bad("is too large");
+  }
+  for (; exp2 > 0; --exp2) {
+    if (__builtin_mul_overflow(v, 2, &v)) return bad("is too large");
+  }
+  return v;
 }
 
 std::string TargetName(const std::string& upgrade_name) { return upgrade_name + "-target"; }
@@ -202,6 +321,44 @@ Json TargetStatefulSet(const Json& resource, const UpgradeSpec& spec) {
              Json::array({{{"metadata", {{"name", "data"}}}, {"spec", claim_spec}}})}}}};
 }
 
+std::string InSpecWords(std::string text) {
+  // Longest first: a remedy's whole phrase before the bare option.
+  static const std::vector<std::pair<std::string, std::string>> kSpecWords = {
+      {"rerun with --tables-without-pk full", "set spec.tablesWithoutPrimaryKey: full"},
+      {"--tables-without-pk full", "spec.tablesWithoutPrimaryKey: full"},
+      {"pass --rollback-replication off", "set spec.rollback.keepReverseReplication: false"},
+      {"--rollback-replication off", "spec.rollback.keepReverseReplication: false"},
+      {"--on-difference stop", "spec.cutover.onDifference: stop"},
+      {"`pgshift rollback --state DIR`", "spec.action: Rollback"},
+      {"`pgshift finish --state DIR`", "spec.action: Finish"},
+      {"point --target at a server of another major version",
+       "set spec.target.version to another major version"},
+      {"with --databases", "in spec.source.databases"},
+  };
+  for (const auto& [cli, spec] : kSpecWords) {
+    for (size_t p = text.find(cli); p != std::string::npos; p = text.find(cli, p + spec.size())) {
+      text.replace(p, cli.size(), spec);
+    }
+  }
+  return text;
+}
+
+std::vector<std::string> PreflightFindings(const std::string& progress_line) {
+  static const std::string kHead = "preflight found problems:";
+  if (progress_line.rfind(kHead, 0) != 0) return {};
+  std::vector<std::string> out;
+  size_t start = kHead.size();
+  while (start <= progress_line.size()) {
+    size_t end = progress_line.find('\n', start);
+    if (end == std::string::npos) end = progress_line.size();
+    std::string line = progress_line.substr(start, end - start);
+    while (!line.empty() && (line.back() == ' ' || line.back() == '\r')) line.pop_back();
+    if (!line.empty()) out.push_back(InSpecWords(std::move(line)));
+    start = end + 1;
+  }
+  return out;
+}
+
 engine::MigrationOptions EngineOptions(const UpgradeSpec& spec) {
   engine::MigrationOptions o;
   o.router = engine::RouterKind::kKubernetesService;
@@ -211,6 +368,26 @@ engine::MigrationOptions EngineOptions(const UpgradeSpec& spec) {
   o.databases = spec.databases;
   o.verify = spec.verify;
   o.rollback_replication = spec.keep_reverse_replication;
+  o.on_difference = spec.on_difference.value_or(o.on_difference);
+  o.tables_without_pk = spec.tables_without_pk;
+  o.copy = spec.copy_method;
+  o.copy_jobs = spec.copy_jobs;
+  o.copy_rate = spec.copy_rate;
+  return o;
+}
+
+engine::MigrationOptions ResumedOptions(const engine::MigrationOptions& started,
+                                        engine::Phase phase, const UpgradeSpec& spec) {
+  const engine::MigrationOptions now = EngineOptions(spec);
+  engine::MigrationOptions o = started;
+  o.cutover = now.cutover;
+  o.max_lag_bytes = now.max_lag_bytes;
+  o.max_pause_ms = now.max_pause_ms;
+  o.verify = now.verify;
+  o.on_difference = now.on_difference;
+  o.copy_jobs = now.copy_jobs;
+  o.copy_rate = now.copy_rate;
+  if (phase <= engine::Phase::kInitialCopy) o.tables_without_pk = now.tables_without_pk;
   return o;
 }
 

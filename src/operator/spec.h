@@ -48,10 +48,17 @@ struct UpgradeSpec {
   // traffic, cutover, verify, rollback
   std::string traffic_service;
   // Defaults are the engine's (engine::MigrationOptions), as the CRD's schema documents.
+  engine::TablesWithoutPk tables_without_pk = engine::MigrationOptions{}.tables_without_pk;
+  engine::CopyMethod copy_method = engine::MigrationOptions{}.copy;
+  int copy_jobs = engine::MigrationOptions{}.copy_jobs;
+  int64_t copy_rate = engine::MigrationOptions{}.copy_rate;  // bytes/s
   engine::CutoverMode cutover_mode = engine::MigrationOptions{}.cutover;
   bool cutover_approved = false;
   int64_t max_lag_bytes = engine::MigrationOptions{}.max_lag_bytes;
   int max_pause_ms = engine::MigrationOptions{}.max_pause_ms;
+  // Unset: the engine's (rollback, which the engine turns into stop without reverse
+  // replication). Set to rollback, it needs keep_reverse_replication.
+  std::optional<engine::OnDifference> on_difference;
   engine::VerifyLevel verify = engine::MigrationOptions{}.verify;
   bool keep_reverse_replication = engine::MigrationOptions{}.rollback_replication;
   std::string action;  // "" | Rollback | Finish
@@ -79,8 +86,31 @@ Json TargetService(const Json& resource);
 // and storage; the claim goes with the StatefulSet.
 Json TargetStatefulSet(const Json& resource, const UpgradeSpec& spec);
 
+// A Kubernetes quantity ("50Mi", "50M", "5e7", "1000") as a whole number; an
+// InvalidArgument for anything else: a fraction ("1.5", "100m"), a negative value, or more
+// than int64 holds.
+Result<int64_t> QuantityToInt64(const std::string& text);
+
+// The engine's text (an error, a preflight remedy) in the resource's words: the CLI options
+// and commands it names for the settings the spec has are replaced by the spec's fields.
+std::string InSpecWords(std::string engine_text);
+
+// The findings of a preflight that stopped a migration, from the engine's progress line
+// ("preflight found problems:" and the report's table), one line each, InSpecWords; empty
+// when `progress_line` is no such report.
+std::vector<std::string> PreflightFindings(const std::string& progress_line);
+
 // The engine's options from the spec.
 engine::MigrationOptions EngineOptions(const UpgradeSpec& spec);
+
+// The options to resume a started migration with: `started` (its saved options) with what the
+// spec may still change at `phase` taken from `spec`. The cutover settings, verify and the copy's
+// pace always follow the spec; the choice for tables without a primary key follows it until the
+// initial copy is done (it is used by the preflight and when the publications are made), so
+// a preflight that refused such a table passes once the spec says full; databases, reverse
+// replication and the copy method stay as started (they shaped the servers).
+engine::MigrationOptions ResumedOptions(const engine::MigrationOptions& started,
+                                        engine::Phase phase, const UpgradeSpec& spec);
 
 // What the operator must ask of the engine now, from the engine's phase and the spec.
 enum class Step {

@@ -33,6 +33,151 @@ TEST(ParseSpec, AppliesDefaults) {
   EXPECT_EQ(s->verify, engine::VerifyLevel::kChecksum);
   EXPECT_TRUE(s->keep_reverse_replication);
   EXPECT_FALSE(s->check_only);
+  // The fields the CLI has too: the engine's defaults, whatever they are.
+  const engine::MigrationOptions engine_defaults;
+  EXPECT_EQ(s->tables_without_pk, engine_defaults.tables_without_pk);
+  EXPECT_EQ(s->copy_method, engine_defaults.copy);
+  EXPECT_EQ(s->copy_jobs, engine_defaults.copy_jobs);
+  EXPECT_EQ(s->copy_rate, engine_defaults.copy_rate);
+  EXPECT_FALSE(s->on_difference.has_value());
+  const engine::MigrationOptions o = EngineOptions(*s);
+  EXPECT_EQ(o.tables_without_pk, engine_defaults.tables_without_pk);
+  EXPECT_EQ(o.on_difference, engine_defaults.on_difference);
+  EXPECT_EQ(o.copy, engine_defaults.copy);
+  EXPECT_EQ(o.copy_jobs, engine_defaults.copy_jobs);
+  EXPECT_EQ(o.copy_rate, engine_defaults.copy_rate);
+  EXPECT_EQ(o.router, engine::RouterKind::kKubernetesService);
+}
+
+TEST(ParseSpec, EveryCliSettingReachesTheEngine) {
+  Json spec = MinimalSpec();
+  spec["tablesWithoutPrimaryKey"] = "full";
+  spec["copy"] = {{"method", "snapshot"}, {"jobs", 6}, {"rate", "50Mi"}};
+  spec["cutover"] = {
+      {"mode", "manual"}, {"maxLagBytes", 1024}, {"maxPauseMs", 800}, {"onDifference", "stop"}};
+  spec["verify"] = "count";
+  spec["rollback"] = {{"keepReverseReplication", false}};
+  spec["source"]["databases"] = {"app", "audit"};
+  auto s = ParseSpec(Resource(spec));
+  ASSERT_TRUE(s.ok()) << s.status().message();
+  const engine::MigrationOptions o = EngineOptions(*s);
+  EXPECT_EQ(o.tables_without_pk, engine::TablesWithoutPk::kFull);
+  EXPECT_EQ(o.copy, engine::CopyMethod::kSnapshot);
+  EXPECT_EQ(o.copy_jobs, 6);
+  EXPECT_EQ(o.copy_rate, int64_t{50} << 20);
+  EXPECT_EQ(o.cutover, engine::CutoverMode::kManual);
+  EXPECT_EQ(o.max_lag_bytes, 1024);
+  EXPECT_EQ(o.max_pause_ms, 800);
+  EXPECT_EQ(o.on_difference, engine::OnDifference::kStop);
+  EXPECT_EQ(o.verify, engine::VerifyLevel::kCount);
+  EXPECT_FALSE(o.rollback_replication);
+  EXPECT_EQ(o.databases, (std::vector<std::string>{"app", "audit"}));
+
+  // The rate as a plain number of bytes per second; native with nothing else set.
+  spec["copy"] = {{"method", "native"}, {"rate", 0}};
+  spec["cutover"]["onDifference"] = "stop";
+  s = ParseSpec(Resource(spec));
+  ASSERT_TRUE(s.ok()) << s.status().message();
+  EXPECT_EQ(EngineOptions(*s).copy, engine::CopyMethod::kNative);
+  spec["copy"] = {{"rate", 1000000}};
+  s = ParseSpec(Resource(spec));
+  ASSERT_TRUE(s.ok()) << s.status().message();
+  EXPECT_EQ(EngineOptions(*s).copy_rate, 1000000);
+  EXPECT_EQ(EngineOptions(*s).copy, engine::CopyMethod::kSnapshot);
+}
+
+TEST(QuantityToInt64, ReadsKubernetesQuantitiesAsWholeNumbers) {
+  const std::vector<std::pair<std::string, int64_t>> good = {
+      {"0", 0},     {"1000", 1000},    {"50M", 50000000}, {"50Mi", 50 << 20},
+      {"1k", 1000}, {"1Ki", 1024},     {"1.5Ki", 1536},   {"1.5M", 1500000},
+      {"2000m", 2}, {"5e7", 50000000}, {"5E+3", 5000},    {".5k", 500},
+      {"+7", 7},    {"-0", 0},         {"1Gi", 1 << 30},  {"7Ei", int64_t{7} << 60},
+  };
+  for (const auto& [text, want] : good) {
+    auto v = QuantityToInt64(text);
+    ASSERT_TRUE(v.ok()) << text << ": " << v.status().message();
+    EXPECT_EQ(*v, want) << text;
+  }
+  // 8Ei is 2^63, one past int64; a millionth of a byte is no whole number either.
+  for (const std::string bad :
+       {"", "abc", "1.5", "100m", "1.1Ki", "-1", "-5Mi", "8Ei", "1e19", "0.000001",
+        "99999999999999999999", "1..2", "5MB", "5 Mi", "1e", "Mi"}) {
+    auto v = QuantityToInt64(bad);
+    ASSERT_FALSE(v.ok()) << bad << " gave " << *v;
+    EXPECT_EQ(v.status().code(), StatusCode::kInvalidArgument) << bad;
+  }
+}
+
+TEST(PreflightFindings, SayWhatToChangeInTheSpec) {
+  // As Migration::StepPreflight reports a refused table (PreflightReport::RenderTable).
+  const std::string line =
+      "preflight found problems:\n"
+      "pgshift check: PostgreSQL 15 -> 17 (upgrade); databases: postgres\n\n"
+      "SEVERITY  CHECK            SUBJECT   MESSAGE\n"
+      "error     tables-identity  postgres  1 table has no primary key or usable replica "
+      "identity: public.audit_log; their updates and deletes cannot be replicated   \n"
+      "\nRemedies:\n"
+      "  error tables-identity (postgres):\n"
+      "    add a primary key (ALTER TABLE <table> ADD PRIMARY KEY (<columns>);), or rerun with "
+      "--tables-without-pk full (uses REPLICA IDENTITY FULL: slower updates)\n"
+      "\n1 error, 0 warnings: fix the errors and run the check again\n";
+  const std::vector<std::string> f = PreflightFindings(line);
+  ASSERT_EQ(f.size(), 7u);
+  EXPECT_EQ(f[0], "pgshift check: PostgreSQL 15 -> 17 (upgrade); databases: postgres");
+  EXPECT_EQ(f[2].substr(f[2].size() - 10), "replicated");  // padding trimmed
+  EXPECT_NE(f[2].find("public.audit_log"), std::string::npos);
+  EXPECT_EQ(f[5],
+            "    add a primary key (ALTER TABLE <table> ADD PRIMARY KEY (<columns>);), or set "
+            "spec.tablesWithoutPrimaryKey: full (uses REPLICA IDENTITY FULL: slower updates)");
+  EXPECT_EQ(PreflightFindings("pass --rollback-replication off").size(), 0u);  // no report
+  EXPECT_EQ(
+      PreflightFindings("preflight found problems:\n x, or pass --rollback-replication off").at(0),
+      " x, or set spec.rollback.keepReverseReplication: false");
+  EXPECT_TRUE(PreflightFindings("copy postgres: 3 tables").empty());
+  // As CheckSwitchPoint stops after a difference with --on-difference stop.
+  EXPECT_EQ(InSpecWords("clients stay on the target (--on-difference stop); decide: `pgshift "
+                        "rollback --state DIR` moves them back to the source, nothing lost; "
+                        "`pgshift finish --state DIR` keeps the target as it is"),
+            "clients stay on the target (spec.cutover.onDifference: stop); decide: spec.action: "
+            "Rollback moves them back to the source, nothing lost; spec.action: Finish keeps the "
+            "target as it is");
+}
+
+TEST(ResumedOptions, WhatShapedTheServersStaysAsStarted) {
+  Json spec = MinimalSpec();
+  auto first = ParseSpec(Resource(spec));
+  ASSERT_TRUE(first.ok());
+  const engine::MigrationOptions started = EngineOptions(*first);
+
+  spec["tablesWithoutPrimaryKey"] = "full";
+  spec["copy"] = {{"method", "native"}};
+  spec["cutover"] = {{"maxPauseMs", 900}, {"onDifference", "stop"}};
+  spec["rollback"] = {{"keepReverseReplication", false}};
+  auto changed = ParseSpec(Resource(spec));
+  ASSERT_TRUE(changed.ok()) << changed.status().message();
+
+  // A preflight that refused a table without a primary key passes once the spec says full.
+  engine::MigrationOptions o = ResumedOptions(started, engine::Phase::kPreflight, *changed);
+  EXPECT_EQ(o.tables_without_pk, engine::TablesWithoutPk::kFull);
+  EXPECT_EQ(o.max_pause_ms, 900);
+  EXPECT_EQ(o.on_difference, engine::OnDifference::kStop);
+  EXPECT_EQ(o.copy, engine::CopyMethod::kSnapshot);  // the schema was loaded for it
+  EXPECT_TRUE(o.rollback_replication);
+  EXPECT_EQ(o.router, engine::RouterKind::kKubernetesService);
+  EXPECT_EQ(ResumedOptions(started, engine::Phase::kInitialCopy, *changed).tables_without_pk,
+            engine::TablesWithoutPk::kFull);
+  // After the initial copy the publications hold the tables as they were made.
+  o = ResumedOptions(started, engine::Phase::kCatchingUp, *changed);
+  EXPECT_EQ(o.tables_without_pk, engine::TablesWithoutPk::kRefuse);
+  EXPECT_EQ(o.on_difference, engine::OnDifference::kStop);
+
+  // The copy's pace follows the spec (a spec change restarts the step at a safe point).
+  spec["copy"] = {{"jobs", 3}, {"rate", "10M"}};
+  auto pace = ParseSpec(Resource(spec));
+  ASSERT_TRUE(pace.ok()) << pace.status().message();
+  o = ResumedOptions(started, engine::Phase::kInitialCopy, *pace);
+  EXPECT_EQ(o.copy_jobs, 3);
+  EXPECT_EQ(o.copy_rate, 10000000);
 }
 
 TEST(ParseSpec, RejectsNonsenseWithTheFieldName) {
@@ -49,10 +194,46 @@ TEST(ParseSpec, RejectsNonsenseWithTheFieldName) {
       {[](Json& j) { j["cutover"]["maxLagBytes"] = -1; }, "spec.cutover.maxLagBytes"},
       {[](Json& j) { j["cutover"]["maxPauseMs"] = 0; }, "spec.cutover.maxPauseMs"},
       {[](Json& j) { j["verify"] = "sha"; }, "spec.verify"},
-      {[](Json& j) { j["target"]["parameters"] = {{"wal_level", "replica"}}; }, "wal_level"},
-      {[](Json& j) { j["target"]["parameters"] = {{"Bad Name", "1"}}; }, "bad parameter name"},
+      {[](Json& j) {
+         j["target"]["parameters"] = {{"wal_level", "replica"}};
+       },
+       "wal_level"},
+      {[](Json& j) {
+         j["target"]["parameters"] = {{"Bad Name", "1"}};
+       },
+       "bad parameter name"},
       {[](Json& j) { j["source"]["credentialsSecret"].erase("name"); }, "credentialsSecret.name"},
       {[](Json& j) { j["action"] = "Explode"; }, "spec.action"},
+      {[](Json& j) { j["tablesWithoutPrimaryKey"] = "yes"; },
+       "spec.tablesWithoutPrimaryKey: must be refuse or full"},
+      {[](Json& j) { j["tablesWithoutPrimaryKey"] = true; },
+       "spec.tablesWithoutPrimaryKey: has the wrong type"},
+      {[](Json& j) { j["cutover"]["onDifference"] = "ignore"; },
+       "spec.cutover.onDifference: must be rollback or stop"},
+      {[](Json& j) { j["cutover"]["onDifference"] = ""; },
+       "spec.cutover.onDifference: must be rollback or stop"},
+      {[](Json& j) {
+         j["cutover"]["onDifference"] = "rollback";
+         j["rollback"]["keepReverseReplication"] = false;
+       },
+       "spec.cutover.onDifference: rollback needs rollback.keepReverseReplication: true"},
+      {[](Json& j) { j["copy"]["method"] = "pg_dump"; },
+       "spec.copy.method: must be snapshot or native"},
+      {[](Json& j) { j["copy"]["jobs"] = -1; }, "spec.copy.jobs: must be 0..256"},
+      {[](Json& j) { j["copy"]["jobs"] = 257; }, "spec.copy.jobs: must be 0..256"},
+      {[](Json& j) { j["copy"]["jobs"] = "four"; }, "spec.copy.jobs: has the wrong type"},
+      {[](Json& j) { j["copy"]["rate"] = -5; }, "spec.copy.rate: must be a whole number"},
+      {[](Json& j) { j["copy"]["rate"] = "1.5"; }, "\"1.5\" is not a whole number"},
+      {[](Json& j) { j["copy"]["rate"] = "50MB"; }, "\"50MB\" has an unknown suffix"},
+      {[](Json& j) { j["copy"]["rate"] = 2.5; }, "spec.copy.rate: must be a whole number"},
+      {[](Json& j) {
+         j["copy"] = {{"method", "native"}, {"jobs", 4}};
+       },
+       "spec.copy: jobs and rate apply to method snapshot only"},
+      {[](Json& j) {
+         j["copy"] = {{"method", "native"}, {"rate", "1Mi"}};
+       },
+       "spec.copy: jobs and rate apply to method snapshot only"},
   };
   for (const auto& c : cases) {
     Json spec = MinimalSpec();

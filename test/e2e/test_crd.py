@@ -70,6 +70,9 @@ def test_sample_is_accepted_with_defaults(k):
     assert spec["verify"] == "checksum"
     assert spec["rollback"] == {"keepReverseReplication": True}
     assert spec["checkOnly"] is False
+    # The engine's defaults (engine::MigrationOptions); onDifference unset is the engine's too.
+    assert spec["tablesWithoutPrimaryKey"] == "refuse"
+    assert spec["copy"] == {"method": "snapshot", "jobs": 0, "rate": 0}
     assert "action" not in spec and "image" not in spec["target"]
 
 
@@ -83,7 +86,10 @@ def test_source_by_host_and_every_field_is_accepted(k):
                    "resources": {"limits": {"memory": "1Gi"}, "requests": {"cpu": "1"}},
                    "parameters": {"max_connections": "300", "auto_explain.log_min_duration": "1s"}},
         "traffic": {"service": "app"},
-        "cutover": {"mode": "manual", "approved": False, "maxLagBytes": 0, "maxPauseMs": 600000},
+        "tablesWithoutPrimaryKey": "full",
+        "copy": {"method": "snapshot", "jobs": 256, "rate": "50Mi"},
+        "cutover": {"mode": "manual", "approved": False, "maxLagBytes": 0, "maxPauseMs": 600000,
+                    "onDifference": "stop"},
         "verify": "none",
         "rollback": {"keepReverseReplication": False},
         "action": "",
@@ -93,6 +99,15 @@ def test_source_by_host_and_every_field_is_accepted(k):
     got = k.json("get", "pgu", "by-host")["spec"]
     assert got["target"]["resources"] == {"limits": {"memory": "1Gi"}, "requests": {"cpu": "1"}}
     assert got["source"]["databases"] == ["app", "audit"]
+    assert got["copy"] == {"method": "snapshot", "jobs": 256, "rate": "50Mi"}
+    assert got["cutover"]["onDifference"] == "stop" and got["tablesWithoutPrimaryKey"] == "full"
+
+    # The rate as bytes per second or as any whole quantity; native with no jobs and no rate.
+    for name, copy_ in (("rate-bytes", {"rate": 50000000}), ("rate-decimal", {"rate": "1.5M"}),
+                        ("rate-exponent", {"rate": "5e7"}), ("native", {"method": "native"}),
+                        ("native-zero-rate", {"method": "native", "jobs": 0, "rate": "0"})):
+        k.apply(with_(lambda s: s.update(copy=copy_), name=name))
+        assert k.json("get", "pgu", name)["spec"]["copy"]["method"] == copy_.get("method", "snapshot")
 
 
 @pytest.mark.parametrize("version, message", [
@@ -154,10 +169,39 @@ def test_traffic_service_must_differ_from_source_service(k):
      "action Rollback needs rollback.keepReverseReplication: true"),
     (lambda s: s.update(checkOnly=True, action="Finish"),
      "action cannot be set when checkOnly is true"),
+    (lambda s: s.update(tablesWithoutPrimaryKey="yes"),
+     'spec.tablesWithoutPrimaryKey: Unsupported value: "yes": supported values: "refuse", "full"'),
+    (lambda s: s.update(cutover={"onDifference": "ignore"}),
+     'spec.cutover.onDifference: Unsupported value: "ignore": supported values: "rollback", "stop"'),
+    (lambda s: s.update(rollback={"keepReverseReplication": False},
+                        cutover={"onDifference": "rollback"}),
+     "cutover.onDifference rollback needs rollback.keepReverseReplication: true"),
+    (lambda s: s.update(copy={"method": "pg_dump"}),
+     'spec.copy.method: Unsupported value: "pg_dump": supported values: "snapshot", "native"'),
+    (lambda s: s.update(copy={"jobs": 257}),
+     "spec.copy.jobs in body should be less than or equal to 256"),
+    (lambda s: s.update(copy={"jobs": -1}),
+     "spec.copy.jobs in body should be greater than or equal to 0"),
+    (lambda s: s.update(copy={"rate": -5}),
+     "copy.rate must be a whole number of bytes per second, 0 (no limit) or more, or a quantity"),
+    (lambda s: s.update(copy={"rate": "-5Mi"}),
+     "copy.rate must be a whole number of bytes per second"),
+    (lambda s: s.update(copy={"rate": "1.5"}),
+     "copy.rate must be a whole number of bytes per second"),
+    (lambda s: s.update(copy={"rate": "50MB"}),
+     "copy.rate must be a whole number of bytes per second"),
+    (lambda s: s.update(copy={"method": "native", "jobs": 4}),
+     "copy.jobs and copy.rate apply to copy.method snapshot only"),
+    (lambda s: s.update(copy={"method": "native", "rate": "10Mi"}),
+     "copy.jobs and copy.rate apply to copy.method snapshot only"),
 ], ids=["negative-maxLagBytes", "maxPauseMs-0", "maxPauseMs-too-big", "cutover-mode",
         "verify-level", "action", "port", "too-many-databases", "long-database-name",
         "no-credentials", "no-traffic", "storage-size-word", "storage-size-zero", "wal_level",
-        "parameter-name", "rollback-without-reverse", "checkOnly-with-action"])
+        "parameter-name", "rollback-without-reverse", "checkOnly-with-action",
+        "tablesWithoutPrimaryKey", "onDifference", "onDifference-rollback-without-reverse",
+        "copy-method", "copy-jobs-too-many", "copy-jobs-negative", "copy-rate-negative",
+        "copy-rate-negative-quantity", "copy-rate-fraction", "copy-rate-MB", "native-with-jobs",
+        "native-with-rate"])
 def test_invalid_spec_is_rejected_with_a_message(k, change, message):
     assert message in rejected(k, with_(change))
 
@@ -201,11 +245,17 @@ def test_immutable_fields_cannot_change(k):
     p = update(k, "upg", lambda s: s.update(checkOnly=True))
     assert p.returncode != 0 and "checkOnly cannot change" in p.stderr
 
+    p = update(k, "upg", lambda s: s["copy"].update(method="native"))
+    assert p.returncode != 0 and "copy.method cannot change once created" in p.stderr
+
     # What a user is meant to change is accepted: credentials, manual approval, actions.
     for change in (lambda s: s["source"]["credentialsSecret"].update(name="rotated"),
                    lambda s: s.update(cutover={**s["cutover"], "mode": "manual"}),
                    lambda s: s["cutover"].update(approved=True),
                    lambda s: s["target"].update(parameters={"work_mem": "64MB"}),
+                   lambda s: s.update(tablesWithoutPrimaryKey="full"),
+                   lambda s: s["copy"].update(jobs=2, rate="20Mi"),
+                   lambda s: s["cutover"].update(onDifference="stop"),
                    lambda s: s.update(action="Rollback"),
                    lambda s: s.update(action="Finish")):
         p = update(k, "upg", change)

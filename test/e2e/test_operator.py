@@ -533,6 +533,79 @@ def test_manual_cutover_then_rollback_then_finish(k, namespace, operator, tmp_pa
          "INSERT INTO shop.products (sku, title, price_cents) VALUES ('after', 'finish', 1)")
 
 
+AUDIT_DIGEST = "SELECT count(*) || ' ' || md5(string_agg(a::text, ',' ORDER BY a::text)) FROM public.audit_log a"
+
+
+def test_a_table_without_a_primary_key_is_refused_then_moved_with_full(k, namespace, operator, tmp_path):
+    """A new user's database with one table without a primary key (an audit log), the
+    application writing: with the default (refuse) the preflight stops, changes nothing and
+    says in the status which table and which spec field to set; with
+    tablesWithoutPrimaryKey: full the same resource moves it, its updates and deletes too."""
+    source = Source(k, namespace, 15)
+    psql(source.address, source.password,
+         "CREATE TABLE public.audit_log (at timestamptz NOT NULL DEFAULT now(), who text, what text); "
+         "INSERT INTO public.audit_log (who, what) SELECT 'user' || g, 'login' FROM generate_series(1, 500) g")
+    operator.start()
+    ledger = tmp_path / "app.ledger"
+    load = start_load(source, ledger)
+    # The copy's settings and onDifference reach the engine as the CLI's --jobs, --copy-rate
+    # and --on-difference do.
+    k.apply(upgrade("shop", source, 17, copy={"jobs": 2, "rate": "50Mi"},
+                    cutover={"mode": "manual", "maxPauseMs": 5000, "onDifference": "stop"}))
+
+    def refused():
+        st = (k.get("postgresupgrade", "shop") or {}).get("status", {})
+        c = {c["type"]: c for c in st.get("conditions", [])}.get("Degraded")
+        return st if c and c["status"] == "True" and st.get("preflight") else None
+    st = wait_for(refused, timeout=120, what="Degraded with the preflight's findings")
+    assert st["phase"] == "Preflight", st
+    degraded = {c["type"]: c for c in st["conditions"]}["Degraded"]
+    assert "preflight failed" in degraded["message"] and "status.preflight" in degraded["message"]
+    findings = "\n".join(st["preflight"])
+    print(f"Degraded: {degraded['message']}\nstatus.preflight:\n{findings}")
+    assert "public.audit_log" in findings, findings
+    assert "set spec.tablesWithoutPrimaryKey: full" in findings, findings
+    assert "--tables-without-pk" not in findings, findings
+    assert pgshift_leftovers(source.address, source.password) == []
+    identity = "SELECT relreplident FROM pg_class WHERE oid = 'public.audit_log'::regclass"
+    assert psql(source.address, source.password, identity).stdout.strip() == "d"
+
+    k.run("patch", "postgresupgrade", "shop", "--type", "merge", "-p",
+          json.dumps({"spec": {"tablesWithoutPrimaryKey": "full"}}))
+    wait_phase(k, "shop", {"ReadyForCutover"}, timeout=180, operator=operator)
+    st = k.get("postgresupgrade", "shop")["status"]
+    assert "preflight" not in st, st["preflight"]  # the refused try's findings are gone
+    options = st["engine"]["options"]
+    assert options["tables_without_pk_full"] is True
+    assert (options["copy"], options["copy_jobs"], options["copy_rate"]) == ("snapshot", 2, 50 << 20)
+    assert options["on_difference"] == "stop"
+    assert any("public.audit_log set to REPLICA IDENTITY FULL" in n for n in st["engine"]["notes"])
+    assert psql(source.address, source.password, identity).stdout.strip() == "f"
+    # Updates and deletes on the audit log replicate (without a replica identity the source
+    # would refuse them once the table is published).
+    psql(source.address, source.password,
+         "UPDATE public.audit_log SET what = 'logout' WHERE who IN ('user1', 'user2', 'user3'); "
+         "DELETE FROM public.audit_log WHERE who = 'user20'; "
+         "INSERT INTO public.audit_log (who, what) VALUES ('user501', 'login')")
+    k.run("patch", "postgresupgrade", "shop", "--type", "merge", "-p",
+          json.dumps({"spec": {"cutover": {"approved": True}}}))
+    wait_phase(k, "shop", {"RollbackReady"}, timeout=120, operator=operator)
+    time.sleep(2)  # clients go on writing on the target
+    s = stop_load(load)
+    verify_on_target(k, namespace, ledger, s["acknowledged"])
+
+    target, target_pw = pod_address(namespace, "shop-target-0"), target_password(k, "shop")
+    on_source = psql(source.address, source.password, AUDIT_DIGEST).stdout.strip()
+    assert on_source.startswith("500 "), on_source  # 500 + 1 - 1
+    assert psql(target, target_pw, AUDIT_DIGEST).stdout.strip() == on_source
+    # The target has it too, for reverse replication: an update there reaches the source.
+    assert psql(target, target_pw, identity).stdout.strip() == "f"
+    psql(target, target_pw, "UPDATE public.audit_log SET what = 'audited' WHERE who = 'user501'")
+    wait_for(lambda: psql(source.address, source.password,
+                          "SELECT what FROM public.audit_log WHERE who = 'user501'").stdout.strip()
+             == "audited", timeout=30, what="the target's update on the source")
+
+
 def handover_under_load(k, namespace, operator, tmp_path, take_leader_away, leader_kubeconfig=None):
     """Two operators with --leader-elect and the load client writing: the first leads and
     migrates up to CatchingUp, then `take_leader_away(standby)` interrupts it (and waits until
