@@ -434,6 +434,29 @@ Status Controller::Reconcile(const std::string& key) {
                {"message", waiting ? "ready for cutover: set spec.cutover.approved to true"
                                    : status.value("message", "")}};
     if (saved) st.update(StatusFromEngine(*saved));
+    if (saved && saved->phase == engine::Phase::kRollbackReady &&
+        saved->options.rollback_replication) {
+      // Cut over and idle: how far the source is behind the target through reverse
+      // replication (what a rollback would wait for), looked at again every 10 s.
+      st["reverseLagBytes"] = nullptr;
+      auto wiring = Wire(cr, *spec);
+      if (wiring.ok()) {
+        engine::MigrationState live = *saved;
+        live.target_dsn = wiring->target_dsn;
+        int64_t total = 0;
+        bool known = true;
+        for (const auto& db : live.databases) {
+          auto lag = engine::ReverseLagBytes(live, db);
+          if (!lag.ok() || *lag < 0) {
+            known = false;
+            break;
+          }
+          total += *lag;
+        }
+        if (known) st["reverseLagBytes"] = total;
+      }
+      queue_.AddAfter(key, std::chrono::seconds(10));
+    }
     return PatchStatus(ns, name, st);
   }
 

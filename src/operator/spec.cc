@@ -29,6 +29,27 @@ const Json& Member(const Json& obj, const char* key) {
   return obj[key];
 }
 
+// An optional amount of bytes: a whole number, or a quantity such as 50Mi ("what": the unit
+// said in the error, e.g. "bytes per second"); `fallback` when absent.
+Result<int64_t> ReadBytes(const Json& obj, const char* key, const std::string& field,
+                          const std::string& what, int64_t fallback) {
+  if (!obj.is_object() || !obj.contains(key) || obj[key].is_null()) return fallback;
+  const Json& v = obj[key];
+  Result<int64_t> bytes = Status::InvalidArgument("not a number or a string");
+  if (v.is_number_integer()) {
+    bytes = v.get<int64_t>();
+    if (*bytes < 0) bytes = Status::InvalidArgument("negative");
+  } else if (v.is_string()) {
+    bytes = QuantityToInt64(v.get<std::string>());
+  }
+  if (!bytes.ok()) {
+    return Bad(field, "must be a whole number of " + what +
+                          ", 0 (no limit) or more, or a quantity such as 50Mi (" +
+                          bytes.status().message() + ")");
+  }
+  return *bytes;
+}
+
 }  // namespace
 
 Result<UpgradeSpec> ParseSpec(const Json& resource) {
@@ -120,23 +141,11 @@ Result<UpgradeSpec> ParseSpec(const Json& resource) {
   if (s.copy_jobs < 0 || s.copy_jobs > 256) {
     return Bad("copy.jobs", "must be 0..256 (0: as many as the target has cores)");
   }
-  if (copy.contains("rate") && !copy["rate"].is_null()) {
-    const Json& rate = copy["rate"];
-    Result<int64_t> bytes = Status::InvalidArgument("not a number or a string");
-    if (rate.is_number_integer()) {
-      bytes = rate.get<int64_t>();
-      if (*bytes < 0) bytes = Status::InvalidArgument("negative");
-    } else if (rate.is_string()) {
-      bytes = QuantityToInt64(rate.get<std::string>());
-    }
-    if (!bytes.ok()) {
-      return Bad("copy.rate",
-                 "must be a whole number of bytes per second, 0 (no limit) or more, or a quantity "
-                 "such as 50Mi (" +
-                     bytes.status().message() + ")");
-    }
-    s.copy_rate = *bytes;
-  }
+  PGSHIFT_ASSIGN_OR_RETURN(
+      s.copy_rate, ReadBytes(copy, "rate", "copy.rate", "bytes per second", s.copy_rate));
+  PGSHIFT_ASSIGN_OR_RETURN(s.max_retained_wal,
+                           ReadBytes(Member(spec, "source"), "maxRetainedWal",
+                                     "source.maxRetainedWal", "bytes", s.max_retained_wal));
   if (s.copy_method == engine::CopyMethod::kNative && (s.copy_jobs != 0 || s.copy_rate != 0)) {
     return Bad("copy",
                "jobs and rate apply to method snapshot only (native copies one table per "
@@ -373,6 +382,7 @@ engine::MigrationOptions EngineOptions(const UpgradeSpec& spec) {
   o.copy = spec.copy_method;
   o.copy_jobs = spec.copy_jobs;
   o.copy_rate = spec.copy_rate;
+  o.max_retained_wal = spec.max_retained_wal;
   return o;
 }
 
@@ -387,6 +397,7 @@ engine::MigrationOptions ResumedOptions(const engine::MigrationOptions& started,
   o.on_difference = now.on_difference;
   o.copy_jobs = now.copy_jobs;
   o.copy_rate = now.copy_rate;
+  o.max_retained_wal = now.max_retained_wal;  // a DBA who made room allows more
   if (phase <= engine::Phase::kInitialCopy) o.tables_without_pk = now.tables_without_pk;
   return o;
 }

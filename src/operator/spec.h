@@ -52,6 +52,8 @@ struct UpgradeSpec {
   engine::CopyMethod copy_method = engine::MigrationOptions{}.copy;
   int copy_jobs = engine::MigrationOptions{}.copy_jobs;
   int64_t copy_rate = engine::MigrationOptions{}.copy_rate;  // bytes/s
+  // source.maxRetainedWal: --max-retained-wal (0: no limit); follows the spec on resume.
+  int64_t max_retained_wal = engine::MigrationOptions{}.max_retained_wal;
   engine::CutoverMode cutover_mode = engine::MigrationOptions{}.cutover;
   bool cutover_approved = false;
   int64_t max_lag_bytes = engine::MigrationOptions{}.max_lag_bytes;

@@ -58,6 +58,7 @@ TEST(ParseSpec, EveryCliSettingReachesTheEngine) {
   spec["verify"] = "count";
   spec["rollback"] = {{"keepReverseReplication", false}};
   spec["source"]["databases"] = {"app", "audit"};
+  spec["source"]["maxRetainedWal"] = "20Gi";
   auto s = ParseSpec(Resource(spec));
   ASSERT_TRUE(s.ok()) << s.status().message();
   const engine::MigrationOptions o = EngineOptions(*s);
@@ -72,6 +73,7 @@ TEST(ParseSpec, EveryCliSettingReachesTheEngine) {
   EXPECT_EQ(o.verify, engine::VerifyLevel::kCount);
   EXPECT_FALSE(o.rollback_replication);
   EXPECT_EQ(o.databases, (std::vector<std::string>{"app", "audit"}));
+  EXPECT_EQ(o.max_retained_wal, int64_t{20} << 30);
 
   // The rate as a plain number of bytes per second; native with nothing else set.
   spec["copy"] = {{"method", "native"}, {"rate", 0}};
@@ -178,6 +180,13 @@ TEST(ResumedOptions, WhatShapedTheServersStaysAsStarted) {
   o = ResumedOptions(started, engine::Phase::kInitialCopy, *pace);
   EXPECT_EQ(o.copy_jobs, 3);
   EXPECT_EQ(o.copy_rate, 10000000);
+
+  // The WAL limit follows the spec in every phase: a DBA who made room allows more.
+  spec["source"]["maxRetainedWal"] = 1073741824;
+  auto room = ParseSpec(Resource(spec));
+  ASSERT_TRUE(room.ok()) << room.status().message();
+  EXPECT_EQ(ResumedOptions(started, engine::Phase::kCatchingUp, *room).max_retained_wal,
+            1073741824);
 }
 
 TEST(ParseSpec, RejectsNonsenseWithTheFieldName) {
@@ -226,6 +235,9 @@ TEST(ParseSpec, RejectsNonsenseWithTheFieldName) {
       {[](Json& j) { j["copy"]["rate"] = "1.5"; }, "\"1.5\" is not a whole number"},
       {[](Json& j) { j["copy"]["rate"] = "50MB"; }, "\"50MB\" has an unknown suffix"},
       {[](Json& j) { j["copy"]["rate"] = 2.5; }, "spec.copy.rate: must be a whole number"},
+      {[](Json& j) { j["source"]["maxRetainedWal"] = -1; },
+       "spec.source.maxRetainedWal: must be a whole number of bytes"},
+      {[](Json& j) { j["source"]["maxRetainedWal"] = "20GB"; }, "\"20GB\" has an unknown suffix"},
       {[](Json& j) {
          j["copy"] = {{"method", "native"}, {"jobs", 4}};
        },

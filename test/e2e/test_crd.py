@@ -304,7 +304,7 @@ def test_status_subresource_and_printer_columns(k):
     assert got == status  # nothing pruned, engine state kept as written
 
     table = k.run("get", "pgu").stdout.splitlines()
-    assert table[0].split() == ["NAME", "PHASE", "SOURCE", "TARGET", "LAG", "READY-IN", "AGE"]
+    assert table[0].split() == ["NAME", "PHASE", "SOURCE", "TARGET", "LAG", "REVERSE-LAG", "READY-IN", "AGE"]
     row = next(line.split() for line in table[1:] if line.startswith("shown "))
     assert row[:6] == ["shown", "CatchingUp", "15", "17", "123456789012", "42"]
     wide = k.run("get", "postgresupgrades", "shown", "-o", "wide").stdout.splitlines()

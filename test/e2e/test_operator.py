@@ -325,6 +325,16 @@ def test_upgrade_under_load_reaches_rollback_ready_and_moves_the_service(
     for p in ("Preflight", "Schema", "InitialCopy", "CatchingUp", "CuttingOver", "RollbackReady"):
         assert st["phaseTimes"][p]["started"], p
 
+    # After cutover the lag shown is the reverse one (what a rollback would wait for), in the
+    # status and in `kubectl get pgu`.
+    wait_for(lambda: "reverseLagBytes" in k.get("postgresupgrade", "shop")["status"],
+             timeout=30, interval=0.5, what="status.reverseLagBytes after cutover")
+    reverse = k.get("postgresupgrade", "shop")["status"]["reverseLagBytes"]
+    assert reverse >= 0, reverse
+    table = k.run("get", "postgresupgrade", "shop").stdout.splitlines()
+    assert "REVERSE-LAG" in table[0].split(), table
+    print(f"{src_version}->{dst_version}: reverse replication lag after cutover {reverse} bytes")
+
     # The Service clients use now leads to the target, whose Pod the operator made.
     svc = k.get("service", "app-db")
     assert svc["spec"]["selector"] == {"pgshift.dev/upgrade": "shop", "pgshift.dev/role": "target"}
