@@ -318,6 +318,11 @@ def pgshift_upgrade(lab, src, dst, args, work, extra=(), on_line=None):
             res["analyze_s"] = round(float(m.group(2)) / 1000, 2)
             res["analyzed_tables"] = int(m.group(1))
             res["analyze_jobs"] = int(m.group(3))
+        m = re.search(r"statistics \S+: the source's statistics of (\d+) relations copied to the "
+                      r"target \(pg_dump --statistics-only\) in ([\d.]+) ms", ln)
+        if m:
+            res["statistics_copy_s"] = round(float(m.group(2)) / 1000, 2)
+            res["statistics_copied_relations"] = int(m.group(1))
         m = re.search(r"copy \S+: (\d+) tables in (\d+) ranges, .*?, (\d+) jobs, binary for (\d+) of", ln)
         if m:
             res["plan"] = {"tables": int(m.group(1)), "ranges": int(m.group(2)),

@@ -355,16 +355,25 @@ void PrintStatus(const nlohmann::json& j) {
   for (const auto& [phase, t] : j["phase_times"].items()) {
     phases.emplace_back(t["started_at"].get<std::string>(), phase);
   }
-  int analyzed = 0;
-  double analyze_ms = 0;
-  bool any_analyzed = false;
+  int analyzed = 0, copied = 0;
+  double analyze_ms = 0, copy_ms = 0;
+  bool any_analyzed = false, any_copied = false;
   for (const auto& d : j.value("databases", nlohmann::json::array())) {
     if (!d.value("analyzed", false)) continue;
     any_analyzed = true;
     analyzed += d.value("analyzed_tables", 0);
     analyze_ms += d.value("analyze_ms", 0.0);
+    if (d.value("statistics_copied", -1) >= 0) {
+      any_copied = true;
+      copied += d.value("statistics_copied", 0);
+      copy_ms += d.value("statistics_copy_ms", 0.0);
+    }
   }
-  if (any_analyzed) {
+  if (any_copied) {
+    printf("statistics: the source's statistics of %d relations copied (pg_dump --statistics-only) "
+           "in %.1f s, then %d tables analyzed on the target in %.1f s, before cutover\n",
+           copied, copy_ms / 1000.0, analyzed, analyze_ms / 1000.0);
+  } else if (any_analyzed) {
     printf("statistics: %d tables analyzed on the target in %.1f s before cutover\n", analyzed,
            analyze_ms / 1000.0);
   }

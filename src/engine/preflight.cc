@@ -565,11 +565,15 @@ Status CheckDatabase(const std::string& source_dsn, const std::string& target_ds
          ""});
   }
 
-  results.push_back({"statistics", Severity::kInfo, db,
-                     "planner statistics are not replicated: every table is ANALYZEd on the "
-                     "target before it is ready for cutover, so the first queries there have "
-                     "fresh statistics",
-                     ""});
+  results.push_back(
+      {"statistics", Severity::kInfo, db,
+       report->target_major >= 18
+           ? "planner statistics are not replicated: before the target is ready for cutover "
+             "the source's are copied to it (pg_dump --statistics-only, with pg_dump 18+), and "
+             "tables that leaves without statistics are ANALYZEd on the target"
+           : "planner statistics are not replicated: every table is ANALYZEd on the target "
+             "before it is ready for cutover, so the first queries there have fresh statistics",
+       ""});
 
   auto used = ListInstalledExtensions(*src);
   if (!used.ok()) return ctx(used.status());

@@ -1,5 +1,7 @@
 #include "engine/schema.h"
 
+#include "engine/preflight.h"
+
 #include <stdlib.h>
 
 #include <map>
@@ -492,6 +494,37 @@ Status CreateDatabaseLike(pg::Connection& target_admin, pg::Connection& source,
   }
   if (!s.ok() && target_admin.last_sqlstate() != "42P04") return s;
   return Status::Ok();
+}
+
+Result<int> CopyStatistics(const std::string& source_db_dsn, const std::string& target_db_dsn,
+                           const ToolPaths& tools) {
+  PGSHIFT_ASSIGN_OR_RETURN(std::string version, RunTool({tools.pg_dump, "--version"}, {}));
+  PGSHIFT_ASSIGN_OR_RETURN(int tool_major, ParseToolMajor(version));
+  PGSHIFT_ASSIGN_OR_RETURN(auto src, pg::Connection::Connect(source_db_dsn));
+  PGSHIFT_ASSIGN_OR_RETURN(auto dst, pg::Connection::Connect(target_db_dsn));
+  if (tool_major < 18 || dst->ServerMajor() < 18) {
+    return Status::FailedPrecondition(
+        "copying statistics needs pg_dump 18+ (" + tools.pg_dump + " is " +
+        std::to_string(tool_major) + ") and a target of PostgreSQL 18+ (it is " +
+        std::to_string(dst->ServerMajor()) + ")");
+  }
+  PGSHIFT_ASSIGN_OR_RETURN(auto src_env, ToolEnv(source_db_dsn, *src));
+  PGSHIFT_ASSIGN_OR_RETURN(auto dst_env, ToolEnv(target_db_dsn, *dst));
+  PGSHIFT_ASSIGN_OR_RETURN(
+      std::string script,
+      RunTool({tools.pg_dump, "--statistics-only", "--exclude-schema=_pgshift"}, src_env));
+  int relations = 0;
+  for (size_t at = script.find("pg_restore_relation_stats("); at != std::string::npos;
+       at = script.find("pg_restore_relation_stats(", at + 1)) {
+    ++relations;
+  }
+  if (relations == 0) return 0;
+  PGSHIFT_RETURN_IF_ERROR(RunTool({tools.psql, "-X", "-q", "-v", "ON_ERROR_STOP=1",
+                                   "--single-transaction", "--output=/dev/null", "--file=-"},
+                                  dst_env, script)
+                              .status()
+                              .WithContext("restoring the source's statistics on the target"));
+  return relations;
 }
 
 Status CopySchema(const std::string& source_db_dsn, const std::string& target_db_dsn,

@@ -84,6 +84,14 @@ Result<std::string> DumpSchema(const std::string& source_db_dsn, const std::stri
 Status CopySchema(const std::string& source_db_dsn, const std::string& target_db_dsn,
                   const ToolPaths& tools, SchemaSection section = SchemaSection::kAll);
 
+// The source's planner statistics of one database, as `pg_dump --statistics-only` writes them
+// (pg_restore_relation_stats and pg_restore_attribute_stats calls, pgshift's own schema left
+// out), applied to the target in one transaction. Needs pg_dump 18+ and a target of 18+
+// (kFailedPrecondition saying which is missing). Returns how many relations' statistics were
+// restored. Extended statistics objects are not in such a dump (18): ANALYZE builds them.
+Result<int> CopyStatistics(const std::string& source_db_dsn, const std::string& target_db_dsn,
+                           const ToolPaths& tools);
+
 // One statement a target refused.
 struct SchemaRefusal {
   std::string object;     // "FUNCTION public.f(integer)": pg_dump's entry (Type Schema.Name)

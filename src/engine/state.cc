@@ -177,7 +177,9 @@ nlohmann::json MigrationState::ToJson() const {
                    {"post_data_done", d.post_data_done},
                    {"analyzed", d.analyzed},
                    {"analyzed_tables", d.analyzed_tables},
-                   {"analyze_ms", d.analyze_ms}});
+                   {"analyze_ms", d.analyze_ms},
+                   {"statistics_copied", d.statistics_copied},
+                   {"statistics_copy_ms", d.statistics_copy_ms}});
   }
   nlohmann::json cuts = nlohmann::json::array();
   for (const auto& c : cutovers) {
@@ -294,6 +296,8 @@ Result<MigrationState> MigrationState::FromJson(const nlohmann::json& j) {
       db.analyzed = d.value("analyzed", false);
       db.analyzed_tables = d.value("analyzed_tables", 0);
       db.analyze_ms = d.value("analyze_ms", 0.0);
+      db.statistics_copied = d.value("statistics_copied", -1);
+      db.statistics_copy_ms = d.value("statistics_copy_ms", 0.0);
       s.databases.push_back(db);
     }
     static const nlohmann::json kEmptyObject = nlohmann::json::object();

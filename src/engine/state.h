@@ -123,6 +123,11 @@ struct DatabaseState {
   bool analyzed = false;
   int analyzed_tables = 0;
   double analyze_ms = 0;
+  // The other path (18+ targets, pg_dump 18+): relations whose statistics were copied from
+  // the source (pg_dump --statistics-only) before the ANALYZE of what it left out; -1: the
+  // statistics were not copied (every table analyzed).
+  int statistics_copied = -1;
+  double statistics_copy_ms = 0;
 };
 
 struct CutoverAttempt {

@@ -16,14 +16,25 @@ const char* const kAnalyzeTablesSql =
     "WHERE c.relkind IN ('r', 'p', 'm') AND NOT c.relispartition "
     "  AND n.nspname NOT IN ('pg_catalog', 'information_schema', '_pgshift') "
     "  AND n.nspname !~ '^pg_toast' AND n.nspname !~ '^pg_temp' "
-    "  AND c.relpersistence <> 't' "
-    "ORDER BY pg_total_relation_size(c.oid) DESC, 1";
+    "  AND c.relpersistence <> 't' ";
+
+const char* const kWithoutStatisticsSql =
+    "  AND (c.reltuples < 0 "
+    "       OR NOT EXISTS (SELECT 1 FROM pg_statistic s WHERE s.starelid = c.oid) "
+    "       OR EXISTS (SELECT 1 FROM pg_statistic_ext x WHERE x.stxrelid = c.oid)) ";
+
+namespace {
+constexpr const char* kLargestFirst = "ORDER BY pg_total_relation_size(c.oid) DESC, 1";
+}  // namespace
 
 Result<AnalyzeReport> AnalyzeDatabase(const std::string& dsn, const std::string& db, int jobs,
-                                      const std::function<bool()>& stop) {
+                                      const std::function<bool()>& stop, bool only_missing) {
   const int64_t start = MonotonicMicros();
   PGSHIFT_ASSIGN_OR_RETURN(ConnPtr first, Connect(dsn, db, "target"));
-  PGSHIFT_ASSIGN_OR_RETURN(pg::QueryResult list, first->Query(kAnalyzeTablesSql));
+  PGSHIFT_ASSIGN_OR_RETURN(
+      pg::QueryResult list,
+      first->Query(std::string(kAnalyzeTablesSql) + (only_missing ? kWithoutStatisticsSql : "") +
+                   kLargestFirst));
   std::vector<std::string> tables;
   for (int i = 0; i < list.rows(); ++i) tables.push_back(list.Get(i, 0));
   AnalyzeReport rep;

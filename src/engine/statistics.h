@@ -27,10 +27,16 @@ struct AnalyzeReport {
 // server `dsn` (pgshift's own sessions, server_ops.h Connect). Stops between tables when
 // `stop` says so (kAborted). A table that cannot be analyzed is listed in `skipped`, not an
 // error: statistics are worth having, not worth failing a migration over.
+// With `only_missing`, only the tables a statistics copy (schema.h CopyStatistics) left
+// without what ANALYZE gives: none on the source (reltuples -1, no column statistics), or an
+// extended statistics object (not in pg_dump 18's statistics).
 Result<AnalyzeReport> AnalyzeDatabase(const std::string& dsn, const std::string& db, int jobs,
-                                      const std::function<bool()>& stop);
+                                      const std::function<bool()>& stop,
+                                      bool only_missing = false);
 
-// The tables to analyze, largest first: a catalog query (exposed for tests).
+// The tables to analyze, largest first: a catalog query (exposed for tests); the filter
+// `only_missing` adds.
 extern const char* const kAnalyzeTablesSql;
+extern const char* const kWithoutStatisticsSql;
 
 }  // namespace pgshift::engine
