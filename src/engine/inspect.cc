@@ -284,6 +284,25 @@ Result<int64_t> CountLargeObjects(pg::Connection& conn) {
   return ToInt64(n);
 }
 
+Result<LargeObjectFacts> ReadLargeObjects(pg::Connection& conn) {
+  LargeObjectFacts f;
+  PGSHIFT_ASSIGN_OR_RETURN(f.count, CountLargeObjects(conn));
+  if (f.count == 0) return f;
+  // pg_largeobject is readable by superusers only; anyone else gets no size.
+  auto bytes = conn.QueryValue("SELECT coalesce(sum(octet_length(data)), 0)::bigint FROM pg_largeobject");
+  if (bytes.ok()) f.bytes = ToInt64(*bytes);
+  PGSHIFT_ASSIGN_OR_RETURN(
+      f.oid_columns,
+      FirstColumn(conn,
+                  "SELECT format('%I.%I.%I', n.nspname, c.relname, a.attname) FROM pg_attribute a "
+                  "JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace "
+                  "JOIN pg_type t ON t.oid = a.atttypid "
+                  "WHERE a.attnum > 0 AND NOT a.attisdropped AND c.relkind IN ('r', 'p') "
+                  "AND NOT c.relispartition AND (t.oid = 'oid'::regtype OR t.typname = 'lo') AND " +
+                      UserSchemaCondition("n.nspname") + " ORDER BY 1"));
+  return f;
+}
+
 Result<std::vector<std::string>> ListMaterializedViews(pg::Connection& conn) {
   return FirstColumn(conn, "SELECT schemaname || '.' || matviewname FROM pg_matviews WHERE " +
                                UserSchemaCondition("schemaname") + " ORDER BY 1");

@@ -68,6 +68,15 @@ struct SequenceInfo {
 Result<std::vector<SequenceInfo>> ListSequences(pg::Connection& conn);
 
 Result<int64_t> CountLargeObjects(pg::Connection& conn);
+// Large objects of the connected database: how many, their size when the role may read
+// pg_largeobject (superuser), and the user tables' columns that may hold their OIDs (type oid,
+// or the lo extension's domain lo) as "schema.table.column".
+struct LargeObjectFacts {
+  int64_t count = 0;
+  std::optional<int64_t> bytes;
+  std::vector<std::string> oid_columns;
+};
+Result<LargeObjectFacts> ReadLargeObjects(pg::Connection& conn);
 // "schema.name" of every user materialized view.
 Result<std::vector<std::string>> ListMaterializedViews(pg::Connection& conn);
 

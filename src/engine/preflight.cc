@@ -154,6 +154,44 @@ std::string DropStatement(const PgshiftObject& o) {
   return "-- unknown kind " + o.kind + ": " + o.name;
 }
 
+namespace {
+
+// The way out of large objects: their contents into bytea columns (which replicate), written
+// for the columns that may hold their OIDs.
+std::string LargeObjectRemedy(const LargeObjectFacts& lo) {
+  std::string out =
+      "pgshift cannot carry large objects exactly (their writes are not in logical "
+      "replication, and finding the changed ones would mean reading them all inside the "
+      "cutover's pause). Move their contents into bytea columns, which replicate, then unlink "
+      "them:";
+  const size_t shown_n = std::min<size_t>(lo.oid_columns.size(), 5);
+  std::vector<std::string> shown(lo.oid_columns.begin(),
+                                 lo.oid_columns.begin() + static_cast<std::ptrdiff_t>(shown_n));
+  if (shown.empty()) {
+    out += "\n  -- no column of type oid or lo was found: find where the application keeps "
+           "their OIDs, then as below";
+    shown.push_back("SCHEMA.TABLE.COLUMN");
+  }
+  for (const auto& col : shown) {
+    const auto dot = col.rfind('.');
+    const std::string table = col.substr(0, dot), column = col.substr(dot + 1);
+    const std::string data = column.front() == '"'
+                                 ? column.substr(0, column.size() - 1) + "_data\""
+                                 : column + "_data";
+    out += "\n  ALTER TABLE " + table + " ADD COLUMN " + data + " bytea;\n  UPDATE " + table +
+           " SET " + data + " = lo_get(" + column + ") WHERE " + column + " IS NOT NULL;";
+  }
+  if (lo.oid_columns.size() > shown_n) {
+    out += "\n  -- and the same for " + std::to_string(lo.oid_columns.size() - shown_n) +
+           " more column(s) of type oid or lo";
+  }
+  out += "\n  -- once the application reads the bytea columns:\n  SELECT lo_unlink(oid) FROM "
+         "pg_largeobject_metadata;";
+  return out;
+}
+
+}  // namespace
+
 CheckResult CheckVersions(int s, int t) {
   const std::string range =
       std::to_string(kMinSupportedMajor) + " to " + std::to_string(kMaxSupportedMajor);
@@ -543,14 +581,17 @@ Status CheckDatabase(const std::string& source_dsn, const std::string& target_ds
                        ""});
   }
 
-  auto large_objects = CountLargeObjects(*src);
+  auto large_objects = ReadLargeObjects(*src);
   if (!large_objects.ok()) return ctx(large_objects.status());
-  if (*large_objects > 0) {
+  if (large_objects->count > 0) {
+    const LargeObjectFacts& lo = *large_objects;
     results.push_back({"large-objects", Severity::kError, db,
-                       Plural(*large_objects, "large object", "large objects") +
-                           " (pg_largeobject): logical replication does not carry them",
-                       "move their contents into bytea columns and lo_unlink() them before "
-                       "migrating; pgshift cannot carry large objects"});
+                       Plural(lo.count, "large object", "large objects") + " (" +
+                           (lo.bytes ? FormatBytes(static_cast<double>(*lo.bytes))
+                                     : std::string("size unknown: reading pg_largeobject needs "
+                                                   "superuser")) +
+                           "): logical replication does not carry them",
+                       LargeObjectRemedy(lo)});
   } else {
     results.push_back(Ok("large-objects", db, "no large objects"));
   }

@@ -132,12 +132,17 @@ def test_other_rules_large_objects_unlogged_matviews_leftovers(lab, pair):
     sql(on_db(src, "misc"), "CREATE TABLE t (id serial PRIMARY KEY); "
                             "CREATE UNLOGGED TABLE scratch (id int PRIMARY KEY); "
                             "CREATE MATERIALIZED VIEW t_count AS SELECT count(*) FROM t; "
-                            "SELECT lo_create(0); "
+                            "CREATE TABLE docs (id int PRIMARY KEY, body oid); "
+                            "INSERT INTO docs SELECT 1, lo_from_bytea(0, 'hello large object'); "
                             "CREATE PUBLICATION pgshift_stale_misc FOR TABLE t")
     p = check(lab, src, dst, "--databases", "misc")
     assert p.returncode == 3, p.stdout
+    # The count, the size, and the way out written for the column that holds their OIDs.
     assert rows(p.stdout, "large-objects") == [
-        ("ERROR", "misc", "1 large object (pg_largeobject): logical replication does not carry them")]
+        ("ERROR", "misc", "1 large object (18 B): logical replication does not carry them")]
+    assert "ALTER TABLE public.docs ADD COLUMN body_data bytea;" in p.stdout, p.stdout
+    assert "UPDATE public.docs SET body_data = lo_get(body) WHERE body IS NOT NULL;" in p.stdout
+    assert "SELECT lo_unlink(oid) FROM pg_largeobject_metadata;" in p.stdout
     assert rows(p.stdout, "unlogged-tables")[0][0] == "WARN"
     assert "public.scratch" in rows(p.stdout, "unlogged-tables")[0][2]
     assert rows(p.stdout, "materialized-views")[0][0] == "INFO"
