@@ -119,6 +119,13 @@ class Controller {
   std::map<std::string, std::shared_ptr<Task>> tasks_;
   // The last figures of every resource seen (phase, and the live ones while a step runs).
   std::map<std::string, ResourceStats> last_stats_;
+  // After cutover: the last reading of each resource's reverse replication lag (MonotonicMillis
+  // when read; the total, unknown when a database could not be read).
+  struct ReverseLagReading {
+    int64_t at_ms = 0;
+    std::optional<int64_t> total;
+  };
+  std::map<std::string, ReverseLagReading> reverse_lag_;
   // Keeps the phase and thresholds of `cr` in last_stats_.
   void Remember(const nlohmann::json& cr, const UpgradeSpec* spec);
 };

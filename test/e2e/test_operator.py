@@ -334,6 +334,12 @@ def test_upgrade_under_load_reaches_rollback_ready_and_moves_the_service(
     table = k.run("get", "postgresupgrade", "shop").stdout.splitlines()
     assert "REVERSE-LAG" in table[0].split(), table
     print(f"{src_version}->{dst_version}: reverse replication lag after cutover {reverse} bytes")
+    # The operator's metrics carry it too, while it is idle after the cutover.
+    def reverse_scraped():
+        code, text = http_get(metrics)
+        return code == 200 and any(l.startswith("pgshift_reverse_replication_lag_bytes{") and key in l
+                                   for l in text.splitlines())
+    wait_for(reverse_scraped, timeout=30, interval=0.5, what="reverse lag in /metrics")
 
     # The Service clients use now leads to the target, whose Pod the operator made.
     svc = k.get("service", "app-db")
