@@ -538,6 +538,9 @@ Json StatusFromStats(const engine::StatsSnapshot& snap) {
   auto ready_in = snap.Fresh(snap.ready_in_s);
   st["lagDrainBytesPerSecond"] = drain ? Json(std::round(*drain)) : Json(nullptr);
   st["readyInSeconds"] = ready_in ? Json(static_cast<int64_t>(std::ceil(*ready_in))) : Json(nullptr);
+  // WAL the source keeps for the slots (source.maxRetainedWal stops the step past it).
+  auto retained = snap.Total(&engine::DatabaseStats::retained_wal_bytes);
+  st["retainedWalBytes"] = retained ? Json(static_cast<int64_t>(*retained)) : Json(nullptr);
   return st;
 }
 

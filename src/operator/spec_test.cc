@@ -348,6 +348,9 @@ TEST(StatusFromStats, StaleFiguresAreRemovedNotShown) {
   EXPECT_EQ(st["tablesTotal"], 10);
   EXPECT_TRUE(st["bytesCopied"].is_null());
   EXPECT_TRUE(st["readyInSeconds"].is_null());  // not catching up: no estimate
+  EXPECT_TRUE(st["retainedWalBytes"].is_null());  // never measured
+  snap.databases["shop"].retained_wal_bytes = {64e6, 99500};
+  EXPECT_EQ(StatusFromStats(snap)["retainedWalBytes"], 64000000);
   snap.ready_in_s = {39.2, 99500};
   snap.lag_drain_bytes_per_s = {8e6, 99500};
   st = StatusFromStats(snap);

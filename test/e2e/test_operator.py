@@ -306,7 +306,7 @@ def test_upgrade_under_load_reaches_rollback_ready_and_moves_the_service(
     wait_for(scraped_rollback_ready, timeout=240, interval=0.3, what="RollbackReady in /metrics")
     wait_phase(k, "shop", {"RollbackReady"}, timeout=30, operator=operator)
     assert {"pgshift_phase", "pgshift_replication_lag_bytes", "pgshift_tables",
-            "pgshift_tables_synced"} <= series, series
+            "pgshift_tables_synced", "pgshift_source_retained_wal_bytes"} <= series, series
     peak_kb = operator.memory_kb("VmHWM")
     print(f"operator memory: idle RSS {idle_kb} kB, peak RSS during the migration {peak_kb} kB")
     time.sleep(2)  # clients go on writing on the target
