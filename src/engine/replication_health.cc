@@ -324,11 +324,20 @@ Status ReplicationWatch::Observe(pg::Connection& target, const std::string& data
         "SUBSCRIPTION " + target.QuoteIdent(sub) + " ENABLE on the target, then resume");
   }
   if (const std::string conflicts = DescribeConflicts(f.conflicts); !conflicts.empty()) {
+    auto counted = [&f](const char* type) -> int64_t {
+      auto c = f.conflicts.find(type);
+      return c == f.conflicts.end() ? 0 : c->second;
+    };
+    // Those two are skipped silently; the others stop the apply worker (an apply error too).
+    const bool skipped = counted("update_missing") + counted("delete_missing") > 0;
     std::string msg = "replication into database " + database +
                       " met conflicts: the target's apply worker found rows that differ from "
                       "the source (pg_stat_subscription_stats of " + sub + ": " + conflicts +
-                      "). update_missing and delete_missing changes were skipped, so the "
-                      "target no longer holds what the source holds; cutover is blocked";
+                      "). " +
+                      (skipped ? "Changes to rows missing on the target were skipped, so the "
+                                 "target no longer holds what the source holds"
+                               : "The apply worker stops on such a row and tries again for ever") +
+                      "; cutover is blocked";
     auto log = ReadServerLogTail(target);
     if (log.ok()) {
       std::string said;
@@ -339,7 +348,7 @@ Status ReplicationWatch::Observe(pg::Connection& target, const std::string& data
     }
     msg += "\nfind the rows with `pgshift verify`; repair them on the target, then clear the "
            "counters (SELECT pg_stat_reset_subscription_stats(oid) FROM pg_subscription WHERE "
-           "subname = '" + sub + "') and resume; or abort and start again";
+           "subname = " + target.QuoteLiteral(sub) + ") and resume; or abort and start again";
     return Status::FailedPrecondition(RedactSecrets(msg));
   }
   const int64_t now = MonotonicMillis();
