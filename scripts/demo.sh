@@ -8,12 +8,13 @@
 # DEMO_SIZE (default 1GB; e.g. 200MB, 4GB) sizes the shop's order history, so that the copy
 # takes tens of seconds; a batch job writes half of that again while pgshift copies, so
 # the target starts catching up behind and the lag visibly drains ("ready in ~N s").
-# DEMO_RATE: the load client's operations per second (default 500).
+# DEMO_RATE: the load client's operations per second (default 500). DEMO_OUT: where the state,
+# the ledger and the reports go (default .cache/demo).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PGSHIFT="${PGSHIFT_BIN:-$ROOT/build/pgshift}"
 export PGSHIFT_LAB_DIR="${PGSHIFT_LAB_DIR:-$ROOT/.cache/demo-lab}"
-OUT="$ROOT/.cache/demo"
+OUT="${DEMO_OUT:-$ROOT/.cache/demo}"
 RATE="${DEMO_RATE:-500}"
 SIZE="${DEMO_SIZE:-1GB}"
 PSQL="$ROOT/.cache/pgclient/bin/psql"

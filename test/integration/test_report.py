@@ -122,7 +122,9 @@ def check_bars(screens, final):
     assert any("cutover done" in line for line in final), final
 
 
-def chromium():
+def chromium(profile="chromium-profile"):
+    """Headless Chromium; each caller that may run at the same time as another (pytest-xdist
+    runs test files two at a time) names its own profile folder, which Chromium locks."""
     try:
         from selenium import webdriver
         from selenium.webdriver.chrome.service import Service
@@ -134,7 +136,7 @@ def chromium():
     opts.binary_location = "/usr/bin/chromium"
     for a in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
               "--hide-scrollbars", "--window-size=1280,1000",
-              f"--user-data-dir={CACHE / 'chromium-profile'}"):
+              f"--user-data-dir={CACHE / profile}"):
         opts.add_argument(a)
     opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     return webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=opts)
