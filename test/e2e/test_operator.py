@@ -549,6 +549,55 @@ def test_manual_cutover_then_rollback_then_finish(k, namespace, operator, tmp_pa
          "INSERT INTO shop.products (sku, title, price_cents) VALUES ('after', 'finish', 1)")
 
 
+def past_fence(address, password, statement):
+    """A superuser's statement on a fenced server (read-only by default, triggers on)."""
+    p = subprocess.run([PSQL, "-X", "-At", "-v", "ON_ERROR_STOP=1", "-d", dsn(address),
+                        "-c", "SET default_transaction_read_only = off",
+                        "-c", "SET session_replication_role = replica", "-c", statement],
+                       env=dict(os.environ, PGPASSWORD=password), capture_output=True, text=True,
+                       timeout=60)
+    assert p.returncode == 0, p.stderr
+
+
+def test_replication_broken_on_purpose_is_degraded_and_never_cut_over(k, namespace, operator, tmp_path):
+    """A row put on the target that the source then inserts too: the apply worker fails over
+    and over. Approved, the cutover never holds a client: the resource turns Degraded with the
+    engine's account of the failing worker, the Service stays on the source. Once the row is
+    repaired the operator's next try cuts over, and nothing the client wrote is lost."""
+    source, ledger, load = manual_shop_ready_for_cutover(k, namespace, operator, tmp_path)
+    target = pod_address(namespace, "shop-target-0")
+    password = target_password(k, "shop")
+    key = 900001
+    past_fence(target, password, "INSERT INTO shop.products (id, sku, title, price_cents) "
+                                 f"VALUES ({key}, 'by-hand', 'by hand', 1)")
+    psql(source.address, source.password, "INSERT INTO shop.products (id, sku, title, price_cents) "
+                                          f"VALUES ({key}, 'from-source', 'from the source', 2)")
+    k.run("patch", "postgresupgrade", "shop", "--type", "merge", "-p",
+          json.dumps({"spec": {"cutover": {"approved": True}}}))
+
+    def degraded():
+        st = k.get("postgresupgrade", "shop")["status"]
+        d = {c["type"]: c for c in st.get("conditions", [])}.get("Degraded", {})
+        return d.get("status") == "True" and "apply worker" in d.get("message", "") and d
+    started = time.monotonic()
+    d = wait_for(degraded, timeout=120, interval=0.5, what="Degraded naming the failing apply worker")
+    print(f"Degraded {time.monotonic() - started:.1f} s after the approval: {d['message'][:600]}")
+    assert "is stalled" in d["message"], d
+    st = k.get("postgresupgrade", "shop")["status"]
+    assert st["phase"] == "ReadyForCutover" and "lastCutover" not in st, st
+    assert k.get("service", "app-db")["spec"]["selector"] == {"app": "pg15"}
+
+    # Repaired on the target: the operator's next try cuts over.
+    past_fence(target, password, f"DELETE FROM shop.products WHERE id = {key}")
+    wait_phase(k, "shop", {"RollbackReady"}, timeout=240, operator=operator)
+    time.sleep(2)
+    s = stop_load(load)
+    verify_on_target(k, namespace, ledger, s["acknowledged"])
+    assert psql(target, password, f"SELECT sku FROM shop.products WHERE id = {key}").stdout.strip() == "from-source"
+    conds = {c["type"]: c for c in k.get("postgresupgrade", "shop")["status"]["conditions"]}
+    assert conds["Degraded"]["status"] == "False", conds["Degraded"]
+
+
 AUDIT_DIGEST = "SELECT count(*) || ' ' || md5(string_agg(a::text, ',' ORDER BY a::text)) FROM public.audit_log a"
 
 

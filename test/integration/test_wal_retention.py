@@ -12,7 +12,7 @@ import re
 import subprocess
 import time
 
-from conftest import BIN, psql_bin, sql
+from conftest import BIN, psql_bin, sql, wait_for
 from test_upgrade import RATE, stop_load, parse_kv, shop_behind_pgbouncer
 
 
@@ -61,12 +61,18 @@ def test_a_stalled_target_stops_pgshift_before_the_source_fills_then_it_goes_on(
                        env=lab.env | env, capture_output=True, text=True, timeout=300)
     assert "killed at CatchingUp" in p.stderr, p.stderr
 
-    # The target stops applying: a lock its apply worker waits for, held open.
+    # The target stops applying: a lock its apply worker waits for, held open, and a change on
+    # the source that needs it. Only once the worker waits is the WAL written: a worker with
+    # nothing to apply would confirm it at once.
     holder = subprocess.Popen([psql_bin(), "-X", "-q", "-At", "-d", dst], stdin=subprocess.PIPE,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    holder.stdin.write("BEGIN; LOCK TABLE shop.orders IN ACCESS EXCLUSIVE MODE; SELECT 'locked';\n")
+    holder.stdin.write("BEGIN; LOCK TABLE shop.products IN ACCESS EXCLUSIVE MODE; SELECT 'locked';\n")
     holder.stdin.flush()
     assert holder.stdout.readline().strip() == "locked"
+    sql(src, "INSERT INTO shop.products (sku, title, price_cents) VALUES ('wal-guard', 'blocked', 1)")
+    wait_for(lambda: sql(dst, "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation "
+                              "WHERE c.relname = 'products' AND NOT l.granted") != "0",
+             timeout=60, what="the apply worker waiting for the lock")
     # 64 MB of WAL on the source (messages in no table: nothing else changes).
     sql(src, "SELECT count(pg_logical_emit_message(false, 'filler', repeat('x', 1048576))) "
              "FROM generate_series(1, 64)")
