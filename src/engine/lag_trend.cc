@@ -34,7 +34,10 @@ LagEstimate LagTrend::Estimate(double threshold_bytes) const {
   const double slope = (n * sxy - sx * sy) / den;  // bytes per second
   e.drain_bytes_per_s = -slope;
   if (lag <= threshold_bytes) return e;
-  if (slope >= 0) {
+  // A lag that falls so slowly it would take more than a day is not falling: an estimate of
+  // "ready in ~1183044404104 h" (seen under a busy machine's noise) tells nobody anything.
+  constexpr double kLongestEtaS = 24 * 3600;
+  if (slope >= 0 || (lag - threshold_bytes) / -slope > kLongestEtaS) {
     e.stalled = true;
     return e;
   }

@@ -53,6 +53,16 @@ TEST(LagTrend, AGrowingLagIsStalledWithNoEstimate) {
   EXPECT_EQ(e.Describe(), "lag not falling (+2.0 MB/s): the target does not keep up");
 }
 
+TEST(LagTrend, ALagThatWouldTakeOverADayIsNotFalling) {
+  LagTrend t;
+  // 655 MB falling by a few bytes a second (noise on a flat lag): no "ready in ~10^12 h".
+  for (int i = 0; i <= 5; ++i) t.Add(i * 1000, 655 * kMB - 3 * i);
+  LagEstimate e = t.Estimate(16 * kMB);
+  EXPECT_TRUE(e.stalled);
+  EXPECT_FALSE(e.ready_in_s.has_value());
+  EXPECT_EQ(e.Describe().rfind("lag not falling", 0), 0u) << e.Describe();
+}
+
 TEST(LagTrend, UnderTheThresholdIsReadyNow) {
   LagTrend t;
   t.Add(0, 1 * kMB);
