@@ -56,6 +56,23 @@ std::string SetConnValue(const std::string& connstr, const std::string& key,
   return connstr + " " + key + "=" + value;
 }
 
+// Calls `entry(line, eq)` for every `name = connstr` line of the ini's [databases] section
+// (`eq`: the position of its '='), in order; the entry may rewrite the line in place.
+template <typename F>
+void ForEachDatabaseEntry(std::vector<std::string>& lines, F entry) {
+  bool in_databases = false;
+  for (auto& line : lines) {
+    std::string_view t = Trim(line);
+    if (!t.empty() && t.front() == '[') {
+      in_databases = ToLower(t) == "[databases]";
+      continue;
+    }
+    if (!in_databases || t.empty() || t.front() == ';' || t.front() == '#') continue;
+    auto eq = line.find('=');
+    if (eq != std::string::npos) entry(line, eq);
+  }
+}
+
 class PgBouncerRouter : public engine::Router {
  public:
   explicit PgBouncerRouter(RouterConfig c) : config_(std::move(c)) {}
@@ -419,41 +436,24 @@ std::vector<std::string> SessionPools(const PgBouncerPoolModes& modes) {
 
 std::vector<std::pair<std::string, std::string>> PgBouncerIniPoolModes(const std::string& ini) {
   std::vector<std::pair<std::string, std::string>> out;
-  bool in_databases = false;
-  for (const auto& line : Split(ini, '\n')) {
-    std::string_view t = Trim(line);
-    if (!t.empty() && t.front() == '[') {
-      in_databases = ToLower(t) == "[databases]";
-      continue;
-    }
-    if (!in_databases || t.empty() || t.front() == ';' || t.front() == '#') continue;
-    auto eq = line.find('=');
-    if (eq == std::string::npos) continue;
+  std::vector<std::string> lines = Split(ini, '\n');
+  ForEachDatabaseEntry(lines, [&out](const std::string& line, size_t eq) {
     out.emplace_back(std::string(Trim(line.substr(0, eq))), ConnValue(line.substr(eq + 1), "pool_mode"));
-  }
+  });
   return out;
 }
 
 Result<std::string> RewritePgBouncerIni(const std::string& ini, const Endpoint& to) {
   std::vector<std::string> lines = Split(ini, '\n');
-  bool in_databases = false;
   int changed = 0;
-  for (auto& line : lines) {
-    std::string_view t = Trim(line);
-    if (!t.empty() && t.front() == '[') {
-      in_databases = ToLower(t) == "[databases]";
-      continue;
-    }
-    if (!in_databases || t.empty() || t.front() == ';' || t.front() == '#') continue;
-    auto eq = line.find('=');
-    if (eq == std::string::npos) continue;
+  ForEachDatabaseEntry(lines, [&](std::string& line, size_t eq) {
     std::string name = line.substr(0, eq);
     std::string connstr(Trim(line.substr(eq + 1)));
     connstr = SetConnValue(connstr, "host", to.host);
     connstr = SetConnValue(connstr, "port", std::to_string(to.port));
     line = std::string(Trim(name)) + " = " + connstr;
     changed++;
-  }
+  });
   if (changed == 0) {
     return Status::FailedPrecondition("the PgBouncer config has no [databases] entry to switch");
   }
@@ -467,28 +467,23 @@ Result<Endpoint> PgBouncerIniTarget(const std::string& ini) {
 
 Result<std::vector<Endpoint>> PgBouncerIniTargets(const std::string& ini) {
   std::vector<Endpoint> out;
-  bool in_databases = false;
-  for (const auto& line : Split(ini, '\n')) {
-    std::string_view t = Trim(line);
-    if (!t.empty() && t.front() == '[') {
-      in_databases = ToLower(t) == "[databases]";
-      continue;
-    }
-    if (!in_databases || t.empty() || t.front() == ';' || t.front() == '#') continue;
-    auto eq = line.find('=');
-    if (eq == std::string::npos) continue;
+  Status bad;
+  std::vector<std::string> lines = Split(ini, '\n');
+  ForEachDatabaseEntry(lines, [&](const std::string& line, size_t eq) {
     std::string connstr = line.substr(eq + 1);
     Endpoint e;
     e.host = ConnValue(connstr, "host");
     long long port = 5432;
     std::string p = ConnValue(connstr, "port");
     if (!p.empty() && !ParseInt64(p, &port)) {
-      return Status::InvalidArgument("bad port '" + p + "' in the PgBouncer config");
+      if (bad.ok()) bad = Status::InvalidArgument("bad port '" + p + "' in the PgBouncer config");
+      return;
     }
     e.port = static_cast<int>(port);
     if (e.host.empty()) e.host = "localhost";
     if (std::find(out.begin(), out.end(), e) == out.end()) out.push_back(e);
-  }
+  });
+  if (!bad.ok()) return bad;
   if (out.empty()) return Status::FailedPrecondition("the PgBouncer config has no [databases] entry");
   return out;
 }
