@@ -20,7 +20,7 @@ import time
 import pytest
 
 from conftest import BIN, psql_bin, sql
-from test_upgrade import RATE, stop_load, parse_kv, shop_behind_pgbouncer
+from test_upgrade import RATE, shop_behind_pgbouncer, stop_load_and_verify
 
 KEY = 900001
 
@@ -116,10 +116,6 @@ def test_broken_apply_is_loud_everywhere_and_blocks_the_cutover(lab, src_version
     past_fence(dst, f'ALTER SUBSCRIPTION "{sub}" ENABLE')
     cut = lab.run("cutover", "--state", str(state), timeout=300)
     assert "phase RollbackReady" in cut.stdout, cut.stderr
-    s = stop_load(load)
-    assert int(s["errors"]) == 0, s
-    v = parse_kv(lab.run("load", "verify", "--dsn", dst, "--ledger", str(ledger)).stdout)
-    assert v["missing"] == "0" and v["mismatched"] == "0", v
-    assert v["acknowledged"] == s["acknowledged"]
+    stop_load_and_verify(lab, load, dst, ledger)
     # The row the source inserted is there as the source has it.
     assert sql(dst, f"SELECT sku FROM shop.products WHERE id = {KEY}") == f"src-{KEY}"

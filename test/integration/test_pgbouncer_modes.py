@@ -11,7 +11,7 @@ The same source then moves under load once the pool is in transaction mode.
 import re
 
 from conftest import pgshift_objects, sql
-from test_upgrade import RATE, stop_load, load_schema, parse_kv
+from test_upgrade import RATE, load_schema, parse_kv, stop_load_and_verify
 
 
 def set_pool_mode(router, default, star=None):
@@ -77,9 +77,6 @@ def test_session_mode_is_refused_before_anything_changes_then_transaction_mode_m
     assert "phase RollbackReady" in up.stdout, up.stderr
     pause_ms = float(parse_kv(up.stdout.splitlines()[-1])["cutover_pause_ms"])
     print(f"pool mode: transaction-mode cutover paused clients {pause_ms} ms")
-    s = stop_load(load)
-    assert int(s["errors"]) == 0 and int(s["acknowledged"]) > 1000, s
-    v = parse_kv(lab.run("load", "verify", "--dsn", dst, "--ledger", str(ledger)).stdout)
-    assert v["missing"] == "0" and v["mismatched"] == "0", v
-    assert v["acknowledged"] == s["acknowledged"]
+    s = stop_load_and_verify(lab, load, dst, ledger)
+    assert int(s["acknowledged"]) > 1000, s
     assert sql(app, "SHOW server_version_num").startswith("18")

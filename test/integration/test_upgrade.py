@@ -24,6 +24,17 @@ def stop_load(proc):
     return finish_load(proc)
 
 
+def stop_load_and_verify(lab, proc, dst, ledger):
+    """Stops the load client, then proves it saw no error and every write it had acknowledged
+    is on `dst`; returns its summary."""
+    s = stop_load(proc)
+    assert int(s["errors"]) == 0, s
+    v = parse_kv(lab.run("load", "verify", "--dsn", dst, "--ledger", str(ledger)).stdout)
+    assert v["missing"] == "0" and v["mismatched"] == "0", v
+    assert v["acknowledged"] == s["acknowledged"]
+    return s
+
+
 def finish_load(proc):
     out, err = proc.communicate(timeout=180)
     assert proc.returncode == 0, err

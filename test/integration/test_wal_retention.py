@@ -13,7 +13,7 @@ import subprocess
 import time
 
 from conftest import BIN, psql_bin, sql, wait_for
-from test_upgrade import RATE, stop_load, parse_kv, shop_behind_pgbouncer
+from test_upgrade import RATE, shop_behind_pgbouncer, stop_load_and_verify
 
 
 def check_lines(lab, src, dst, *extra):
@@ -99,8 +99,4 @@ def test_a_stalled_target_stops_pgshift_before_the_source_fills_then_it_goes_on(
     assert "--max-retained-wal changes from 50331648 to 1073741824 bytes" in up.stderr, up.stderr
     cut = lab.run("cutover", "--state", str(state), timeout=300)
     assert "phase RollbackReady" in cut.stdout, cut.stderr
-    s = stop_load(load)
-    assert int(s["errors"]) == 0, s
-    v = parse_kv(lab.run("load", "verify", "--dsn", dst, "--ledger", str(ledger)).stdout)
-    assert v["missing"] == "0" and v["mismatched"] == "0", v
-    assert v["acknowledged"] == s["acknowledged"]
+    stop_load_and_verify(lab, load, dst, ledger)
