@@ -158,7 +158,17 @@ class Migration {
   // The WAL the source keeps for each slot, as the last sample measured it, against
   // --max-retained-wal and the slot's wal_status (wal_retention.h).
   Status GuardWal();
+  // From the catch-up on, DDL on the source is carried to the target (ddl_carry.h): the log
+  // joins the publication and the target's trigger starts at the carry row. Idempotent.
+  Status EnableDdlCarry();
+  // DDL logged on the source since the schema copy: every entry carried on the target (the
+  // stream is waited for when it has not arrived yet), else FailedPrecondition with the
+  // statements and why; then the tables that carried DDL made, renamed or dropped follow
+  // (SyncNewTables: published, copied, and in the reverse publication).
   Status CheckDdlLog();
+  Status SyncNewTables(DatabaseState& db, pg::Connection& src, pg::Connection& dst);
+  // Entries of the source's DDL logs past their marks, all databases.
+  Result<int64_t> DdlLogSize();
   Status Verify();
   // The exact comparison at the switch point (step_switch_point.cc, switch_point.h). Before a
   // forward cutover: opens its sessions (switch_point_); the cutover's consistent-point step

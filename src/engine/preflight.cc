@@ -616,6 +616,14 @@ Status CheckDatabase(const std::string& source_dsn, const std::string& target_ds
              "before it is ready for cutover, so the first queries there have fresh statistics",
        ""});
 
+  results.push_back(
+      {"ddl", Severity::kInfo, db,
+       "DDL on the source from the catch-up on is carried to the target at its point of the "
+       "change stream (ALTER TABLE, CREATE/DROP TABLE, INDEX, SEQUENCE, VIEW, FUNCTION, "
+       "TRIGGER, COMMENT, GRANT, REVOKE, each sent as a statement of its own); any other DDL, "
+       "and DDL during the initial copy, blocks the cutover with the statement and the fix",
+       ""});
+
   auto used = ListInstalledExtensions(*src);
   if (!used.ok()) return ctx(used.status());
   results.push_back(CheckExtensions(db, *used, target_available, report->target_major));

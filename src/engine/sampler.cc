@@ -1,5 +1,7 @@
 #include "engine/sampler.h"
 
+#include "engine/ddl_carry.h"
+
 #include <algorithm>
 
 #include "common/clock.h"
@@ -14,7 +16,7 @@ namespace pgshift::engine {
 namespace {
 
 // Lag of the subscription's slot, the walsender's own lag times, and DDL recorded after the
-// schema copy. lag_seconds: the walsender reports NULL lag times once the subscriber caught
+// schema copy that pgshift cannot carry (ddl_carry.h). lag_seconds: the walsender reports NULL lag times once the subscriber caught
 // up and WAL is idle, so NULL with a walsender present is 0; no walsender at all (replication
 // not running) is unknown.
 constexpr const char* kSourceSql = R"SQL(
@@ -23,7 +25,8 @@ SELECT (SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigin
        (SELECT extract(epoch FROM coalesce(replay_lag, flush_lag, write_lag, interval '0'))::float8
           FROM pg_stat_replication WHERE application_name = $1
           ORDER BY backend_start DESC LIMIT 1) AS lag_seconds,
-       (SELECT count(*) FROM _pgshift.ddl_log WHERE id > $2::bigint) AS ddl
+       (SELECT count(*) FROM _pgshift.ddl_log WHERE id > $2::bigint AND statement IS NULL
+          AND tag IS DISTINCT FROM $3) AS ddl
 )SQL";
 
 constexpr const char* kSourceSizesSql = R"SQL(
@@ -109,7 +112,7 @@ Status StatsSampler::SampleDatabase(const MigrationState& state, const DatabaseS
   const std::string sub = state.SubscriptionName(db);
   PGSHIFT_ASSIGN_OR_RETURN(pg::Connection * src, Conn(state.source_dsn, db.name, true));
   PGSHIFT_ASSIGN_OR_RETURN(pg::QueryResult lag,
-                           src->Query(kSourceSql, {sub, std::to_string(db.ddl_mark)}));
+                           src->Query(kSourceSql, {sub, std::to_string(db.ddl_mark), kCarryFromHereTag}));
   PGSHIFT_ASSIGN_OR_RETURN(pg::QueryResult sizes,
                            src->Query(kSourceSizesSql, {state.PublicationName(db)}));
   PGSHIFT_ASSIGN_OR_RETURN(SlotRetention retention, ReadSlotRetention(*src, sub));

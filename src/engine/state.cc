@@ -172,6 +172,8 @@ nlohmann::json MigrationState::ToJson() const {
                    {"schema_copied", d.schema_copied},
                    {"not_valid_applied", d.not_valid_applied},
                    {"ddl_mark", d.ddl_mark},
+                   {"ddl_carry", d.ddl_carry},
+                   {"ddl_carried", d.ddl_carried},
                    {"tables", d.tables},
                    {"copy_done", d.copy_done},
                    {"post_data_done", d.post_data_done},
@@ -290,6 +292,8 @@ Result<MigrationState> MigrationState::FromJson(const nlohmann::json& j) {
       db.schema_copied = d.value("schema_copied", false);
       db.not_valid_applied = d.value("not_valid_applied", false);
       db.ddl_mark = d.value("ddl_mark", int64_t{0});
+      db.ddl_carry = d.value("ddl_carry", false);
+      db.ddl_carried = d.value("ddl_carried", std::vector<int64_t>{});
       db.tables = d.value("tables", std::vector<std::string>{});
       db.copy_done = d.value("copy_done", false);
       db.post_data_done = d.value("post_data_done", false);

@@ -112,6 +112,10 @@ struct DatabaseState {
   bool target_created = false;
   bool schema_copied = false;
   int64_t ddl_mark = 0;         // ddl log entries up to this id predate the schema copy
+  // The DDL log is replicated and its carried statements run on the target (ddl_carry.h).
+  bool ddl_carry = false;
+  // Ids of the log's entries past ddl_mark found carried on the target (CheckDdlLog).
+  std::vector<int64_t> ddl_carried;
   std::vector<std::string> tables;  // schema-qualified, quoted names in the publication
   // The constraints NOT VALID on the source, created after every table's initial copy.
   bool not_valid_applied = false;

@@ -63,7 +63,7 @@ struct StatsSnapshot {
   int64_t cutover_attempts = 0;        // forward and rollback, failed ones included
   int64_t cutover_failures = 0;
   std::optional<double> last_pause_ms;  // the last successful cutover or rollback
-  int64_t ddl_events = 0;               // DDL seen on the source after the schema copy
+  int64_t ddl_events = 0;               // DDL after the schema copy that cannot be carried
   // Catch-up ("when can sync end?"): how fast the total lag falls (bytes/s; negative: it
   // grows) and the seconds until it is under the cutover threshold at that pace (LagTrend).
   // Measured only while catching up or ready; `lag_stalled`: measured and not falling.

@@ -9,6 +9,7 @@
 #include "common/files.h"
 #include "common/log.h"
 #include "common/strings.h"
+#include "engine/ddl_carry.h"
 #include "engine/inspect.h"
 #include "engine/preflight.h"
 #include "engine/server_ops.h"
@@ -22,7 +23,10 @@ namespace {
 
 // pgshift's own bookkeeping in every migrated source (and target) database. The event
 // trigger records DDL by anyone but pgshift itself; the marker row carries the cutover's
-// "everything before this is applied" token through replication.
+// "everything before this is applied" token through replication. The DDL log is replicated
+// too, once the initial copy is done, and its target trigger runs on the target what the
+// event trigger judged it can carry (ddl_carry.h): `statement` is that statement, or NULL
+// with `why_not` saying why.
 constexpr const char* kSourceSetupSql = R"SQL(
 CREATE SCHEMA IF NOT EXISTS _pgshift;
 CREATE TABLE IF NOT EXISTS _pgshift.ddl_log (
@@ -31,19 +35,14 @@ CREATE TABLE IF NOT EXISTS _pgshift.ddl_log (
   tag text,
   command text,
   role text);
+ALTER TABLE _pgshift.ddl_log ADD COLUMN IF NOT EXISTS search_path text,
+  ADD COLUMN IF NOT EXISTS statement text, ADD COLUMN IF NOT EXISTS why_not text,
+  ADD COLUMN IF NOT EXISTS objects jsonb;
 CREATE TABLE IF NOT EXISTS _pgshift.marker (
   id int PRIMARY KEY,
   token text NOT NULL,
   at timestamptz NOT NULL DEFAULT now());
 INSERT INTO _pgshift.marker VALUES (1, 'init') ON CONFLICT (id) DO NOTHING;
-CREATE OR REPLACE FUNCTION _pgshift.log_ddl() RETURNS event_trigger LANGUAGE plpgsql AS $f$
-BEGIN
-  IF current_setting('application_name', true) = 'pgshift' THEN
-    RETURN;
-  END IF;
-  INSERT INTO _pgshift.ddl_log (tag, command, role) VALUES (tg_tag, current_query(), session_user);
-END
-$f$;
 )SQL";
 
 constexpr const char* kTargetSetupSql = R"SQL(
@@ -113,6 +112,7 @@ Status Migration::StepProvision() {
     }
     PGSHIFT_ASSIGN_OR_RETURN(ConnPtr src, Connect(state_.source_dsn, db.name, "source"));
     PGSHIFT_RETURN_IF_ERROR(src->Exec(kSourceSetupSql).WithContext("source " + db.name));
+    PGSHIFT_RETURN_IF_ERROR(src->Exec(kDdlLogFunctionsSql).WithContext("source " + db.name));
     std::string trig = state_.EventTriggerName();
     if (!Exists(*src, "SELECT 1 FROM pg_event_trigger WHERE evtname = $1", trig)) {
       PGSHIFT_RETURN_IF_ERROR(src->Exec("CREATE EVENT TRIGGER " + src->QuoteIdent(trig) +

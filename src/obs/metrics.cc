@@ -126,7 +126,9 @@ std::vector<MetricFamily> MigrationFamilies(const std::vector<MigrationMetrics>&
   Family last_pause("pgshift_cutover_last_pause_seconds",
                     "How long the last successful cutover or rollback held clients", G);
   Family ddl("pgshift_ddl_events_total",
-             "DDL statements recorded on the source after the schema copy (they block cutover)", C);
+             "DDL statements recorded on the source after the schema copy that pgshift cannot "
+             "carry to the target (they block cutover)",
+             C);
   Family errors("pgshift_errors_total", "Errors that stopped a step, by kind (status code)", C);
 
   for (const MigrationMetrics& m : migrations) {

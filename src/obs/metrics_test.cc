@@ -180,7 +180,7 @@ TEST(MetricsTest, RendersEveryFamilyExactly) {
       "# TYPE pgshift_cutover_last_pause_seconds gauge\n"
       "pgshift_cutover_last_pause_seconds{migration=\"ab12cd34\"} 0.0315\n"
       "# HELP pgshift_ddl_events_total DDL statements recorded on the source after the schema copy "
-      "(they block cutover)\n"
+      "that pgshift cannot carry to the target (they block cutover)\n"
       "# TYPE pgshift_ddl_events_total counter\n"
       "pgshift_ddl_events_total{migration=\"ab12cd34\"} 3\n"
       "# HELP pgshift_errors_total Errors that stopped a step, by kind (status code)\n"

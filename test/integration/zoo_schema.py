@@ -365,7 +365,7 @@ CATALOG_QUERIES = {
     "rules": "SELECT format('%s %s %s', schemaname, tablename, rulename) FROM pg_rules "
              "WHERE schemaname NOT IN ('pg_catalog')",
     "triggers": "SELECT format('%s %s %s', tgrelid::regclass, tgname, tgenabled) FROM pg_trigger "
-                "WHERE NOT tgisinternal",
+                "WHERE NOT tgisinternal AND tgrelid::regclass::text NOT LIKE '\\_pgshift.%'",
     "event_triggers": "SELECT format('%s %s %s', evtname, evtevent, evtenabled) FROM pg_event_trigger "
                       "WHERE evtname NOT LIKE 'pgshift%'",
     "publications": "SELECT format('%s %s', pubname, tablename) FROM pg_publication_tables "

@@ -1,0 +1,35 @@
+// Carrying DDL: what the source's schema changes during a migration become on the target
+// (docs/engine.md, "DDL during the migration").
+//
+// On the source, the event trigger (step_prepare.cc) logs every DDL command into
+// _pgshift.ddl_log, in the DDL's own transaction, with its verdict: `statement`, the one
+// statement pgshift can run again on the target (CONCURRENTLY taken out: it runs inside the
+// apply transaction), or NULL and `why_not`. Once the initial copy is done, the log joins the
+// publication, and on the target a row trigger (ENABLE ALWAYS: the apply worker runs in
+// replica mode) runs each carried statement as its row arrives, so it takes effect at the
+// exact point of the change stream where the source made it: the rows written after an ADD
+// COLUMN arrive after the column does. A row pgshift itself inserted, kCarryFromHereTag,
+// starts the carrying on the target: rows the stream brings before it were logged while
+// the log was not yet replicated, and block the cutover (CheckDdlLog, step_catchup.cc).
+#pragma once
+
+#include <string>
+
+#include "common/status.h"
+#include "pg/connection.h"
+
+namespace pgshift::engine {
+
+// The tag of the row that starts the carrying.
+inline constexpr const char* kCarryFromHereTag = "pgshift: carry from here";
+
+// The source's functions: _pgshift.single_statement(text) and the event trigger's
+// _pgshift.log_ddl(). REQUIRES: _pgshift.ddl_log exists (step_prepare.cc).
+extern const char* const kDdlLogFunctionsSql;
+
+// The target's half, idempotent: _pgshift.ddl_log (the source's columns plus `carried`),
+// _pgshift.ddl_state (whether the carry row came), _pgshift.ddl_applied (ids a person applied
+// by hand, which the trigger then skips) and the ENABLE ALWAYS trigger.
+Status InstallDdlCarry(pg::Connection& target);
+
+}  // namespace pgshift::engine
