@@ -333,7 +333,13 @@ Result<ServerSettings> ReadServerSettings(pg::Connection& conn) {
                  "current_setting('max_wal_senders') AS senders, "
                  "current_setting('max_worker_processes') AS workers, "
                  "current_setting('max_logical_replication_workers') AS logical_workers, "
-                 "current_setting('max_sync_workers_per_subscription') AS sync_workers"));
+                 "current_setting('max_sync_workers_per_subscription') AS sync_workers, "
+                 "current_setting('max_locks_per_transaction') AS locks, "
+                 "current_setting('max_connections')::int + "
+                 "current_setting('autovacuum_max_workers')::int + 1 + "
+                 "current_setting('max_worker_processes')::int + "
+                 "current_setting('max_wal_senders')::int + "
+                 "current_setting('max_prepared_transactions')::int AS lock_backends"));
   ServerSettings s;
   s.wal_level = r.Get(0, "wal_level");
   s.max_replication_slots = static_cast<int>(r.GetInt(0, "slots"));
@@ -341,7 +347,23 @@ Result<ServerSettings> ReadServerSettings(pg::Connection& conn) {
   s.max_worker_processes = static_cast<int>(r.GetInt(0, "workers"));
   s.max_logical_replication_workers = static_cast<int>(r.GetInt(0, "logical_workers"));
   s.max_sync_workers_per_subscription = static_cast<int>(r.GetInt(0, "sync_workers"));
+  s.max_locks_per_transaction = static_cast<int>(r.GetInt(0, "locks"));
+  s.lock_table_backends = static_cast<int>(r.GetInt(0, "lock_backends"));
   return s;
+}
+
+Result<SchemaLocks> CountSchemaLocks(pg::Connection& conn) {
+  PGSHIFT_ASSIGN_OR_RETURN(
+      pg::QueryResult r,
+      conn.Query("SELECT count(*) + 2 * count(*) FILTER (WHERE c.reltoastrelid <> 0) AS load, "
+                 "count(*) FILTER (WHERE c.relkind IN ('r', 'p')) AS dump "
+                 "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                 "WHERE c.relkind IN ('r', 'p', 'i', 'I', 'S', 'v', 'm', 'f') AND " +
+                 std::string(UserSchemaCondition("n.nspname"))));
+  SchemaLocks l;
+  l.load = r.GetInt(0, "load");
+  l.dump = r.GetInt(0, "dump");
+  return l;
 }
 
 Result<ReplicationUsage> ReadReplicationUsage(pg::Connection& conn) {

@@ -96,8 +96,25 @@ struct ServerSettings {
   int max_worker_processes = 0;
   int max_logical_replication_workers = 0;
   int max_sync_workers_per_subscription = 0;
+  // The shared lock table: max_locks_per_transaction x (every backend the server can have +
+  // max_prepared_transactions) entries, which one transaction may fill alone.
+  int max_locks_per_transaction = 64;
+  int lock_table_backends = 0;  // max_connections + autovacuum workers + 1 + worker processes
+                                // + WAL senders + prepared transactions
+  int64_t LockTableSlots() const {
+    return static_cast<int64_t>(max_locks_per_transaction) * lock_table_backends;
+  }
 };
 Result<ServerSettings> ReadServerSettings(pg::Connection& conn);
+
+// Locks one transaction takes on the connected database's user relations: loading its whole
+// schema (each table, its TOAST table and TOAST index, each index, sequence, view, materialized
+// view and foreign table), and dumping it (pg_dump locks every table).
+struct SchemaLocks {
+  int64_t load = 0;
+  int64_t dump = 0;
+};
+Result<SchemaLocks> CountSchemaLocks(pg::Connection& conn);
 
 // What is in use now, cluster-wide.
 struct ReplicationUsage {

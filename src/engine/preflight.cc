@@ -280,6 +280,39 @@ std::vector<CheckResult> CheckCapacity(const ServerSettings& src, const Replicat
   return out;
 }
 
+std::vector<CheckResult> CheckLockTables(const std::string& db, const SchemaLocks& need,
+                                         const ServerSettings& source, const ServerSettings& target) {
+  std::vector<CheckResult> out;
+  auto check = [&](const std::string& side, const ServerSettings& s, int64_t locks,
+                   const std::string& what) {
+    const int64_t slots = s.LockTableSlots();
+    const std::string table = "the " + side + "'s lock table holds " + std::to_string(slots) +
+                              " (max_locks_per_transaction " +
+                              std::to_string(s.max_locks_per_transaction) + " x " +
+                              std::to_string(s.lock_table_backends) + " backends)";
+    if (slots <= 0 || locks <= slots * 4 / 5) {
+      out.push_back(Ok("locks", side, db + ": " + what + " takes about " + std::to_string(locks) +
+                                          " locks; " + table));
+      return;
+    }
+    // A quarter more than needed, in steps of 64; the server needs a restart for it.
+    const int64_t backends = std::max(s.lock_table_backends, 1);
+    int64_t wanted = (locks * 5 / 4 + backends - 1) / backends;
+    wanted = std::max<int64_t>((wanted + 63) / 64 * 64, s.max_locks_per_transaction + 64);
+    out.push_back({"locks", Severity::kError, side,
+                   db + ": " + what + " takes about " + std::to_string(locks) + " locks, and " +
+                       table + ", so it would fail with \"out of shared memory\"",
+                   "raise max_locks_per_transaction on the " + side + " to " +
+                       std::to_string(wanted) + " (ALTER SYSTEM SET max_locks_per_transaction = " +
+                       std::to_string(wanted) + ", then restart it)"});
+  };
+  check("target", target, need.load,
+        "loading the schema in one transaction (its tables with their TOAST, indexes, "
+        "sequences, views)");
+  check("source", source, need.dump, "pg_dump, which locks every table in one transaction,");
+  return out;
+}
+
 CheckResult CheckPrivileges(const std::string& side, const RolePrivileges& r) {
   if (r.superuser) return Ok("privileges", side, "role " + r.role + " is a superuser");
   std::vector<std::string> has;
@@ -821,9 +854,17 @@ Result<PreflightReport> RunPreflight(const std::string& source_dsn, const std::s
   if (!source_leftovers.ok()) return src_ctx(source_leftovers.status());
   auto target_leftovers = FindClusterLeftovers(*target);
   if (!target_leftovers.ok()) return tgt_ctx(target_leftovers.status());
+  std::set<std::string> too_many_locks;
   for (const auto& db : report.databases) {
     PGSHIFT_RETURN_IF_ERROR(CheckDatabase(source_dsn, target_dsn, db, *target, *available, options,
                                           &report, &*source_leftovers, &*target_leftovers));
+    PGSHIFT_ASSIGN_OR_RETURN(ConnPtr sdb, ConnectDatabase("source", source_dsn, db));
+    auto locks = CountSchemaLocks(*sdb);
+    if (!locks.ok()) return src_ctx(locks.status());
+    for (auto& r : CheckLockTables(db, *locks, *ss, *ts)) {
+      if (r.severity == Severity::kError && r.subject == "target") too_many_locks.insert(db);
+      results.push_back(std::move(r));
+    }
   }
 
   results.push_back(CheckLeftovers("source", *source_leftovers, options));
@@ -837,6 +878,13 @@ Result<PreflightReport> RunPreflight(const std::string& source_dsn, const std::s
       if (!tools_ok) {
         results.push_back({"schema-load", Severity::kError, db,
                            "not tried: the client tools above cannot run", ""});
+        continue;
+      }
+      if (too_many_locks.count(db) > 0) {
+        // It would fail on whichever statement finds the lock table full, and say so of each.
+        results.push_back({"schema-load", Severity::kError, db,
+                           "not tried: the target's lock table is too small for it (see locks)",
+                           ""});
         continue;
       }
       auto db_dsn = pg::DsnForDatabase(source_dsn, db);

@@ -95,6 +95,12 @@ std::string DropStatement(const PgshiftObject& object);
 CheckResult CheckVersions(int source_major, int target_major);
 // `side` is "source" or "target".
 CheckResult CheckWalLevel(const std::string& side, const std::string& wal_level, bool for_rollback);
+// The shared lock tables against what one transaction takes on database `db`: the schema's
+// load in one transaction on the target (and the scratch load of the schema-load check), and
+// pg_dump's locks on the source. Past a lock table's size PostgreSQL fails with "out of
+// shared memory" on whichever statement comes next.
+std::vector<CheckResult> CheckLockTables(const std::string& db, const SchemaLocks& need,
+                                         const ServerSettings& source, const ServerSettings& target);
 // Slots and WAL senders on the publishing side, logical and background workers on the
 // subscribing side, forward and (when `rollback_replication`) reverse.
 std::vector<CheckResult> CheckCapacity(const ServerSettings& source,

@@ -324,5 +324,35 @@ TEST(Preflight, SeverityNames) {
   EXPECT_EQ(SeverityName(Severity::kError), "ERROR");
 }
 
+TEST(CheckLockTables, AFullLockTableIsAnErrorWithTheSettingToUse) {
+  ServerSettings small;
+  small.max_locks_per_transaction = 64;
+  small.lock_table_backends = 122;  // PostgreSQL's defaults: 64 x 122 = 7808
+  ServerSettings big = small;
+  big.max_locks_per_transaction = 256;
+  // 5,000 tables with a primary key and a TOAST table: 4 relations each.
+  SchemaLocks need{20000, 5000};
+  auto r = CheckLockTables("app", need, small, small);
+  ASSERT_EQ(r.size(), 2u);
+  EXPECT_EQ(r[0].subject, "target");
+  EXPECT_EQ(r[0].severity, Severity::kError);
+  EXPECT_NE(r[0].message.find("takes about 20000 locks"), std::string::npos) << r[0].message;
+  EXPECT_NE(r[0].message.find("holds 7808 (max_locks_per_transaction 64 x 122 backends)"),
+            std::string::npos)
+      << r[0].message;
+  // 20000 x 1.25 / 122 = 205 -> 256.
+  EXPECT_EQ(r[0].remedy,
+            "raise max_locks_per_transaction on the target to 256 (ALTER SYSTEM SET "
+            "max_locks_per_transaction = 256, then restart it)");
+  EXPECT_EQ(r[1].subject, "source");
+  EXPECT_EQ(r[1].severity, Severity::kOk);
+  r = CheckLockTables("app", need, small, big);
+  EXPECT_EQ(r[0].severity, Severity::kOk);
+  // pg_dump's share is the source's: 7000 tables is past 4/5 of 7808.
+  r = CheckLockTables("app", SchemaLocks{100, 7000}, small, small);
+  EXPECT_EQ(r[1].severity, Severity::kError);
+  EXPECT_NE(r[1].remedy.find("on the source to 128"), std::string::npos) << r[1].remedy;
+}
+
 }  // namespace
 }  // namespace pgshift::engine

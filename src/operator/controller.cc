@@ -183,9 +183,46 @@ Status Controller::PatchStatus(const std::string& ns, const std::string& name,
 Status Controller::SaveEngineState(const std::string& ns, const std::string& name,
                                    const engine::MigrationState& state) {
   json st = StatusFromEngine(state);
-  st["engine"] = state.ToJson();
+  json engine = state.ToJson();
+  // Per-table verification detail goes to ConfigMaps (spec.h, VerificationForStatus), written
+  // when it changed; status.engine keeps the summary.
+  if (HasVerificationDetail(engine)) {
+    PGSHIFT_RETURN_IF_ERROR(WriteVerificationDetail(ns, name, engine));
+  }
+  st["engine"] = EngineForStatus(engine, name);
   if (!state.last_error.empty()) st["message"] = state.last_error;
   return PatchStatus(ns, name, st);
+}
+
+Status Controller::WriteVerificationDetail(const std::string& ns, const std::string& name,
+                                           const json& engine) {
+  const std::string key = ns + "/" + name;
+  const size_t fingerprint = std::hash<std::string>{}(
+      engine.value("verification", json()).dump() +
+      engine.value("switch_point_verification", json()).dump());
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = verification_written_.find(key);
+    if (it != verification_written_.end() && it->second == fingerprint) return Status::Ok();
+  }
+  // The ConfigMaps are owned by the resource: its uid, read now.
+  PGSHIFT_ASSIGN_OR_RETURN(json cr, client_->Get(kPostgresUpgrades, ns, name));
+  for (const json& cm : VerificationConfigMaps(cr, engine)) {
+    // A merge: a resumed run's state holds only the report it makes now (the other one was
+    // shortened in status.engine), and the key of the other stays as written.
+    const std::string cm_name = cm["metadata"]["name"].get<std::string>();
+    auto r = client_->MergePatch(res::kConfigMaps, ns, cm_name, {{"data", cm["data"]}});
+    if (!r.ok() && r.status().code() == StatusCode::kNotFound) {
+      r = client_->CreateObject(res::kConfigMaps, ns, cm);
+    }
+    if (!r.ok()) {
+      return r.status().WithContext("writing the verification detail (ConfigMap " +
+                                    cm["metadata"]["name"].get<std::string>() + ")");
+    }
+  }
+  std::lock_guard<std::mutex> lock(mu_);
+  verification_written_[key] = fingerprint;
+  return Status::Ok();
 }
 
 Status Controller::ReportProblem(const json& cr, const std::string& reason,
@@ -580,8 +617,13 @@ void Controller::RunTask(std::shared_ptr<Task> task, std::stop_token stop) {
     if (!rep.ok()) return finish(rep.status());
     json lines = json::array();
     for (const auto& r : rep->results) {
-      lines.push_back(std::string(engine::SeverityName(r.severity)) + " " + r.subject + ": " +
-                      r.message);
+      // The check's own words, with its fix in the spec's (as a refused migration's).
+      std::string line = std::string(engine::SeverityName(r.severity)) + " " + r.id + " (" +
+                         r.subject + "): " + r.message;
+      if (r.severity != engine::Severity::kOk && !r.remedy.empty()) {
+        line += "; fix: " + InSpecWords(r.remedy);
+      }
+      lines.push_back(line);
     }
     const int errors = rep->Count(engine::Severity::kError);
     json st = {{"phase", "Preflight"},

@@ -98,6 +98,10 @@ class Controller {
   // The engine's state into status.engine, with the fields derived from it.
   Status SaveEngineState(const std::string& ns, const std::string& name,
                          const engine::MigrationState& state);
+  // The ConfigMaps with every table's verification (VerificationConfigMaps), when the
+  // reports changed since this process last wrote them.
+  Status WriteVerificationDetail(const std::string& ns, const std::string& name,
+                                 const nlohmann::json& engine);
   Status ReportProblem(const nlohmann::json& cr, const std::string& reason,
                        const std::string& message, bool working = false);
   // Starts `step` on a thread of its own, with the spec and servers this reconcile found.
@@ -126,6 +130,8 @@ class Controller {
     std::optional<int64_t> total;
   };
   std::map<std::string, ReverseLagReading> reverse_lag_;
+  // ns/name -> fingerprint of the verification reports last written to ConfigMaps.
+  std::map<std::string, size_t> verification_written_;
   // Keeps the phase and thresholds of `cr` in last_stats_.
   void Remember(const nlohmann::json& cr, const UpgradeSpec* spec);
 };

@@ -349,7 +349,11 @@ std::string InSpecWords(std::string text) {
       text.replace(p, cli.size(), spec);
     }
   }
-  return text;
+  // The target is the operator's: its settings come from the spec (the StatefulSet restarts
+  // it).
+  static const std::regex kTargetSetting(
+      R"(raise ([a-z_]+) on the target to ([0-9]+) \(ALTER SYSTEM SET [a-z_]+ = [0-9]+, then restart it\))");
+  return std::regex_replace(text, kTargetSetting, "set spec.target.parameters.$1: \"$2\"");
 }
 
 std::vector<std::string> PreflightFindings(const std::string& progress_line) {
@@ -542,6 +546,117 @@ Json StatusFromStats(const engine::StatsSnapshot& snap) {
   auto retained = snap.Total(&engine::DatabaseStats::retained_wal_bytes);
   st["retainedWalBytes"] = retained ? Json(static_cast<int64_t>(*retained)) : Json(nullptr);
   return st;
+}
+
+namespace {
+
+constexpr std::pair<const char*, const char*> kReports[] = {
+    {"verification", "before-cutover.tsv"}, {"switch_point_verification", "switch-point.tsv"}};
+
+std::string Cell(const Json& v) {
+  if (v.is_null()) return "-";
+  std::string out = v.is_string() ? v.get<std::string>() : v.dump();
+  for (char& c : out) {
+    if (c == '\t' || c == '\n' || c == '\r') c = ' ';
+  }
+  return out;
+}
+
+}  // namespace
+
+Json VerificationForStatus(const Json& report, const std::string& detail, size_t max_listed) {
+  if (!report.is_object() || !report.contains("tables") || !report["tables"].is_array()) {
+    return report;
+  }
+  Json out = report;
+  out.erase("tables");
+  Json listed = Json::array();
+  for (const Json& t : report["tables"]) {
+    if (t.value("result", "") == "match" || listed.size() >= max_listed) continue;
+    Json brief = Json::object();
+    for (const char* key : {"database", "schema", "table", "result", "blocking", "source_rows",
+                            "target_rows", "note"}) {
+      if (t.contains(key)) brief[key] = t[key];
+    }
+    listed.push_back(brief);
+  }
+  out["tables_listed"] = listed;
+  out["tables_not_listed"] = report["tables"].size() - listed.size();
+  out["detail"] = detail;
+  return out;
+}
+
+Json EngineForStatus(const Json& engine, const std::string& upgrade_name) {
+  Json out = engine;
+  for (const auto& [key, file] : kReports) {
+    if (!out.contains(key)) continue;
+    out[key] = VerificationForStatus(
+        out[key], std::string("every table: ConfigMaps ") + upgrade_name + "-verification-<n>, key " +
+                      file + " (n: the database's index)");
+  }
+  return out;
+}
+
+bool HasVerificationDetail(const Json& engine) {
+  for (const auto& [key, file] : kReports) {
+    (void)file;
+    if (engine.contains(key) && engine[key].is_object() && engine[key].contains("tables") &&
+        engine[key]["tables"].is_array()) {
+      return true;
+    }
+  }
+  return false;
+}
+
+std::string VerificationConfigMapName(const std::string& upgrade_name, int database_index) {
+  return upgrade_name + "-verification-" + std::to_string(database_index);
+}
+
+std::vector<Json> VerificationConfigMaps(const Json& resource, const Json& engine,
+                                         size_t max_bytes_per_key) {
+  std::vector<Json> out;
+  if (!engine.contains("databases") || !engine["databases"].is_array()) return out;
+  const std::string name = resource["metadata"]["name"].get<std::string>();
+  for (const Json& db : engine["databases"]) {
+    const std::string dbname = db.value("name", "");
+    const int index = db.value("index", 0);
+    Json data = Json::object();
+    for (const auto& [key, file] : kReports) {
+      if (!engine.contains(key) || !engine[key].is_object() || !engine[key].contains("tables")) {
+        continue;
+      }
+      std::string text = "schema\ttable\tresult\tsource_rows\ttarget_rows\tseconds\tnote\n";
+      size_t left_out = 0;
+      for (const Json& t : engine[key]["tables"]) {
+        if (t.value("database", "") != dbname) continue;
+        std::string line = Cell(t.value("schema", Json())) + "\t" + Cell(t.value("table", Json())) +
+                           "\t" + Cell(t.value("result", Json())) + "\t" +
+                           Cell(t.value("source_rows", Json())) + "\t" +
+                           Cell(t.value("target_rows", Json())) + "\t" +
+                           Cell(t.value("seconds", Json())) + "\t" + Cell(t.value("note", Json())) +
+                           "\n";
+        if (left_out > 0 || text.size() + line.size() > max_bytes_per_key) {
+          left_out++;
+          continue;
+        }
+        text += line;
+      }
+      if (left_out > 0) {
+        text += "# " + std::to_string(left_out) +
+                " more tables not listed (a ConfigMap holds at most 1 MiB); the summary is in "
+                "status.engine\n";
+      }
+      data[file] = text;
+    }
+    Json meta = {{"name", VerificationConfigMapName(name, index)},
+                 {"namespace", resource["metadata"]["namespace"]},
+                 {"labels",
+                  {{kUpgradeLabel, name}, {"app.kubernetes.io/managed-by", "pgshift-operator"}}},
+                 {"annotations", {{"pgshift.dev/database", dbname}}},
+                 {"ownerReferences", Json::array({OwnerReference(resource)})}};
+    out.push_back({{"apiVersion", "v1"}, {"kind", "ConfigMap"}, {"metadata", meta}, {"data", data}});
+  }
+  return out;
 }
 
 }  // namespace pgshift::op

@@ -138,4 +138,27 @@ Json Conditions(const Json& existing, const std::string& phase, bool working,
 Json StatusFromEngine(const engine::MigrationState& state);
 Json StatusFromStats(const engine::StatsSnapshot& snapshot);
 
+// Verification detail out of status.engine. A verification report lists every table (about
+// 400 bytes of JSON each, twice: before cutover and at the switch point), which past a few
+// thousand tables would not fit in the object limit of the API server (1.5 MiB in etcd). In
+// status.engine each report keeps its summary and at most `max_listed` tables that did not
+// match ("tables_listed", with "tables_not_listed" and "detail" naming where the rest went);
+// every table goes to a ConfigMap per database (VerificationConfigMaps). A report without a
+// per-table list (running, an error, or one already shortened) is left as it is.
+Json VerificationForStatus(const Json& report, const std::string& detail, size_t max_listed = 20);
+Json EngineForStatus(const Json& engine, const std::string& upgrade_name);
+// True when `engine` holds a report with its per-table list.
+bool HasVerificationDetail(const Json& engine);
+
+// "<name>-verification-<database index>"
+std::string VerificationConfigMapName(const std::string& upgrade_name, int database_index);
+// One ConfigMap per database of the engine's state, owned by `resource`: data keys
+// "before-cutover.tsv" and "switch-point.tsv" (each only when `engine` holds that report's
+// per-table list), a header line and a line per table (schema,
+// table, result, source rows, target rows, seconds, note). Each key is cut at
+// `max_bytes_per_key` (with a last line saying how many tables it leaves out): a ConfigMap
+// holds at most 1 MiB.
+std::vector<Json> VerificationConfigMaps(const Json& resource, const Json& engine,
+                                         size_t max_bytes_per_key = 480 * 1024);
+
 }  // namespace pgshift::op

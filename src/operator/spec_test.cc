@@ -1,5 +1,7 @@
 #include "operator/spec.h"
 
+#include <algorithm>
+
 #include <gtest/gtest.h>
 
 #include "operator/cluster.h"
@@ -143,6 +145,13 @@ TEST(PreflightFindings, SayWhatToChangeInTheSpec) {
             "clients stay on the target (spec.cutover.onDifference: stop); decide: spec.action: "
             "Rollback moves them back to the source, nothing lost; spec.action: Finish keeps the "
             "target as it is");
+  // The target's settings are the spec's; the source's stay the DBA's to change.
+  EXPECT_EQ(InSpecWords("raise max_locks_per_transaction on the target to 256 (ALTER SYSTEM SET "
+                        "max_locks_per_transaction = 256, then restart it)"),
+            "set spec.target.parameters.max_locks_per_transaction: \"256\"");
+  const std::string source = "raise max_locks_per_transaction on the source to 128 (ALTER SYSTEM "
+                             "SET max_locks_per_transaction = 128, then restart it)";
+  EXPECT_EQ(InSpecWords(source), source);
 }
 
 TEST(ResumedOptions, WhatShapedTheServersStaysAsStarted) {
@@ -373,6 +382,78 @@ TEST(AddressMap, ReadsPlainAndHarnessForms) {
       R"({"ns/pg-0": {"podIP": "10.88.0.100", "address": "127.0.0.100:5432", "dataDir": "/x"}})");
   EXPECT_EQ(harness["10.88.0.100"], "127.0.0.100:5432");
   EXPECT_TRUE(AddressMap::Parse("not json").empty());
+}
+
+
+Json Report(int tables, const std::string& db) {
+  Json list = Json::array();
+  for (int i = 0; i < tables; ++i) {
+    list.push_back({{"database", db}, {"schema", "public"}, {"table", "t" + std::to_string(i)},
+                    {"result", i == 7 ? "different" : "match"}, {"blocking", i == 7},
+                    {"source_rows", 10}, {"target_rows", i == 7 ? 9 : 10},
+                    {"source_checksum", std::string(32, 'a')}, {"note", i == 7 ? "a\tb" : ""},
+                    {"seconds", 0.5}});
+  }
+  return {{"level", "checksum"}, {"clean", false}, {"tables_verified", tables}, {"tables", list}};
+}
+
+TEST(VerificationForStatus, KeepsTheSummaryAndOnlyTablesThatDidNotMatch) {
+  Json v = VerificationForStatus(Report(5000, "app"), "see the ConfigMaps", 20);
+  EXPECT_FALSE(v.contains("tables"));
+  EXPECT_EQ(v["tables_verified"], 5000);
+  EXPECT_EQ(v["clean"], false);
+  ASSERT_EQ(v["tables_listed"].size(), 1u);
+  EXPECT_EQ(v["tables_listed"][0]["table"], "t7");
+  EXPECT_FALSE(v["tables_listed"][0].contains("source_checksum"));
+  EXPECT_EQ(v["tables_not_listed"], 4999);
+  EXPECT_EQ(v["detail"], "see the ConfigMaps");
+  EXPECT_LT(v.dump().size(), 1000u);
+  // Already shortened, running, or an error: unchanged.
+  EXPECT_EQ(VerificationForStatus(v, "x"), v);
+  Json running = {{"state", "running"}};
+  EXPECT_EQ(VerificationForStatus(running, "x"), running);
+}
+
+TEST(EngineForStatus, ShortensBothReports) {
+  Json engine = {{"id", "ab12cd34"}, {"verification", Report(100, "app")},
+                 {"switch_point_verification", Report(100, "app")}};
+  EXPECT_TRUE(HasVerificationDetail(engine));
+  Json e = EngineForStatus(engine, "shop");
+  EXPECT_FALSE(HasVerificationDetail(e));
+  EXPECT_EQ(e["id"], "ab12cd34");
+  EXPECT_NE(e["verification"]["detail"].get<std::string>().find("shop-verification-<n>"),
+            std::string::npos);
+  EXPECT_EQ(e["switch_point_verification"]["tables_not_listed"], 99);
+}
+
+TEST(VerificationConfigMaps, OnePerDatabaseOwnedByTheResourceAndCutToItsLimit) {
+  Json resource = {{"metadata", {{"name", "shop"}, {"namespace", "ns1"}, {"uid", "u-1"}}}};
+  Json both = Report(3, "app");
+  const Json big_report = Report(5000, "big");
+  for (const Json& t : big_report["tables"]) both["tables"].push_back(t);
+  Json engine = {{"databases", Json::array({{{"name", "app"}, {"index", 0}},
+                                            {{"name", "big"}, {"index", 1}}})},
+                 {"verification", both}};
+  auto maps = VerificationConfigMaps(resource, engine, 480 * 1024);
+  ASSERT_EQ(maps.size(), 2u);
+  EXPECT_EQ(maps[0]["metadata"]["name"], "shop-verification-0");
+  EXPECT_EQ(maps[1]["metadata"]["annotations"]["pgshift.dev/database"], "big");
+  EXPECT_EQ(maps[1]["metadata"]["ownerReferences"][0]["uid"], "u-1");
+  EXPECT_FALSE(maps[1]["data"].contains("switch-point.tsv"));
+  const std::string app = maps[0]["data"]["before-cutover.tsv"];
+  EXPECT_EQ(app,
+            "schema\ttable\tresult\tsource_rows\ttarget_rows\tseconds\tnote\n"
+            "public\tt0\tmatch\t10\t10\t0.5\t\n"
+            "public\tt1\tmatch\t10\t10\t0.5\t\n"
+            "public\tt2\tmatch\t10\t10\t0.5\t\n");
+  const std::string big = maps[1]["data"]["before-cutover.tsv"];
+  EXPECT_EQ(std::count(big.begin(), big.end(), '\n'), 5001);
+  EXPECT_NE(big.find("public\tt7\tdifferent\t10\t9\t0.5\ta b\n"), std::string::npos);
+  // A small limit: cut, and said so.
+  auto cut = VerificationConfigMaps(resource, engine, 1000);
+  const std::string small = cut[1]["data"]["before-cutover.tsv"];
+  EXPECT_LE(small.size(), 1000u + 200u);
+  EXPECT_NE(small.find("more tables not listed"), std::string::npos);
 }
 
 }  // namespace

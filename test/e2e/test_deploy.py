@@ -149,6 +149,7 @@ ALLOWED = [  # (verb, resource) in every namespace (-A: the ClusterRoleBinding)
       ("get", "list", "watch", "create", "update", "patch", "delete")],
     *[(v, "services") for v in ("get", "list", "watch", "create", "update", "patch")],
     *[(v, "secrets") for v in ("get", "list", "watch", "create")],
+    *[(v, "configmaps") for v in ("get", "create", "patch")],
     *[(v, "endpointslices.discovery.k8s.io") for v in ("get", "list", "watch")],
     ("create", "events"), ("patch", "events"),
 ]
@@ -158,7 +159,8 @@ DENIED = [  # (verb, resource, where...)
     ("create", "postgresupgrades.pgshift.dev", "-A"),
     ("get", "pods", "-A"), ("list", "pods", "-A"), ("create", "pods", "-A"),
     ("delete", "pods", "-A"), ("create", "pods/exec", "-A"),
-    ("get", "configmaps", "-A"), ("create", "persistentvolumeclaims", "-A"),
+    ("list", "configmaps", "-A"), ("delete", "configmaps", "-A"),
+    ("create", "persistentvolumeclaims", "-A"),
     ("delete", "persistentvolumeclaims", "-A"), ("create", "serviceaccounts/token", "-A"),
     ("list", "events", "-A"), ("create", "events.events.k8s.io", "-A"),
     ("update", "endpointslices.discovery.k8s.io", "-A"),

@@ -89,6 +89,38 @@ def test_wal_level_replica_is_an_error_with_the_exact_fix(lab, pair):
     assert rows(p.stdout, "version")[0][0] == "WARN"  # a downgrade
 
 
+def test_a_schema_larger_than_the_lock_table_is_one_error_with_the_setting(lab, pair):
+    """Loading a schema in one transaction takes a lock per relation; past the target's lock
+    table PostgreSQL fails with "out of shared memory" on whichever statement comes next. The
+    check says so once, with the setting, and does not try the scratch load."""
+    src, _ = pair
+    small = lab.start("pf-locks17", 17, "--set", "max_locks_per_transaction = 10")
+    sql(src, "CREATE DATABASE many")
+    many = on_db(src, "many")
+    sql(many, "DO $$ BEGIN FOR i IN 1..700 LOOP "
+              "EXECUTE format('CREATE TABLE public.t%s (id int PRIMARY KEY, v text)', i); "
+              "END LOOP; END $$")
+    backends = int(sql(small, "SELECT current_setting('max_connections')::int + "
+                              "current_setting('autovacuum_max_workers')::int + 1 + "
+                              "current_setting('max_worker_processes')::int + "
+                              "current_setting('max_wal_senders')::int + "
+                              "current_setting('max_prepared_transactions')::int"))
+    p = check(lab, src, small, "--databases", "many")
+    assert p.returncode == 3, p.stdout + p.stderr
+    target = [r for r in rows(p.stdout, "locks") if r[1] == "target"]
+    assert target and target[0][0] == "ERROR", p.stdout
+    assert "takes about 2800 locks" in target[0][2]  # table, key, TOAST table and index
+    assert f"holds {10 * backends} (max_locks_per_transaction 10 x {backends} backends)" in target[0][2]
+    wanted = (2800 * 5 // 4 + backends - 1) // backends
+    wanted = max((wanted + 63) // 64 * 64, 10 + 64)
+    assert f"ALTER SYSTEM SET max_locks_per_transaction = {wanted}, then restart it" in p.stdout
+    assert [r[0] for r in rows(p.stdout, "locks") if r[1] == "source"] == ["OK"]
+    assert rows(p.stdout, "schema-load") == [
+        ("ERROR", "many", "not tried: the target's lock table is too small for it (see locks)")]
+    assert "out of shared memory" in target[0][2]
+    sql(src, "DROP DATABASE many")
+
+
 def test_table_without_primary_key_is_named(lab, pair):
     src, dst = pair
     sql(src, "CREATE DATABASE nopk")
