@@ -31,7 +31,18 @@ Result<std::unique_ptr<Client>> Client::Create(Config config) {
   return std::unique_ptr<Client>(new Client(std::move(http)));
 }
 
+void Client::Count(const std::string& method) {
+  std::lock_guard<std::mutex> lock(counts_mu_);
+  counts_[method]++;
+}
+
+std::map<std::string, uint64_t> Client::RequestCounts() const {
+  std::lock_guard<std::mutex> lock(counts_mu_);
+  return counts_;
+}
+
 Result<Json> Client::Send(const HttpRequest& req) {
+  Count(req.method);
   Result<HttpResponse> resp = http_->Do(req);
   if (!resp.ok()) return resp.status();
   std::string what = req.method + " " + req.path;
@@ -170,6 +181,7 @@ Status Client::WatchOnce(const Resource& r, std::string_view ns, const WatchOpti
     return on_event(ev);
   };
   std::string error_body;
+  Count("WATCH");
   Result<long> code = http_->Stream(req, on_line, cancel, &error_body);
   if (!code.ok()) return code.status();
   if (!parse_error.ok()) return parse_error;

@@ -9,7 +9,9 @@
 #include <atomic>
 #include <chrono>
 #include <functional>
+#include <map>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -107,11 +109,19 @@ class Client {
   Result<Json> Request(const std::string& method, const std::string& path, const Json* body,
                        const std::string& content_type = "application/json");
 
+  // Requests sent so far, by HTTP method ("WATCH" for a watch), answered or not: what this
+  // client costs the API server.
+  std::map<std::string, uint64_t> RequestCounts() const;
+
  private:
   explicit Client(std::unique_ptr<HttpClient> http) : http_(std::move(http)) {}
   Result<Json> Send(const HttpRequest& req);
 
+  void Count(const std::string& method);
+
   std::unique_ptr<HttpClient> http_;
+  mutable std::mutex counts_mu_;
+  std::map<std::string, uint64_t> counts_;
 };
 
 // "namespace/name", or "name" for cluster-scoped objects.

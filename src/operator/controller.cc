@@ -141,6 +141,7 @@ void Controller::Run(std::stop_token stop) {
   k8s::Reflector::Options ro;
   ro.resource = kPostgresUpgrades;
   ro.ns = options_.watch_namespace;
+  ro.label_selector = options_.label_selector;
   k8s::Informer informer(client_, ro);
   informer.AddHandler(k8s::EnqueueHandler(&queue_));
   informer.Start();
@@ -148,7 +149,8 @@ void Controller::Run(std::stop_token stop) {
   }
   synced_ = true;
   LogInfo("watching PostgresUpgrade resources",
-          {{"namespace", options_.watch_namespace.empty() ? "*" : options_.watch_namespace}});
+          {{"namespace", options_.watch_namespace.empty() ? "*" : options_.watch_namespace},
+           {"selector", options_.label_selector.empty() ? "*" : options_.label_selector}});
   std::vector<std::jthread> workers;
   for (int i = 0; i < std::max(1, options_.workers); ++i) {
     workers.emplace_back([this]() {
@@ -493,10 +495,29 @@ Status Controller::Reconcile(const std::string& key) {
       }
       if (due) {
         std::map<std::string, int64_t> per_db;
-        auto wiring = Wire(cr, *spec);
-        if (wiring.ok()) {
+        // The target's DSN is wired again once a minute, or after a failed reading (Wire
+        // reads Secrets and EndpointSlices: four requests, every 4 s, per resource).
+        constexpr int64_t kRewireEveryMs = 60000;
+        std::string target_dsn;
+        {
+          std::lock_guard<std::mutex> lock(mu_);
+          auto it = reverse_lag_.find(key);
+          if (it != reverse_lag_.end() && it->second.total.has_value() &&
+              now - it->second.wired_at_ms < kRewireEveryMs) {
+            target_dsn = it->second.target_dsn;
+          }
+        }
+        int64_t wired_at = 0;
+        if (target_dsn.empty()) {
+          auto wiring = Wire(cr, *spec);
+          if (wiring.ok()) {
+            target_dsn = wiring->target_dsn;
+            wired_at = now;
+          }
+        }
+        if (!target_dsn.empty()) {
           engine::MigrationState live = *saved;
-          live.target_dsn = wiring->target_dsn;
+          live.target_dsn = target_dsn;
           for (const auto& db : live.databases) {
             auto lag = engine::ReverseLagBytes(live, db);
             if (!lag.ok() || *lag < 0) break;
@@ -508,7 +529,13 @@ Status Controller::Reconcile(const std::string& key) {
           }
         }
         std::lock_guard<std::mutex> lock(mu_);
-        reverse_lag_[key] = {now, total};
+        ReverseLagReading& r = reverse_lag_[key];
+        r.at_ms = now;
+        r.total = total;
+        if (wired_at > 0) {
+          r.target_dsn = target_dsn;
+          r.wired_at_ms = wired_at;
+        }
         engine::StatsSnapshot& snap = last_stats_[key].snapshot;
         for (const auto& [db, lag] : per_db) {
           snap.databases[db].reverse_lag_bytes = {static_cast<double>(lag), now};

@@ -39,6 +39,7 @@ inline const k8s::Resource kPostgresUpgrades{"pgshift.dev", "v1alpha1", "postgre
 
 struct ControllerOptions {
   std::string watch_namespace;  // "" : every namespace
+  std::string label_selector;   // "" : every PostgresUpgrade (--selector)
   ConnectMode connect_mode = ConnectMode::kServiceDns;
   AddressMap address_map;
   std::string work_dir = "/var/lib/pgshift-operator";
@@ -128,6 +129,8 @@ class Controller {
   struct ReverseLagReading {
     int64_t at_ms = 0;
     std::optional<int64_t> total;
+    std::string target_dsn;  // as Wire gave it, at wired_at_ms
+    int64_t wired_at_ms = 0;
   };
   std::map<std::string, ReverseLagReading> reverse_lag_;
   // ns/name -> fingerprint of the verification reports last written to ConfigMaps.

@@ -8,6 +8,7 @@
 #include <thread>
 
 #include <CLI/CLI.hpp>
+#include <prometheus/metric_family.h>
 
 #include "common/clock.h"
 #include "common/log.h"
@@ -51,6 +52,10 @@ int main(int argc, char** argv) {
   app.add_option("--kubeconfig", kubeconfig,
                  "kubeconfig file (default: in-cluster, else $KUBECONFIG, else ~/.kube/config)");
   app.add_option("--namespace", ns, "watch one namespace (default: every namespace)");
+  std::string selector;
+  app.add_option("--selector", selector,
+                 "carry only the PostgresUpgrades with these labels (a label selector, e.g. "
+                 "team=payments; default: all of them)");
   app.add_option("--connect", connect,
                  "how to reach servers: service-dns (in a cluster) | endpoints (outside one: a "
                  "ready EndpointSlice address)")
@@ -98,6 +103,7 @@ int main(int argc, char** argv) {
 
   op::ControllerOptions co;
   co.watch_namespace = ns;
+  co.label_selector = selector;
   co.connect_mode = connect == "endpoints" ? op::ConnectMode::kEndpoints : op::ConnectMode::kServiceDns;
   co.address_map = op::AddressMap(address_map);
   co.work_dir = work_dir;
@@ -134,9 +140,25 @@ int main(int argc, char** argv) {
     return out;
   };
   auto ready = [&]() { return controller.Synced() || (leader_elect && !leading); };
+  // What the operator costs the API server: its requests by method.
+  k8s::Client* api = client->get();
+  auto process_families = [api]() {
+    prometheus::MetricFamily f;
+    f.name = "pgshift_operator_kube_api_requests_total";
+    f.help = "Requests the operator sent to the Kubernetes API server, by HTTP method (WATCH: "
+             "a watch); the leader election's Lease requests are not counted";
+    f.type = prometheus::MetricType::Counter;
+    for (const auto& [method, n] : api->RequestCounts()) {
+      prometheus::ClientMetric m;
+      m.label.push_back({"method", method});
+      m.counter.value = static_cast<double>(n);
+      f.metric.push_back(std::move(m));
+    }
+    return std::vector<prometheus::MetricFamily>{std::move(f)};
+  };
   std::unique_ptr<obs::MetricsServer> metrics, health;
   if (metrics_addr != "0") {
-    auto m = obs::MetricsServer::Start(metrics_addr, collect, ready);
+    auto m = obs::MetricsServer::Start(metrics_addr, collect, ready, process_families);
     if (!m.ok()) {
       std::cerr << "pgshift-operator: --metrics-addr: " << m.status().message() << "\n";
       return 2;

@@ -25,6 +25,7 @@ CLUSTER_RULES = {
      frozenset({"get", "list", "watch", "create", "update", "patch", "delete"})),
     ("", "services", frozenset({"get", "list", "watch", "create", "update", "patch"})),
     ("", "secrets", frozenset({"get", "list", "watch", "create"})),
+    ("", "configmaps", frozenset({"get", "create", "patch"})),
     ("discovery.k8s.io", "endpointslices", frozenset({"get", "list", "watch"})),
     ("", "events", frozenset({"create", "patch"})),
 }

@@ -234,9 +234,9 @@ def wait_phase(k, name, wanted, timeout, operator=None):
                              f"{json.dumps((pu or {}).get('status', {}), indent=1)[:4000]}")
 
 
-def start_load(source, ledger, duration=600):
+def start_load(source, ledger, duration=600, rate=RATE):
     app_dsn = dsn(source.app).replace("user=postgres", "user=app")
-    return subprocess.Popen([PGSHIFT_BIN, "load", "run", "--dsn", app_dsn, "--rate", str(RATE),
+    return subprocess.Popen([PGSHIFT_BIN, "load", "run", "--dsn", app_dsn, "--rate", str(rate),
                              "--duration", str(duration), "--ledger", str(ledger), "--clients", "4"],
                             env=dict(os.environ, PGPASSWORD=source.app_password),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
