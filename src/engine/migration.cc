@@ -40,7 +40,8 @@ Result<std::unique_ptr<Migration>> Migration::OpenOrCreate(const MigrationReques
         again.options = m->state_.options;
       }
       const std::string old_id = m->state_.id;
-      for (const std::string& name : {std::string("state.json"), std::string(kHistoryFile)}) {
+      for (const std::string& name :
+           {std::string("state.json"), std::string(kReportsFile), std::string(kHistoryFile)}) {
         std::string from = req.state_dir + "/" + name;
         std::string to = req.state_dir + "/aborted-" + old_id + "-" + name;
         if (PathExists(from) && ::rename(from.c_str(), to.c_str()) != 0) {
@@ -290,7 +291,10 @@ Status Migration::Run(Router* router) {
       if (state_.phase == Phase::kPending || state_.phase == Phase::kPreflight) {
         // Nothing exists on either server before Provisioning: forget the attempt, so that
         // a corrected command (another DSN, a fixed server) starts afresh with this folder.
-        if (!sink_) (void)RemoveAll(dir_ + "/state.json");
+        if (!sink_) {
+          (void)RemoveAll(dir_ + "/state.json");
+          (void)RemoveAll(dir_ + "/" + kReportsFile);
+        }
         if (!dir_.empty()) (void)RemoveAll(dir_ + "/" + kHistoryFile);
         return s;
       }

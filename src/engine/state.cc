@@ -163,7 +163,7 @@ void MigrationState::Enter(Phase p) {
   if (IsTerminal(p)) t.finished_at = now;
 }
 
-nlohmann::json MigrationState::ToJson() const {
+nlohmann::json MigrationState::ToJson(bool with_reports) const {
   nlohmann::json dbs = nlohmann::json::array();
   for (const auto& d : databases) {
     dbs.push_back({{"name", d.name},
@@ -236,11 +236,33 @@ nlohmann::json MigrationState::ToJson() const {
             {"name", cutover_journal.row_name},
             {"undoing", cutover_journal.undoing}}},
           {"notes", notes},
-          {"verification", verification},
-          {"switch_point_verification", switch_point_verification},
+          {"verification", with_reports ? verification : nlohmann::json(nullptr)},
+          {"switch_point_verification",
+           with_reports ? switch_point_verification : nlohmann::json(nullptr)},
           {"last_error", last_error},
           {"created_at", created_at},
           {"updated_at", updated_at}};
+}
+
+std::string MigrationState::ReportsFingerprint() const {
+  std::string out;
+  for (const nlohmann::json* r : {&verification, &switch_point_verification}) {
+    if (r->is_object()) {
+      // Every field but the per-table list, and the list's length: a report run again has
+      // another duration at least.
+      for (const auto& [k, v] : r->items()) {
+        if (k == "tables") {
+          out += "tables:" + std::to_string(v.size()) + ";";
+        } else {
+          out += k + "=" + v.dump() + ";";
+        }
+      }
+    } else {
+      out += r->dump();
+    }
+    out += "|";
+  }
+  return out;
 }
 
 Result<MigrationState> MigrationState::FromJson(const nlohmann::json& j) {
@@ -359,7 +381,15 @@ bool StateExists(const std::string& dir) { return PathExists(dir + "/state.json"
 Status SaveState(const std::string& dir, MigrationState* state, bool sync) {
   PGSHIFT_RETURN_IF_ERROR(MakeDirs(dir, 0700));
   state->updated_at = NowUtc();
-  return WriteFileAtomic(dir + "/state.json", state->ToJson().dump(2) + "\n", 0600, sync);
+  std::string fingerprint = state->ReportsFingerprint();
+  if (fingerprint != state->reports_saved) {
+    const nlohmann::json reports = {{"verification", state->verification},
+                                    {"switch_point_verification", state->switch_point_verification}};
+    PGSHIFT_RETURN_IF_ERROR(
+        WriteFileAtomic(dir + "/" + kReportsFile, reports.dump() + "\n", 0600, sync));
+    state->reports_saved = std::move(fingerprint);
+  }
+  return WriteFileAtomic(dir + "/state.json", state->ToJson(false).dump(2) + "\n", 0600, sync);
 }
 
 Result<MigrationState> LoadState(const std::string& dir) {
@@ -376,8 +406,22 @@ Result<MigrationState> LoadState(const std::string& dir) {
     return Status::Internal("state file " + dir + "/state.json is not JSON; restore it (pgshift "
                             "never starts a new migration over a damaged one)");
   }
+  const std::string reports_path = dir + "/" + kReportsFile;
+  if (PathExists(reports_path)) {
+    auto text = ReadFile(reports_path);
+    if (!text.ok()) return text.status().WithContext("reading the verification reports");
+    auto r = nlohmann::json::parse(*text, nullptr, false);
+    if (r.is_discarded() || !r.is_object()) {
+      return Status::Internal(reports_path + " is not JSON; restore it, or remove it (only the "
+                              "verification reports are in it)");
+    }
+    for (const char* key : {"verification", "switch_point_verification"}) {
+      if (r.contains(key)) j[key] = r[key];
+    }
+  }
   auto s = MigrationState::FromJson(j);
   if (!s.ok()) return s.status().WithContext("state file " + dir + "/state.json");
+  if (PathExists(reports_path)) s->reports_saved = s->ReportsFingerprint();
   return s;
 }
 

@@ -178,8 +178,15 @@ struct MigrationState {
   std::string created_at;
   std::string updated_at;
 
-  nlohmann::json ToJson() const;
+  // `with_reports` false leaves out the two verification reports, which list every table
+  // (about 400 bytes of JSON each): what is saved at every step, and in the cutover's pause,
+  // stays small however many tables there are.
+  nlohmann::json ToJson(bool with_reports = true) const;
   static Result<MigrationState> FromJson(const nlohmann::json& j);
+  // Changes whenever either report does, without serializing their per-table lists.
+  std::string ReportsFingerprint() const;
+  // The fingerprint of the reports in <dir>/verification.json (not saved itself).
+  std::string reports_saved;
 
   std::string Prefix() const { return "pgshift_" + id; }
   std::string PublicationName(const DatabaseState& db) const;
@@ -194,7 +201,10 @@ struct MigrationState {
 
 // <dir>/state.json, written atomically (temp file, fsync, rename), mode 0600: it holds DSNs.
 // `sync` false skips the fsyncs (see WriteFileAtomic): for journal entries inside the clients'
-// pause that only a process crash needs to find.
+// pause that only a process crash needs to find. The verification reports go to
+// <dir>/verification.json (kReportsFile), written before state.json and only when they
+// changed; LoadState puts them back (a state.json that holds them, from before, reads too).
+inline constexpr const char* kReportsFile = "verification.json";
 Status SaveState(const std::string& dir, MigrationState* state, bool sync = true);
 Result<MigrationState> LoadState(const std::string& dir);
 bool StateExists(const std::string& dir);

@@ -1,7 +1,11 @@
 #include "engine/state.h"
 
 #include <gtest/gtest.h>
+#include <stdlib.h>
 
+#include <string>
+
+#include "common/files.h"
 
 namespace pgshift::engine {
 namespace {
@@ -60,6 +64,50 @@ TEST(State, RoundTripsThroughJson) {
   EXPECT_TRUE(back->phase_times["Provisioning"].finished_at.empty());
   EXPECT_EQ(back->PublicationName(back->databases[0]), "pgshift_abcd1234_0");
   EXPECT_EQ(back->ReverseName(back->databases[0]), "pgshift_abcd1234_0_rev");
+}
+
+TEST(State, TheVerificationReportsAreSavedApartAndOnlyWhenTheyChange) {
+  char tmpl[] = "/tmp/pgshift-state-XXXXXX";
+  ASSERT_NE(mkdtemp(tmpl), nullptr);
+  const std::string dir = tmpl;
+  MigrationState s;
+  s.id = "abcd1234";
+  s.phase = Phase::kReadyForCutover;
+  nlohmann::json tables = nlohmann::json::array();
+  for (int i = 0; i < 3000; ++i) {
+    tables.push_back({{"schema", "public"}, {"table", "t" + std::to_string(i)}, {"result", "match"}});
+  }
+  s.verification = {{"summary", "3000 tables compared"}, {"seconds", 1.5}, {"tables", tables}};
+  ASSERT_TRUE(SaveState(dir, &s, false).ok());
+  auto state_json = ReadFile(dir + "/state.json");
+  auto reports = ReadFile(dir + "/" + kReportsFile);
+  ASSERT_TRUE(state_json.ok() && reports.ok());
+  EXPECT_EQ(state_json->find("\"t2999\""), std::string::npos);  // small at every save
+  EXPECT_LT(state_json->size(), 4000u);
+  EXPECT_NE(reports->find("\"t2999\""), std::string::npos);
+
+  // Unchanged reports are not written again (a save inside the cutover's pause stays cheap).
+  ASSERT_TRUE(RemoveAll(dir + "/" + kReportsFile).ok());
+  s.phase = Phase::kCuttingOver;
+  ASSERT_TRUE(SaveState(dir, &s, false).ok());
+  EXPECT_FALSE(PathExists(dir + "/" + kReportsFile));
+  s.switch_point_verification = {{"state", "running"}};
+  ASSERT_TRUE(SaveState(dir, &s, false).ok());
+  ASSERT_TRUE(PathExists(dir + "/" + kReportsFile));
+
+  auto back = LoadState(dir);
+  ASSERT_TRUE(back.ok()) << back.status().message();
+  EXPECT_EQ(back->phase, Phase::kCuttingOver);
+  EXPECT_EQ(back->verification, s.verification);
+  EXPECT_EQ(back->switch_point_verification, s.switch_point_verification);
+  EXPECT_EQ(back->reports_saved, s.ReportsFingerprint());
+  // A state.json that holds its reports (written before they moved out) reads as ever.
+  ASSERT_TRUE(RemoveAll(dir + "/" + kReportsFile).ok());
+  ASSERT_TRUE(WriteFileAtomic(dir + "/state.json", s.ToJson().dump(), 0600, false).ok());
+  back = LoadState(dir);
+  ASSERT_TRUE(back.ok());
+  EXPECT_EQ(back->verification, s.verification);
+  (void)RemoveAll(dir);
 }
 
 TEST(State, OptionsKeepTheirJsonWords) {

@@ -185,28 +185,43 @@ Status Controller::PatchStatus(const std::string& ns, const std::string& name,
 Status Controller::SaveEngineState(const std::string& ns, const std::string& name,
                                    const engine::MigrationState& state) {
   json st = StatusFromEngine(state);
-  json engine = state.ToJson();
+  // Saved at every step, the cutover journal's inside the pause too: the reports' per-table
+  // lists are neither copied nor serialized here unless they changed.
+  json small = state.ToJson(/*with_reports=*/false);
+  for (const auto& [key, report] : {std::pair<const char*, const json*>{"verification",
+                                                                         &state.verification},
+                                    {"switch_point_verification",
+                                     &state.switch_point_verification}}) {
+    small[key] = VerificationForStatus(*report, VerificationDetailNote(name, key));
+  }
   // Per-table verification detail goes to ConfigMaps (spec.h, VerificationForStatus), written
   // when it changed; status.engine keeps the summary.
-  if (HasVerificationDetail(engine)) {
-    PGSHIFT_RETURN_IF_ERROR(WriteVerificationDetail(ns, name, engine));
-  }
-  st["engine"] = EngineForStatus(engine, name);
+  PGSHIFT_RETURN_IF_ERROR(WriteVerificationDetail(ns, name, state));
+  st["engine"] = std::move(small);
   if (!state.last_error.empty()) st["message"] = state.last_error;
   return PatchStatus(ns, name, st);
 }
 
 Status Controller::WriteVerificationDetail(const std::string& ns, const std::string& name,
-                                           const json& engine) {
+                                           const engine::MigrationState& state) {
   const std::string key = ns + "/" + name;
-  const size_t fingerprint = std::hash<std::string>{}(
-      engine.value("verification", json()).dump() +
-      engine.value("switch_point_verification", json()).dump());
+  std::string fingerprint = state.ReportsFingerprint();
   {
     std::lock_guard<std::mutex> lock(mu_);
     auto it = verification_written_.find(key);
     if (it != verification_written_.end() && it->second == fingerprint) return Status::Ok();
   }
+  json engine = state.ToJson();
+  if (HasVerificationDetail(engine)) {
+    PGSHIFT_RETURN_IF_ERROR(WriteVerificationConfigMaps(ns, name, engine));
+  }
+  std::lock_guard<std::mutex> lock(mu_);
+  verification_written_[key] = std::move(fingerprint);
+  return Status::Ok();
+}
+
+Status Controller::WriteVerificationConfigMaps(const std::string& ns, const std::string& name,
+                                               const json& engine) {
   // The ConfigMaps are owned by the resource: its uid, read now.
   PGSHIFT_ASSIGN_OR_RETURN(json cr, client_->Get(kPostgresUpgrades, ns, name));
   for (const json& cm : VerificationConfigMaps(cr, engine)) {
@@ -222,8 +237,6 @@ Status Controller::WriteVerificationDetail(const std::string& ns, const std::str
                                     cm["metadata"]["name"].get<std::string>() + ")");
     }
   }
-  std::lock_guard<std::mutex> lock(mu_);
-  verification_written_[key] = fingerprint;
   return Status::Ok();
 }
 

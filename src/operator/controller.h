@@ -102,7 +102,9 @@ class Controller {
   // The ConfigMaps with every table's verification (VerificationConfigMaps), when the
   // reports changed since this process last wrote them.
   Status WriteVerificationDetail(const std::string& ns, const std::string& name,
-                                 const nlohmann::json& engine);
+                                 const engine::MigrationState& state);
+  Status WriteVerificationConfigMaps(const std::string& ns, const std::string& name,
+                                     const nlohmann::json& engine);
   Status ReportProblem(const nlohmann::json& cr, const std::string& reason,
                        const std::string& message, bool working = false);
   // Starts `step` on a thread of its own, with the spec and servers this reconcile found.
@@ -133,8 +135,8 @@ class Controller {
     int64_t wired_at_ms = 0;
   };
   std::map<std::string, ReverseLagReading> reverse_lag_;
-  // ns/name -> fingerprint of the verification reports last written to ConfigMaps.
-  std::map<std::string, size_t> verification_written_;
+  // ns/name -> MigrationState::ReportsFingerprint of the reports last written to ConfigMaps.
+  std::map<std::string, std::string> verification_written_;
   // Keeps the phase and thresholds of `cr` in last_stats_.
   void Remember(const nlohmann::json& cr, const UpgradeSpec* spec);
 };

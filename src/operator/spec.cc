@@ -568,8 +568,10 @@ Json VerificationForStatus(const Json& report, const std::string& detail, size_t
   if (!report.is_object() || !report.contains("tables") || !report["tables"].is_array()) {
     return report;
   }
-  Json out = report;
-  out.erase("tables");
+  Json out = Json::object();
+  for (const auto& [key, value] : report.items()) {
+    if (key != "tables") out[key] = value;  // the per-table list is not copied
+  }
   Json listed = Json::array();
   for (const Json& t : report["tables"]) {
     if (t.value("result", "") == "match" || listed.size() >= max_listed) continue;
@@ -586,15 +588,14 @@ Json VerificationForStatus(const Json& report, const std::string& detail, size_t
   return out;
 }
 
-Json EngineForStatus(const Json& engine, const std::string& upgrade_name) {
-  Json out = engine;
+std::string VerificationDetailNote(const std::string& upgrade_name, const std::string& report) {
   for (const auto& [key, file] : kReports) {
-    if (!out.contains(key)) continue;
-    out[key] = VerificationForStatus(
-        out[key], std::string("every table: ConfigMaps ") + upgrade_name + "-verification-<n>, key " +
-                      file + " (n: the database's index)");
+    if (report == key) {
+      return std::string("every table: ConfigMaps ") + upgrade_name + "-verification-<n>, key " +
+             file + " (n: the database's index)";
+    }
   }
-  return out;
+  return "";
 }
 
 bool HasVerificationDetail(const Json& engine) {

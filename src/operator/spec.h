@@ -146,7 +146,9 @@ Json StatusFromStats(const engine::StatsSnapshot& snapshot);
 // every table goes to a ConfigMap per database (VerificationConfigMaps). A report without a
 // per-table list (running, an error, or one already shortened) is left as it is.
 Json VerificationForStatus(const Json& report, const std::string& detail, size_t max_listed = 20);
-Json EngineForStatus(const Json& engine, const std::string& upgrade_name);
+// The "detail" of report `report` ("verification" or "switch_point_verification") of the
+// resource `upgrade_name`: where every table went.
+std::string VerificationDetailNote(const std::string& upgrade_name, const std::string& report);
 // True when `engine` holds a report with its per-table list.
 bool HasVerificationDetail(const Json& engine);
 

@@ -414,16 +414,17 @@ TEST(VerificationForStatus, KeepsTheSummaryAndOnlyTablesThatDidNotMatch) {
   EXPECT_EQ(VerificationForStatus(running, "x"), running);
 }
 
-TEST(EngineForStatus, ShortensBothReports) {
-  Json engine = {{"id", "ab12cd34"}, {"verification", Report(100, "app")},
-                 {"switch_point_verification", Report(100, "app")}};
-  EXPECT_TRUE(HasVerificationDetail(engine));
-  Json e = EngineForStatus(engine, "shop");
-  EXPECT_FALSE(HasVerificationDetail(e));
-  EXPECT_EQ(e["id"], "ab12cd34");
-  EXPECT_NE(e["verification"]["detail"].get<std::string>().find("shop-verification-<n>"),
+TEST(VerificationDetailNote, NamesTheConfigMapsAndTheKey) {
+  EXPECT_EQ(VerificationDetailNote("shop", "verification"),
+            "every table: ConfigMaps shop-verification-<n>, key before-cutover.tsv (n: the "
+            "database's index)");
+  EXPECT_NE(VerificationDetailNote("shop", "switch_point_verification").find("switch-point.tsv"),
             std::string::npos);
-  EXPECT_EQ(e["switch_point_verification"]["tables_not_listed"], 99);
+  Json engine = {{"verification", Report(100, "app")}};
+  EXPECT_TRUE(HasVerificationDetail(engine));
+  engine["verification"] = VerificationForStatus(engine["verification"], "x");
+  EXPECT_FALSE(HasVerificationDetail(engine));
+  EXPECT_EQ(engine["verification"]["tables_not_listed"], 99);
 }
 
 TEST(VerificationConfigMaps, OnePerDatabaseOwnedByTheResourceAndCutToItsLimit) {

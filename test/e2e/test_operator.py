@@ -724,7 +724,8 @@ def test_five_thousand_tables_keep_the_status_small_and_every_result_in_a_config
     engine = pu["status"]["engine"]
     tables = sum(len(db["tables"]) for db in engine["databases"])
     print(f"5,000 tables: ReadyForCutover after {ready_s:.0f} s; resource {size} bytes "
-          f"(status.engine {len(json.dumps(engine))}, its table list {tables} names)")
+          f"(status.engine {len(json.dumps(engine))}, its table list {tables} names); cutover "
+          f"pause {pu['status']['lastCutover']['pauseMs']:.0f} ms")
     assert size < 256 * 1024, size
     assert tables >= 5004  # what a resumed run needs: the published tables
     cm = k.get("configmap", "shop-verification-0")
