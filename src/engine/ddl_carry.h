@@ -4,13 +4,14 @@
 // On the source, the event trigger (step_prepare.cc) logs every DDL command into
 // _pgshift.ddl_log, in the DDL's own transaction, with its verdict: `statement`, the one
 // statement pgshift can run again on the target (CONCURRENTLY taken out: it runs inside the
-// apply transaction), or NULL and `why_not`. Once the initial copy is done, the log joins the
-// publication, and on the target a row trigger (ENABLE ALWAYS: the apply worker runs in
-// replica mode) runs each carried statement as its row arrives, so it takes effect at the
-// exact point of the change stream where the source made it: the rows written after an ADD
-// COLUMN arrive after the column does. A row pgshift itself inserted, kCarryFromHereTag,
-// starts the carrying on the target: rows the stream brings before it were logged while
-// the log was not yet replicated, and block the cutover (CheckDdlLog, step_catchup.cc).
+// apply transaction), or NULL and `why_not`. The log is published from the start, and on the
+// target a row trigger made with the schema (ENABLE ALWAYS: the apply worker runs in replica
+// mode) runs each carried statement as its row arrives, so it takes effect at the exact point
+// of the change stream where the source made it: the rows written after an ADD COLUMN arrive
+// after the column does. A row pgshift itself inserts when the initial copy is done,
+// kCarryFromHereTag, starts the carrying: rows before it were logged while the copy ran (the
+// target's tables were not all there yet), are not run, and block the cutover (CheckDdlLog,
+// step_ddl.cc).
 #pragma once
 
 #include <string>

@@ -158,8 +158,8 @@ class Migration {
   // The WAL the source keeps for each slot, as the last sample measured it, against
   // --max-retained-wal and the slot's wal_status (wal_retention.h).
   Status GuardWal();
-  // From the catch-up on, DDL on the source is carried to the target (ddl_carry.h): the log
-  // joins the publication and the target's trigger starts at the carry row. Idempotent.
+  // From the catch-up on, DDL on the source is carried to the target (ddl_carry.h): the
+  // target's trigger starts at the carry row this inserts. Idempotent.
   Status EnableDdlCarry();
   // DDL logged on the source since the schema copy: every entry carried on the target (the
   // stream is waited for when it has not arrived yet), else FailedPrecondition with the

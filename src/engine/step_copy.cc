@@ -290,8 +290,10 @@ Status Migration::StepInitialCopy() {
       names.push_back("_pgshift.marker");
       db.tables = names;
       PGSHIFT_RETURN_IF_ERROR(Save());
+      // The DDL log too, from the start: a subscription refreshed later would wait behind
+      // whatever its apply worker waits for (ddl_carry.h).
       PGSHIFT_RETURN_IF_ERROR(src->Exec("CREATE PUBLICATION " + src->QuoteIdent(pub) +
-                                        " FOR TABLE " + Join(names, ", "))
+                                        " FOR TABLE " + Join(names, ", ") + ", _pgshift.ddl_log")
                                   .WithContext("source " + db.name + ": publication"));
     }
     if (!Exists(*dst, kHasSubscription, sub)) {

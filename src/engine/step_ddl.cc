@@ -32,27 +32,17 @@ Status Migration::EnableDdlCarry() {
   for (auto& db : state_.databases) {
     if (db.ddl_carry) continue;
     PGSHIFT_ASSIGN_OR_RETURN(ConnPtr src, Connect(state_.source_dsn, db.name, "source"));
-    PGSHIFT_ASSIGN_OR_RETURN(ConnPtr dst, Connect(state_.target_dsn, db.name, "target"));
-    const std::string pub = state_.PublicationName(db);
-    const std::string sub = state_.SubscriptionName(db);
-    PGSHIFT_RETURN_IF_ERROR(InstallDdlCarry(*dst).WithContext("target " + db.name + ": DDL carry"));
-    // An older run's log lacks the verdict columns; its functions are replaced too.
-    PGSHIFT_RETURN_IF_ERROR(src->Exec("ALTER TABLE _pgshift.ddl_log ADD COLUMN IF NOT EXISTS "
-                                      "search_path text, ADD COLUMN IF NOT EXISTS statement "
-                                      "text, ADD COLUMN IF NOT EXISTS why_not text, ADD COLUMN IF NOT EXISTS objects jsonb"));
-    PGSHIFT_RETURN_IF_ERROR(src->Exec(kDdlLogFunctionsSql).WithContext("source " + db.name));
+    // The publication carries the log from its start (StepInitialCopy). One made by an older
+    // pgshift does not: its DDL blocks the cutover as it did then.
     if (!Exists(*src,
                 "SELECT 1 FROM pg_publication_tables WHERE pubname = $1 "
                 "AND schemaname = '_pgshift' AND tablename = 'ddl_log'",
-                pub)) {
-      PGSHIFT_RETURN_IF_ERROR(
-          src->Exec("ALTER PUBLICATION " + src->QuoteIdent(pub) + " ADD TABLE _pgshift.ddl_log")
-              .WithContext("source " + db.name + ": publishing the DDL log"));
+                state_.PublicationName(db))) {
+      Progress("DDL on the source is not carried for database " + db.name +
+               " (its publication predates it): DDL blocks the cutover");
+      continue;
     }
-    // No copy: rows logged before this point are the ones that block (CheckDdlLog).
-    PGSHIFT_RETURN_IF_ERROR(dst->Exec("ALTER SUBSCRIPTION " + dst->QuoteIdent(sub) +
-                                      " REFRESH PUBLICATION WITH (copy_data = false)")
-                                .WithContext("target " + db.name + ": subscribing to the DDL log"));
+    // Every row the stream brings after this one is run on the target.
     PGSHIFT_RETURN_IF_ERROR(
         src->Query("INSERT INTO _pgshift.ddl_log (tag, role) VALUES ($1, current_user)",
                    {kCarryFromHereTag})

@@ -158,6 +158,9 @@ Status Migration::StepSchema() {
       if (!s.ok()) return s.WithContext("schema of database " + db.name);
     }
     PGSHIFT_RETURN_IF_ERROR(dst->Exec(kTargetSetupSql).WithContext("target " + db.name));
+    // Before the subscription exists: its copy of the DDL log runs nothing until the carry
+    // row comes (EnableDdlCarry).
+    PGSHIFT_RETURN_IF_ERROR(InstallDdlCarry(*dst).WithContext("target " + db.name + ": DDL carry"));
     long long ddl_mark = 0;
     if (!ParseInt64(mark, &ddl_mark)) {
       return Status::Internal("unexpected DDL log position '" + mark + "' on the source");

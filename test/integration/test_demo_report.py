@@ -42,8 +42,9 @@ def test_the_report_of_a_demo_sized_run_renders_every_sample(lab):
         catching_up = [h for h in samples if h.get("phase") == "CatchingUp"]
         print(f"demo: {took:.0f} s, {len(samples)} samples ({len(catching_up)} catching up), "
               f"report {os.path.getsize(html_path) // 1024} kB")
-        # A sample a second from the copy to the cutover (32 on this machine's 70 s demo).
-        assert len(samples) >= 20 and len(catching_up) >= 5, (len(samples), len(catching_up))
+        # A sample a second from the copy to the cutover: 32 in a 70 s demo on this machine,
+        # 19 in a 47 s one. How many depends on the machine's speed; enough for a chart does not.
+        assert len(samples) >= 10 and len(catching_up) >= 5, (len(samples), len(catching_up))
 
         driver = chromium("chromium-profile-demo")
         try:
