@@ -103,14 +103,9 @@ Status Migration::CheckDdlLog() {
         }
         continue;
       }
-      std::string why;
-      if (!db.ddl_carry || (it != carried.end() && log.Get(i, 5) == "t")) {
-        why = kNotCarriedYet;
-      } else if (it == carried.end()) {
-        why = "it has not reached the target yet";
-      } else {
-        why = log.Get(i, 6);
-      }
+      // The source's verdict when it said no. Else it came before the carry row, or (not on
+      // the target once the marker crossed) before the subscription existed: the copy ran.
+      const std::string why = log.Get(i, 5) == "f" ? log.Get(i, 6) : kNotCarriedYet;
       blocking++;
       if (found.size() < 20) {
         found.push_back(db.name + ": " + log.Get(i, 2) + " by " + log.Get(i, 3) + " at " +
@@ -133,10 +128,10 @@ Status Migration::CheckDdlLog() {
       "DDL ran on the source after the schema copy that pgshift did not carry to the target, so "
       "the target's schema may differ; cutover is blocked:\n  " + Join(found, "\n  ") +
       "\napply the same change to the target (it is fenced: in a superuser session run SET "
-      "session_replication_role = replica and SET default_transaction_read_only = off first), then delete these rows from _pgshift.ddl_log "
-      "on the source, or abort and start again; pgshift carries ALTER TABLE, CREATE/DROP "
-      "TABLE, INDEX, SEQUENCE, VIEW, FUNCTION and TRIGGER, COMMENT, GRANT and REVOKE when each "
-      "is sent as a statement of its own");
+      "session_replication_role = replica and SET default_transaction_read_only = off first), "
+      "then delete these rows from _pgshift.ddl_log on the source, or abort and start again; "
+      "pgshift carries ALTER TABLE, CREATE/DROP TABLE, INDEX, SEQUENCE, VIEW, FUNCTION and "
+      "TRIGGER, COMMENT, GRANT and REVOKE when each is sent as a statement of its own");
 }
 
 Result<int64_t> Migration::DdlLogSize() {

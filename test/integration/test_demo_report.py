@@ -62,7 +62,8 @@ def test_the_report_of_a_demo_sized_run_renders_every_sample(lab):
                 assert probe[cid]["hits"] > 100, (cid, probe[cid])
             # Every sample is a point of the lag chart, and the load series covers the run.
             assert max(probe["chart-lag"]["points"]) >= len(samples) * 0.9, (probe["chart-lag"], len(samples))
-            assert max(probe["chart-throughput"]["points"]) >= 40, probe["chart-throughput"]
+            # (a point per second the client ran: 39 in a 49 s demo, 36 in a 45 s one)
+            assert max(probe["chart-throughput"]["points"]) >= took * 0.6, (probe["chart-throughput"], took)
             # The catch-up told as a story: the "ready in" estimate is drawn while the lag drains.
             labels = driver.execute_script(
                 "const c = (window.pgshiftCharts || []).find(c => c.id === 'chart-lag');"
