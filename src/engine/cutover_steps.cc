@@ -184,12 +184,8 @@ Status CutoverSteps::Fence(Side side) {
       // DDL that slipped in after the last check before the pause (the fence now refuses
       // more): not carried yet, and a table it made would not be published. Undone, the
       // attempt's retry checks (and carries) it first.
-      PGSHIFT_ASSIGN_OR_RETURN(
-          std::string n,
-          c->QueryValue("SELECT count(*) FROM _pgshift.ddl_log WHERE id > $1 "
-                        "AND tag IS DISTINCT FROM $2",
-                        {std::to_string(db.ddl_mark), kCarryFromHereTag}));
-      if (n != std::to_string(db.ddl_carried.size())) {
+      PGSHIFT_ASSIGN_OR_RETURN(int64_t n, CountDdlLog(*c, db.ddl_mark));
+      if (n != static_cast<int64_t>(db.ddl_carried.size())) {
         return Status::Unavailable("DDL ran on the source database " + db.name +
                                    " just before the pause; it is checked and carried first");
       }

@@ -1,5 +1,7 @@
 #include "engine/ddl_carry.h"
 
+#include "common/strings.h"
+
 namespace pgshift::engine {
 
 // single_statement(q): q without its final semicolon when it holds one statement; NULL when
@@ -276,5 +278,15 @@ ALTER TABLE _pgshift.ddl_log ENABLE ALWAYS TRIGGER carry_ddl;
 }  // namespace
 
 Status InstallDdlCarry(pg::Connection& target) { return target.Exec(kTargetCarrySql); }
+
+Result<int64_t> CountDdlLog(pg::Connection& source, int64_t mark) {
+  PGSHIFT_ASSIGN_OR_RETURN(std::string n,
+                           source.QueryValue("SELECT count(*) FROM _pgshift.ddl_log WHERE id > $1 "
+                                             "AND tag IS DISTINCT FROM $2",
+                                             {std::to_string(mark), kCarryFromHereTag}));
+  long long v = 0;
+  if (!ParseInt64(n, &v)) return Status::Internal("unexpected DDL log count '" + n + "'");
+  return static_cast<int64_t>(v);
+}
 
 }  // namespace pgshift::engine

@@ -24,6 +24,9 @@ namespace pgshift::engine {
 // The tag of the row that starts the carrying.
 inline constexpr const char* kCarryFromHereTag = "pgshift: carry from here";
 
+// Entries of the source's log (on `source`) past `mark`, the carry row left out.
+Result<int64_t> CountDdlLog(pg::Connection& source, int64_t mark);
+
 // The source's functions: _pgshift.single_statement(text) and the event trigger's
 // _pgshift.log_ddl(). REQUIRES: _pgshift.ddl_log exists (step_prepare.cc).
 extern const char* const kDdlLogFunctionsSql;

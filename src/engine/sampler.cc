@@ -16,9 +16,9 @@ namespace pgshift::engine {
 namespace {
 
 // Lag of the subscription's slot, the walsender's own lag times, and DDL recorded after the
-// schema copy that pgshift cannot carry (ddl_carry.h). lag_seconds: the walsender reports NULL lag times once the subscriber caught
-// up and WAL is idle, so NULL with a walsender present is 0; no walsender at all (replication
-// not running) is unknown.
+// schema copy that pgshift cannot carry (ddl_carry.h). lag_seconds: the walsender reports NULL
+// lag times once the subscriber caught up and WAL is idle, so NULL with a walsender present is
+// 0; no walsender at all (replication not running) is unknown.
 constexpr const char* kSourceSql = R"SQL(
 SELECT (SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint
           FROM pg_replication_slots WHERE slot_name = $1) AS lag_bytes,
@@ -112,7 +112,8 @@ Status StatsSampler::SampleDatabase(const MigrationState& state, const DatabaseS
   const std::string sub = state.SubscriptionName(db);
   PGSHIFT_ASSIGN_OR_RETURN(pg::Connection * src, Conn(state.source_dsn, db.name, true));
   PGSHIFT_ASSIGN_OR_RETURN(pg::QueryResult lag,
-                           src->Query(kSourceSql, {sub, std::to_string(db.ddl_mark), kCarryFromHereTag}));
+                           src->Query(kSourceSql,
+                                      {sub, std::to_string(db.ddl_mark), kCarryFromHereTag}));
   PGSHIFT_ASSIGN_OR_RETURN(pg::QueryResult sizes,
                            src->Query(kSourceSizesSql, {state.PublicationName(db)}));
   PGSHIFT_ASSIGN_OR_RETURN(SlotRetention retention, ReadSlotRetention(*src, sub));

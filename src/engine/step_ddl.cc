@@ -138,12 +138,8 @@ Result<int64_t> Migration::DdlLogSize() {
   int64_t total = 0;
   for (const auto& db : state_.databases) {
     PGSHIFT_ASSIGN_OR_RETURN(ConnPtr src, Connect(state_.source_dsn, db.name, "source"));
-    PGSHIFT_ASSIGN_OR_RETURN(std::string n,
-                             src->QueryValue("SELECT count(*) FROM _pgshift.ddl_log WHERE id > $1",
-                                             {std::to_string(db.ddl_mark)}));
-    long long v = 0;
-    if (!ParseInt64(n, &v)) return Status::Internal("unexpected DDL log count '" + n + "'");
-    total += v;
+    PGSHIFT_ASSIGN_OR_RETURN(int64_t n, CountDdlLog(*src, db.ddl_mark));
+    total += n;
   }
   return total;
 }
@@ -217,6 +213,7 @@ Status Migration::SyncNewTables(DatabaseState& db, pg::Connection& src, pg::Conn
     if (schema == "_pgshift" && name == "ddl_log") continue;
     names.push_back(src.QuoteIdent(schema) + "." + src.QuoteIdent(name));
   }
+  std::sort(names.begin(), names.end());
   std::vector<std::string> before = db.tables;
   std::sort(before.begin(), before.end());
   if (names == before) return Status::Ok();

@@ -23,10 +23,10 @@ namespace {
 
 // pgshift's own bookkeeping in every migrated source (and target) database. The event
 // trigger records DDL by anyone but pgshift itself; the marker row carries the cutover's
-// "everything before this is applied" token through replication. The DDL log is replicated
-// too, once the initial copy is done, and its target trigger runs on the target what the
-// event trigger judged it can carry (ddl_carry.h): `statement` is that statement, or NULL
-// with `why_not` saying why.
+// "everything before this is applied" token through replication. The DDL log is published
+// too, and from the catch-up on its target trigger runs on the target what the event trigger
+// judged it can carry (ddl_carry.h): `statement` is that statement, or NULL with `why_not`
+// saying why. The ALTER gives a log made by an older pgshift the verdict's columns.
 constexpr const char* kSourceSetupSql = R"SQL(
 CREATE SCHEMA IF NOT EXISTS _pgshift;
 CREATE TABLE IF NOT EXISTS _pgshift.ddl_log (

@@ -367,6 +367,7 @@ Status Controller::Reconcile(const std::string& key) {
       std::lock_guard<std::mutex> lock(mu_);
       last_stats_.erase(key);
       reverse_lag_.erase(key);
+      verification_written_.erase(key);
       return Status::Ok();
     }
     return got.status();
@@ -390,6 +391,7 @@ Status Controller::Reconcile(const std::string& key) {
       std::lock_guard<std::mutex> lock(mu_);
       last_stats_.erase(key);
       reverse_lag_.erase(key);
+      verification_written_.erase(key);
     }
     return r.ok() || r.status().code() == StatusCode::kNotFound ? Status::Ok() : r.status();
   }
