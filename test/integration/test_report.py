@@ -158,7 +158,10 @@ def test_report_of_a_real_run_renders_in_chromium(lab):
     rc, stdout, screens, final = run_on_terminal(
         lab, "upgrade", "--source", src, "--target", dst, "--state", str(state),
         "--router", "pgbouncer", "--router-admin", router["admin_dsn"],
-        "--router-config", router["config_file"], "--progress", "detail")
+        "--router-config", router["config_file"], "--progress", "detail",
+        # A fixed pace, so the copy spans several detail polls (one a second) on any
+        # machine: unthrottled, a fast one copies the 120 MB in about a second.
+        "--copy-rate", "30MB")
     assert rc == 0 and "phase RollbackReady" in stdout, (rc, stdout, final)
     check_bars(screens, final)
     out, err = load.communicate(timeout=120)
