@@ -36,6 +36,7 @@ inline const Resource kPersistentVolumeClaims{"", "v1", "persistentvolumeclaims"
                                               "PersistentVolumeClaim"};
 inline const Resource kNodes{"", "v1", "nodes", false, "Node"};
 inline const Resource kStatefulSets{"apps", "v1", "statefulsets", true, "StatefulSet"};
+inline const Resource kDeployments{"apps", "v1", "deployments", true, "Deployment"};
 inline const Resource kLeases{"coordination.k8s.io", "v1", "leases", true, "Lease"};
 inline const Resource kEndpointSlices{"discovery.k8s.io", "v1", "endpointslices", true,
                                       "EndpointSlice"};

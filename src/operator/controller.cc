@@ -9,6 +9,8 @@
 #include "engine/migration.h"
 #include "engine/preflight.h"
 #include "k8s/informer.h"
+#include "operator/pooler.h"
+#include "pg/connection.h"
 #include "pg/conninfo.h"
 
 namespace pgshift::op {
@@ -356,6 +358,116 @@ Result<Controller::Wiring> Controller::Wire(const json& cr, const UpgradeSpec& s
   return w;
 }
 
+Status Controller::EnsurePooler(const json& cr, const UpgradeSpec& spec, Wiring* wiring) {
+  const std::string ns = cr["metadata"]["namespace"], name = cr["metadata"]["name"];
+  // The backend Service is made once: the cutover moves its selector, a re-apply must not.
+  auto backend = client_->Get(res::kServices, ns, PoolerBackendName(name));
+  if (!backend.ok()) {
+    if (backend.status().code() != StatusCode::kNotFound) return backend.status();
+    PGSHIFT_ASSIGN_OR_RETURN(json source_svc, client_->Get(res::kServices, ns, spec.source_service));
+    PGSHIFT_ASSIGN_OR_RETURN(json object, PoolerBackendService(cr, source_svc));
+    auto made = client_->CreateObject(res::kServices, ns, object);
+    if (!made.ok() && made.status().code() != StatusCode::kAlreadyExists) {
+      return made.status().WithContext("creating the pooler's backend Service");
+    }
+  }
+  // The Secret is written once too: it holds the admin password the cutover logs in with.
+  auto secret = client_->Get(res::kSecrets, ns, PoolerName(name));
+  if (!secret.ok()) {
+    if (secret.status().code() != StatusCode::kNotFound) return secret.status();
+    PGSHIFT_ASSIGN_OR_RETURN(auto creds, SourceCredentials(ns, spec));
+    PGSHIFT_ASSIGN_OR_RETURN(std::string target_pw, TargetPassword(ns, name));
+    PoolerConfig pc;
+    pc.ns = ns;
+    pc.upgrade = name;
+    pc.source_user = creds.first;
+    pc.source_password = creds.second;
+    pc.target_password = target_pw;
+    pc.admin_password = RandomHex(24);
+    pc.spec = spec.pooler;
+    auto src = pg::Connection::Connect(wiring->source_dsn, 10, "pgshift-operator");
+    if (!src.ok()) return src.status().WithContext("reading the source's roles for the pooler");
+    pc.databases = spec.databases;
+    if (pc.databases.empty()) {
+      PGSHIFT_ASSIGN_OR_RETURN(
+          auto dbs, (*src)->Query("SELECT datname FROM pg_database "
+                                  "WHERE datallowconn AND NOT datistemplate ORDER BY 1"));
+      for (int i = 0; i < dbs.rows(); ++i) pc.databases.push_back(dbs.Get(i, 0));
+    }
+    auto roles = (*src)->Query(
+        "SELECT rolname, rolpassword FROM pg_authid "
+        "WHERE rolcanlogin AND rolpassword IS NOT NULL ORDER BY 1");
+    if (!roles.ok()) {
+      return roles.status().WithContext(
+          "the pooler logs clients in with the source's password hashes (pg_authid), which "
+          "only a superuser can read; spec.source.credentialsSecret must name one");
+    }
+    for (int i = 0; i < roles->rows(); ++i) pc.roles.push_back({roles->Get(i, 0), roles->Get(i, 1)});
+    PGSHIFT_ASSIGN_OR_RETURN(json object, PoolerSecret(cr, pc));
+    auto made = client_->CreateObject(res::kSecrets, ns, object);
+    if (!made.ok() && made.status().code() != StatusCode::kAlreadyExists) {
+      return made.status().WithContext("creating the pooler's Secret");
+    }
+    LogInfo("pooler configured", {{"resource", ns + "/" + name},
+                                  {"databases", std::to_string(pc.databases.size())},
+                                  {"roles", std::to_string(pc.roles.size())}});
+  }
+  k8s::ApplyOptions ao{kFieldManager, true};
+  auto svc = client_->Apply(res::kServices, ns, PoolerService(cr), ao);
+  if (!svc.ok()) return svc.status().WithContext("applying the pooler's Service");
+  auto dep = client_->Apply(res::kDeployments, ns, PoolerDeployment(cr, spec.pooler), ao);
+  if (!dep.ok()) return dep.status().WithContext("applying the pooler's Deployment");
+  PGSHIFT_ASSIGN_OR_RETURN(wiring->pooler_admin_password, PoolerAdminPassword(ns, name));
+  // The engine checks its router before it starts: wait for a PgBouncer to serve.
+  PGSHIFT_ASSIGN_OR_RETURN(auto ready, ReadyEndpoints(client_, ns, PoolerName(name), options_.address_map));
+  if (ready.empty()) {
+    return Status::Unavailable("waiting for the pooler " + PoolerName(name) + " to have a ready Pod");
+  }
+  return Status::Ok();
+}
+
+Result<std::string> Controller::PoolerAdminPassword(const std::string& ns, const std::string& name) {
+  PGSHIFT_ASSIGN_OR_RETURN(json secret, client_->Get(res::kSecrets, ns, PoolerName(name)));
+  const json data = secret.value("data", json::object());
+  if (!data.contains("admin-password") || !data["admin-password"].is_string()) {
+    return Status::FailedPrecondition("the pooler's Secret " + PoolerName(name) +
+                                      " has no admin-password; delete it and the operator "
+                                      "writes it again");
+  }
+  return k8s::Base64Decode(data["admin-password"].get<std::string>());
+}
+
+Result<std::unique_ptr<engine::Router>> Controller::MakeRouter(const json& cr,
+                                                               const UpgradeSpec& spec,
+                                                               const Wiring& wiring,
+                                                               const engine::MigrationState* state) {
+  const std::string ns = cr["metadata"]["namespace"], name = cr["metadata"]["name"];
+  if (!spec.pooler.enabled) {
+    return std::unique_ptr<engine::Router>(
+        new ServiceRouter(client_, ns, spec.traffic_service, wiring.source, spec.source_service,
+                          wiring.target, TargetName(name), TargetSelector(name)));
+  }
+  PoolerRouter::Options o;
+  o.ns = ns;
+  o.upgrade = name;
+  o.admin_password = wiring.pooler_admin_password;
+  if (o.admin_password.empty()) {
+    PGSHIFT_ASSIGN_OR_RETURN(o.admin_password, PoolerAdminPassword(ns, name));
+  }
+  // The databases its ini serves: the ones it holds at cutover.
+  PGSHIFT_ASSIGN_OR_RETURN(json secret, client_->Get(res::kSecrets, ns, PoolerName(name)));
+  PGSHIFT_ASSIGN_OR_RETURN(
+      std::string ini,
+      k8s::Base64Decode(secret.value("data", json::object()).value("pgbouncer.ini", "")));
+  o.databases = PoolerIniDatabases(ini);
+  o.majors = [state]() -> std::pair<int, int> {
+    return state == nullptr ? std::pair{0, 0} : std::pair{state->source_major, state->target_major};
+  };
+  o.address_map = options_.address_map;
+  return std::unique_ptr<engine::Router>(
+      new PoolerRouter(client_, o, wiring.source, spec.source_service, wiring.target));
+}
+
 Status Controller::Reconcile(const std::string& key) {
   auto slash = key.find('/');
   const std::string ns = key.substr(0, slash), name = key.substr(slash + 1);
@@ -589,6 +701,21 @@ Status Controller::Reconcile(const std::string& key) {
     queue_.AddAfter(key, std::chrono::seconds(10));  // Secrets are not watched
     return Status::Ok();
   }
+  if (spec->pooler.enabled) {
+    Status p = EnsurePooler(cr, *spec, &*wiring);
+    if (p.code() == StatusCode::kUnavailable) {
+      json st = {{"message", p.message()}, {"observedGeneration", generation}};
+      if (!status.contains("phase")) st["phase"] = "Pending";
+      (void)PatchStatus(ns, name, st);
+      queue_.AddAfter(key, std::chrono::seconds(2));
+      return Status::Ok();
+    }
+    if (!p.ok()) {
+      (void)ReportProblem(cr, "PoolerProblem", p.message());
+      queue_.AddAfter(key, std::chrono::seconds(5));
+      return Status::Ok();
+    }
+  }
   json st = {{"observedGeneration", generation},
              {"conditions", Conditions(status.value("conditions", json::array()),
                                        status.value("phase", ""), true, false, degraded_reason,
@@ -738,9 +865,9 @@ void Controller::RunTask(std::shared_ptr<Task> task, std::stop_token stop) {
     std::lock_guard<std::mutex> lock(task->mu);
     task->migration = mig;
   }
-  ServiceRouter router(client_, ns, spec->traffic_service, wiring->source,
-                       spec->source_service, wiring->target, TargetName(name),
-                       TargetSelector(name));
+  auto made_router = MakeRouter(task->cr, *spec, *wiring, &mig->state());
+  if (!made_router.ok()) return finish(made_router.status());
+  engine::Router& router = **made_router;
 
   // Live figures and the last progress line go to the status while the step runs.
   std::jthread reporter([this, task, mig, ns, name](std::stop_token rs) {
@@ -840,14 +967,13 @@ Status Controller::Finalize(const json& cr) {
                                           return SaveEngineState(ns, name, st);
                                         });
   if (!m.ok()) return m.status();
-  ServiceRouter router(client_, ns, spec->traffic_service, wiring->source, spec->source_service,
-                       wiring->target, TargetName(name), TargetSelector(name));
+  PGSHIFT_ASSIGN_OR_RETURN(auto router, MakeRouter(cr, *spec, *wiring, &(*m)->state()));
   Status s;
   if (phase == Phase::kRollbackReady || phase == Phase::kRolledBack) {
     s = (*m)->Finish();
     if (s.ok() && phase == Phase::kRollbackReady) s = detach_target();
   } else {
-    s = (*m)->Abort(&router);
+    s = (*m)->Abort(router.get());
     if (s.code() == StatusCode::kFailedPrecondition &&
         (*m)->state().phase == Phase::kRollbackReady) {
       // The interrupted cutover had switched traffic: keep the target.
@@ -856,14 +982,17 @@ Status Controller::Finalize(const json& cr) {
     }
   }
   if (!s.ok()) return s;
-  // The traffic Service keeps no trace of pgshift.
-  auto svc = client_->Modify(res::kServices, ns, spec->traffic_service, [](json& o) {
-    if (o["metadata"].contains("annotations")) {
-      o["metadata"]["annotations"].erase(kSourceSelectorAnnotation);
-    }
-    return Status::Ok();
-  });
-  if (!svc.ok() && svc.status().code() != StatusCode::kNotFound) return svc.status();
+  // The traffic Service keeps no trace of pgshift (the pooler's backend Service is pgshift's
+  // own and keeps its annotation: a later cutover through the same pooler needs it).
+  if (!spec->traffic_service.empty()) {
+    auto svc = client_->Modify(res::kServices, ns, spec->traffic_service, [](json& o) {
+      if (o["metadata"].contains("annotations")) {
+        o["metadata"]["annotations"].erase(kSourceSelectorAnnotation);
+      }
+      return Status::Ok();
+    });
+    if (!svc.ok() && svc.status().code() != StatusCode::kNotFound) return svc.status();
+  }
   (void)events_->Record(cr, k8s::EventType::kNormal, "CleanedUp",
                         "pgshift's slots, publications and subscriptions were removed");
   return Status::Ok();

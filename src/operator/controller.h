@@ -23,6 +23,7 @@
 #include <thread>
 #include <vector>
 
+#include "engine/router.h"
 #include "engine/schema.h"
 #include "engine/stats.h"
 #include "k8s/client.h"
@@ -93,8 +94,19 @@ class Controller {
   struct Wiring {
     std::string source_dsn, target_dsn, work_dir;
     engine::Endpoint source, target;
+    std::string pooler_admin_password;  // spec.traffic.pooler: its admin console's password
   };
   Result<Wiring> Wire(const nlohmann::json& cr, const UpgradeSpec& spec);
+  // spec.traffic.pooler: its Secret (written once, from the source's roles and databases),
+  // backend Service (made once: the cutover moves it), Deployment and Service; sets
+  // wiring->pooler_admin_password.
+  Status EnsurePooler(const nlohmann::json& cr, const UpgradeSpec& spec, Wiring* wiring);
+  Result<std::string> PoolerAdminPassword(const std::string& ns, const std::string& name);
+  // The router of the spec: the pooler's, else the traffic Service's. `state` gives the
+  // pooler's probes the servers' majors (it must outlive the router).
+  Result<std::unique_ptr<engine::Router>> MakeRouter(const nlohmann::json& cr,
+                                                     const UpgradeSpec& spec, const Wiring& wiring,
+                                                     const engine::MigrationState* state);
   Status PatchStatus(const std::string& ns, const std::string& name, const nlohmann::json& status);
   // The engine's state into status.engine, with the fields derived from it.
   Status SaveEngineState(const std::string& ns, const std::string& name,

@@ -77,8 +77,22 @@ Result<UpgradeSpec> ParseSpec(const Json& resource) {
   if (tgt.contains("resources") && tgt["resources"].is_object()) s.resources = tgt["resources"];
   PGSHIFT_RETURN_IF_ERROR(Read(tgt, "parameters", "target.parameters", &s.parameters));
 
-  PGSHIFT_RETURN_IF_ERROR(
-      Read(Member(spec, "traffic"), "service", "traffic.service", &s.traffic_service));
+  const Json& traffic = Member(spec, "traffic");
+  PGSHIFT_RETURN_IF_ERROR(Read(traffic, "service", "traffic.service", &s.traffic_service));
+  if (traffic.contains("pooler") && traffic["pooler"].is_object()) {
+    const Json& pooler = traffic["pooler"];
+    s.pooler.enabled = true;
+    PGSHIFT_RETURN_IF_ERROR(Read(pooler, "replicas", "traffic.pooler.replicas", &s.pooler.replicas));
+    PGSHIFT_RETURN_IF_ERROR(Read(pooler, "poolMode", "traffic.pooler.poolMode", &s.pooler.pool_mode));
+    PGSHIFT_RETURN_IF_ERROR(Read(pooler, "image", "traffic.pooler.image", &s.pooler.image));
+    PGSHIFT_RETURN_IF_ERROR(
+        Read(pooler, "maxClientConn", "traffic.pooler.maxClientConn", &s.pooler.max_client_conn));
+    PGSHIFT_RETURN_IF_ERROR(Read(pooler, "defaultPoolSize", "traffic.pooler.defaultPoolSize",
+                                 &s.pooler.default_pool_size));
+    if (pooler.contains("resources") && pooler["resources"].is_object()) {
+      s.pooler.resources = pooler["resources"];
+    }
+  }
   std::string tables_without_pk = engine::TablesWithoutPkName(s.tables_without_pk);
   PGSHIFT_RETURN_IF_ERROR(
       Read(spec, "tablesWithoutPrimaryKey", "tablesWithoutPrimaryKey", &tables_without_pk));
@@ -117,8 +131,31 @@ Result<UpgradeSpec> ParseSpec(const Json& resource) {
     if (!std::regex_match(k, kParam)) return Bad("target.parameters", "bad parameter name " + k);
     if (k == "wal_level") return Bad("target.parameters", "wal_level is set by pgshift (logical)");
   }
-  if (s.traffic_service.empty()) return Bad("traffic.service", "is required");
-  if (s.traffic_service == s.source_service) {
+  if (s.traffic_service.empty() == !s.pooler.enabled) {
+    return Bad("traffic", "set exactly one of traffic.service (the operator moves that Service's "
+                          "selector) and traffic.pooler (the operator runs a PgBouncer)");
+  }
+  if (s.pooler.enabled) {
+    if (s.source_service.empty()) {
+      return Bad("traffic.pooler",
+                 "needs source.service: the pooler reaches the source through a Service of its "
+                 "own that selects the source's Pods like source.service does");
+    }
+    if (s.pooler.replicas < 1 || s.pooler.replicas > 64) {
+      return Bad("traffic.pooler.replicas", "must be 1..64");
+    }
+    if (s.pooler.pool_mode != "transaction" && s.pooler.pool_mode != "statement") {
+      return Bad("traffic.pooler.poolMode",
+                 "must be transaction or statement: in session mode PAUSE waits for every client "
+                 "to disconnect, so clients could not be held at cutover");
+    }
+    if (s.pooler.image.empty()) return Bad("traffic.pooler.image", "must not be empty");
+    if (s.pooler.max_client_conn < 1) return Bad("traffic.pooler.maxClientConn", "must be 1 or more");
+    if (s.pooler.default_pool_size < 1) {
+      return Bad("traffic.pooler.defaultPoolSize", "must be 1 or more");
+    }
+  }
+  if (!s.traffic_service.empty() && s.traffic_service == s.source_service) {
     return Bad("traffic.service",
                "must be the Service clients use, not the source's own Service (source.service)");
   }

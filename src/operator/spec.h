@@ -29,6 +29,17 @@ inline constexpr const char* kRoleLabel = "pgshift.dev/role";
 inline constexpr const char* kSourceSelectorAnnotation = "pgshift.dev/source-selector";
 inline constexpr const char* kFieldManager = "pgshift-operator";
 
+// spec.traffic.pooler: a PgBouncer the operator runs in front of the source (see pooler.h).
+struct PoolerSpec {
+  bool enabled = false;
+  int replicas = 2;
+  std::string pool_mode = "transaction";  // transaction | statement
+  std::string image = "edoburu/pgbouncer:v1.24.1-p1";
+  int max_client_conn = 1000;
+  int default_pool_size = 20;
+  Json resources = Json::object();
+};
+
 struct UpgradeSpec {
   // source
   std::string source_service;  // XOR source_host
@@ -45,8 +56,9 @@ struct UpgradeSpec {
   std::string storage_class;
   Json resources = Json::object();
   std::map<std::string, std::string> parameters;
-  // traffic, cutover, verify, rollback
+  // traffic, cutover, verify, rollback: exactly one of traffic_service and pooler
   std::string traffic_service;
+  PoolerSpec pooler;
   // Defaults are the engine's (engine::MigrationOptions), as the CRD's schema documents.
   engine::TablesWithoutPk tables_without_pk = engine::MigrationOptions{}.tables_without_pk;
   engine::CopyMethod copy_method = engine::MigrationOptions{}.copy;

@@ -74,6 +74,13 @@ def test_sample_is_accepted_with_defaults(k):
     assert spec["tablesWithoutPrimaryKey"] == "refuse"
     assert spec["copy"] == {"method": "snapshot", "jobs": 0, "rate": 0}
     assert "action" not in spec and "image" not in spec["target"]
+    # A pooler instead of the Service flip gets its defaults too.
+    pooled = valid("pooled")
+    pooled["spec"]["traffic"] = {"pooler": {}}
+    k.apply(pooled)
+    assert k.json("get", "pgu", "pooled")["spec"]["traffic"] == {"pooler": {
+        "replicas": 2, "poolMode": "transaction", "image": "edoburu/pgbouncer:v1.24.1-p1",
+        "maxClientConn": 1000, "defaultPoolSize": 20}}
 
 
 def test_source_by_host_and_every_field_is_accepted(k):
@@ -157,6 +164,16 @@ def test_traffic_service_must_differ_from_source_service(k):
     (lambda s: s["source"].pop("credentialsSecret"),
      "spec.source.credentialsSecret: Required value"),
     (lambda s: s.pop("traffic"), "spec.traffic: Required value"),
+    (lambda s: s["traffic"].update(pooler={}), "set exactly one of traffic.service and traffic.pooler"),
+    (lambda s: s.update(traffic={}), "set exactly one of traffic.service and traffic.pooler"),
+    (lambda s: s.update(traffic={"pooler": {"poolMode": "session"}}),
+     'spec.traffic.pooler.poolMode: Unsupported value: "session": supported values: '
+     '"transaction", "statement"'),
+    (lambda s: s.update(traffic={"pooler": {"replicas": 0}}),
+     "spec.traffic.pooler.replicas in body should be greater than or equal to 1"),
+    (lambda s: (s["source"].pop("service"), s["source"].update(host="db.example"),
+                s.update(traffic={"pooler": {}})),
+     "traffic.pooler needs source.service"),
     (lambda s: s["target"].update(storage={"size": "lots"}),
      "target.storage.size must be a positive quantity such as 10Gi"),
     (lambda s: s["target"].update(storage={"size": "0"}),
@@ -196,7 +213,8 @@ def test_traffic_service_must_differ_from_source_service(k):
      "copy.jobs and copy.rate apply to copy.method snapshot only"),
 ], ids=["negative-maxLagBytes", "maxPauseMs-0", "maxPauseMs-too-big", "cutover-mode",
         "verify-level", "action", "port", "too-many-databases", "long-database-name",
-        "no-credentials", "no-traffic", "storage-size-word", "storage-size-zero", "wal_level",
+        "no-credentials", "no-traffic", "traffic-both", "traffic-neither", "pooler-session",
+        "pooler-replicas-0", "pooler-without-source-service", "storage-size-word", "storage-size-zero", "wal_level",
         "parameter-name", "rollback-without-reverse", "checkOnly-with-action",
         "tablesWithoutPrimaryKey", "onDifference", "onDifference-rollback-without-reverse",
         "copy-method", "copy-jobs-too-many", "copy-jobs-negative", "copy-rate-negative",

@@ -23,6 +23,7 @@ CLUSTER_RULES = {
     ("pgshift.dev", "postgresupgrades/finalizers", frozenset({"update"})),
     ("apps", "statefulsets",
      frozenset({"get", "list", "watch", "create", "update", "patch", "delete"})),
+    ("apps", "deployments", frozenset({"get", "create", "patch"})),
     ("", "services", frozenset({"get", "list", "watch", "create", "update", "patch"})),
     ("", "secrets", frozenset({"get", "list", "watch", "create"})),
     ("", "configmaps", frozenset({"get", "create", "patch"})),

@@ -1,0 +1,478 @@
+#include "operator/pooler.h"
+
+#include <poll.h>
+
+#include <algorithm>
+#include <regex>
+#include <thread>
+
+#include "common/log.h"
+#include "common/strings.h"
+#include "common/clock.h"
+#include "pg/connection.h"
+#include "pg/conninfo.h"
+
+namespace pgshift::op {
+namespace {
+
+using json = nlohmann::json;
+
+// What PgBouncer's ini key and admin console (PAUSE <db>) take without quoting.
+bool PlainDatabaseName(const std::string& name) {
+  static const std::regex kName("^[A-Za-z0-9_][A-Za-z0-9_.-]*$");
+  return std::regex_match(name, kName);
+}
+
+// A value of a [databases] connect string, quoted as PgBouncer unquotes it ('' is a quote).
+std::string IniValue(const std::string& v) {
+  std::string out = "'";
+  for (char ch : v) {
+    if (ch == '\'') out += '\'';
+    out += ch;
+  }
+  return out + "'";
+}
+
+// A field of userlist.txt: in double quotes, "" is a quote.
+std::string UserlistField(const std::string& v) {
+  std::string out = "\"";
+  for (char ch : v) {
+    if (ch == '"') out += '"';
+    out += ch;
+  }
+  return out + "\"";
+}
+
+json PoolerLabels(const std::string& name) { return {{kPoolerLabel, name}}; }
+
+json PoolerMetadata(const Json& resource, const std::string& object_name) {
+  const std::string name = resource["metadata"]["name"].get<std::string>();
+  // No ownerReference: the application connects through these objects, so deleting the
+  // resource must not delete them (docs/kubernetes.md says how to remove them).
+  return {{"name", object_name},
+          {"namespace", resource["metadata"]["namespace"]},
+          {"labels",
+           {{kPoolerLabel, name},
+            {"app.kubernetes.io/name", "pgbouncer"},
+            {"app.kubernetes.io/managed-by", "pgshift-operator"}}}};
+}
+
+std::string AdminDsn(const engine::Endpoint& e, const std::string& dbname,
+                     const std::string& password) {
+  pg::ConnInfo ci;
+  ci.Set("host", e.host);
+  ci.Set("port", std::to_string(e.port));
+  ci.Set("dbname", dbname);
+  ci.Set("user", kPoolerAdminUser);
+  ci.Set("password", password);
+  ci.Set("connect_timeout", "5");
+  return ci.ToString();
+}
+
+// Runs fn(i) for i in [0, n) on a thread each and returns their statuses.
+std::vector<Status> ForEachParallel(size_t n, const std::function<Status(size_t)>& fn) {
+  std::vector<Status> out(n);
+  std::vector<std::thread> threads;
+  threads.reserve(n);
+  for (size_t i = 0; i < n; ++i) threads.emplace_back([&, i] { out[i] = fn(i); });
+  for (auto& t : threads) t.join();
+  return out;
+}
+
+// One admin command that may wait (PAUSE waits for the pool's server connections to be
+// released), bounded by `deadline_ms`.
+Status AdminCommandUntil(pg::Connection& c, const std::string& command, int64_t deadline_ms) {
+  PGconn* conn = c.raw();
+  if (!PQsendQuery(conn, command.c_str())) {
+    return Status::Unavailable("cannot send " + command + ": " + PQerrorMessage(conn));
+  }
+  while (true) {
+    if (!PQconsumeInput(conn)) return Status::Unavailable("connection lost during " + command);
+    if (!PQisBusy(conn)) break;
+    if (MonotonicMillis() > deadline_ms) {
+      return Status::DeadlineExceeded(command + " did not finish in time");
+    }
+    pollfd pfd{PQsocket(conn), POLLIN, 0};
+    ::poll(&pfd, 1, 2);
+  }
+  Status result = Status::Ok();
+  while (PGresult* res = PQgetResult(conn)) {
+    if (PQresultStatus(res) != PGRES_COMMAND_OK && PQresultStatus(res) != PGRES_TUPLES_OK) {
+      std::string msg = PQresultErrorMessage(res);
+      // Asked again after a crash or a retry: the state is already the one wanted.
+      if (msg.find("already") == std::string::npos) {
+        result = Status::Unavailable(command + ": " + std::string(Trim(msg)));
+      }
+    }
+    PQclear(res);
+  }
+  return result;
+}
+
+}  // namespace
+
+std::string PoolerName(const std::string& upgrade_name) { return upgrade_name + "-pooler"; }
+std::string PoolerBackendName(const std::string& upgrade_name) {
+  return upgrade_name + "-pooler-backend";
+}
+
+Result<std::string> PoolerIni(const PoolerConfig& c) {
+  if (c.databases.empty()) return Status::InvalidArgument("the pooler needs a database to serve");
+  for (const auto& db : c.databases) {
+    if (!PlainDatabaseName(db)) {
+      return Status::InvalidArgument(
+          "database \"" + db + "\" cannot be served by the pooler: PgBouncer's ini and admin "
+          "console take letters, digits, '_', '.' and '-' only. Fix: use traffic.service (the "
+          "Service flip) for this database, or rename it");
+    }
+  }
+  for (const auto* pw : {&c.source_password, &c.target_password, &c.admin_password}) {
+    if (pw->find_first_of("\r\n") != std::string::npos) {
+      return Status::InvalidArgument(
+          "a password with a line break cannot go into pgbouncer.ini. Fix: change the password "
+          "in spec.source.credentialsSecret");
+    }
+  }
+  const std::string host = PoolerBackendName(c.upgrade) + "." + c.ns + ".svc";
+  const std::string server = "host=" + host + " port=" + std::to_string(c.backend_port);
+  std::string ini =
+      "; Written by pgshift-operator for PostgresUpgrade " + c.ns + "/" + c.upgrade +
+      " (docs/kubernetes.md, \"The pooler\").\n"
+      "; The server connections go to the Service " + PoolerBackendName(c.upgrade) +
+      ", which the operator moves from the source's Pods to the target's while clients are\n"
+      "; held by PAUSE. The two probe databases let it check, through each PgBouncer, which\n"
+      "; server a new connection reaches.\n"
+      "[databases]\n";
+  for (const auto& db : c.databases) ini += db + " = " + server + " dbname=" + IniValue(db) + "\n";
+  const std::string probe_db = IniValue(c.databases.front());
+  ini += std::string(kProbeSource) + " = " + server + " dbname=" + probe_db +
+         " user=" + IniValue(c.source_user) + " password=" + IniValue(c.source_password) +
+         " pool_size=1\n";
+  ini += std::string(kProbeTarget) + " = " + server + " dbname=" + probe_db +
+         " user=postgres password=" + IniValue(c.target_password) + " pool_size=1\n";
+  ini +=
+      "\n[pgbouncer]\n"
+      "listen_addr = 0.0.0.0\n"
+      "listen_port = 5432\n"
+      "unix_socket_dir =\n"
+      // md5: md5 hashes log in with md5, SCRAM secrets with SCRAM (PgBouncer picks by secret).
+      "auth_type = md5\n"
+      "auth_file = /etc/pgbouncer/userlist.txt\n"
+      "admin_users = " + std::string(kPoolerAdminUser) + "\n"
+      "pool_mode = " + c.spec.pool_mode + "\n"
+      "max_client_conn = " + std::to_string(c.spec.max_client_conn) + "\n"
+      "default_pool_size = " + std::to_string(c.spec.default_pool_size) + "\n"
+      // A probe that lands on the wrong server fails its login; try again after 1 s, not 15.
+      "server_login_retry = 1\n"
+      "ignore_startup_parameters = extra_float_digits,options\n";
+  return ini;
+}
+
+std::vector<std::string> PoolerIniDatabases(const std::string& ini) {
+  std::vector<std::string> out;
+  bool in_databases = false;
+  for (const auto& raw : Split(ini, '\n', true)) {
+    std::string_view line = Trim(raw);
+    if (line.empty() || line.front() == ';' || line.front() == '#') continue;
+    if (line.front() == '[') {
+      in_databases = line == "[databases]";
+      continue;
+    }
+    auto eq = line.find('=');
+    if (!in_databases || eq == std::string_view::npos) continue;
+    std::string name(Trim(line.substr(0, eq)));
+    if (name != kProbeSource && name != kProbeTarget) out.push_back(name);
+  }
+  return out;
+}
+
+std::string PoolerUserlist(const PoolerConfig& c) {
+  std::string out = UserlistField(kPoolerAdminUser) + " " + UserlistField(c.admin_password) + "\n";
+  for (const auto& r : c.roles) {
+    if (r.name == kPoolerAdminUser || r.secret.empty()) continue;
+    out += UserlistField(r.name) + " " + UserlistField(r.secret) + "\n";
+  }
+  return out;
+}
+
+Result<Json> PoolerSecret(const Json& resource, const PoolerConfig& c) {
+  PGSHIFT_ASSIGN_OR_RETURN(std::string ini, PoolerIni(c));
+  const std::string name = resource["metadata"]["name"].get<std::string>();
+  return Json{{"apiVersion", "v1"},
+              {"kind", "Secret"},
+              {"metadata", PoolerMetadata(resource, PoolerName(name))},
+              {"type", "Opaque"},
+              {"stringData",
+               {{"pgbouncer.ini", ini},
+                {"userlist.txt", PoolerUserlist(c)},
+                {"admin-password", c.admin_password}}}};
+}
+
+Json PoolerDeployment(const Json& resource, const PoolerSpec& spec) {
+  const std::string name = resource["metadata"]["name"].get<std::string>();
+  Json container = {
+      {"name", "pgbouncer"},
+      {"image", spec.image},
+      {"ports", Json::array({{{"name", "pgbouncer"}, {"containerPort", 5432}}})},
+      {"volumeMounts",
+       Json::array({{{"name", "config"}, {"mountPath", "/etc/pgbouncer"}, {"readOnly", true}}})},
+      {"readinessProbe",
+       {{"tcpSocket", {{"port", 5432}}}, {"periodSeconds", 2}, {"failureThreshold", 2}}},
+  };
+  if (!spec.resources.empty()) container["resources"] = spec.resources;
+  Json pod_labels = PoolerLabels(name);
+  return {{"apiVersion", "apps/v1"},
+          {"kind", "Deployment"},
+          {"metadata", PoolerMetadata(resource, PoolerName(name))},
+          {"spec",
+           {{"replicas", spec.replicas},
+            {"selector", {{"matchLabels", pod_labels}}},
+            // A new Pod is ready before an old one goes: clients always have a PgBouncer.
+            {"strategy",
+             {{"type", "RollingUpdate"},
+              {"rollingUpdate", {{"maxUnavailable", 0}, {"maxSurge", 1}}}}},
+            {"template",
+             {{"metadata", {{"labels", pod_labels}}},
+              {"spec",
+               {{"containers", Json::array({container})},
+                {"volumes", Json::array({{{"name", "config"},
+                                          {"secret",
+                                           {{"secretName", PoolerName(name)},
+                                            {"defaultMode", 0444}}}}})}}}}}}}};
+}
+
+Json PoolerService(const Json& resource) {
+  const std::string name = resource["metadata"]["name"].get<std::string>();
+  return {{"apiVersion", "v1"},
+          {"kind", "Service"},
+          {"metadata", PoolerMetadata(resource, PoolerName(name))},
+          {"spec",
+           {{"selector", PoolerLabels(name)},
+            {"ports", Json::array({{{"name", "postgres"},
+                                    {"port", 5432},
+                                    {"targetPort", "pgbouncer"},
+                                    {"protocol", "TCP"}}})}}}};
+}
+
+Result<Json> PoolerBackendService(const Json& resource, const Json& source_service) {
+  const std::string name = resource["metadata"]["name"].get<std::string>();
+  const std::string source = source_service["metadata"].value("name", "");
+  const Json spec = source_service.value("spec", Json::object());
+  const Json selector = spec.value("selector", Json::object());
+  if (!selector.is_object() || selector.empty()) {
+    return Status::FailedPrecondition(
+        "source.service " + source + " has no selector: the pooler's backend Service selects "
+        "the source's Pods the same way. Fix: give source.service a selector");
+  }
+  const Json ports = spec.value("ports", Json::array());
+  if (!ports.is_array() || ports.empty()) {
+    return Status::FailedPrecondition("source.service " + source + " has no port");
+  }
+  Json target_port = ports[0].contains("targetPort") ? ports[0]["targetPort"] : ports[0]["port"];
+  const bool fits = (target_port.is_number_integer() && target_port.get<int>() == 5432) ||
+                    (target_port.is_string() && target_port.get<std::string>() == "postgres");
+  if (!fits) {
+    return Status::FailedPrecondition(
+        "source.service " + source + " leads to port " + target_port.dump() +
+        " of the source's Pods; the pooler's backend Service keeps one targetPort for both "
+        "servers, and the target listens on 5432 (named \"postgres\"). Fix: name the source "
+        "container's port \"postgres\" and use targetPort: postgres, or serve on 5432");
+  }
+  Json meta = PoolerMetadata(resource, PoolerBackendName(name));
+  meta["annotations"] = {{kSourceSelectorAnnotation, selector.dump()}};
+  return Json{{"apiVersion", "v1"},
+              {"kind", "Service"},
+              {"metadata", meta},
+              {"spec",
+               {{"selector", selector},
+                {"ports", Json::array({{{"name", "postgres"},
+                                        {"port", 5432},
+                                        {"targetPort", target_port},
+                                        {"protocol", "TCP"}}})}}}};
+}
+
+PoolerRouter::PoolerRouter(k8s::Client* client, Options o, engine::Endpoint source,
+                           std::string source_service, engine::Endpoint target)
+    : client_(client),
+      o_(std::move(o)),
+      source_(source),
+      target_(target),
+      backend_(client, o_.ns, PoolerBackendName(o_.upgrade), source, std::move(source_service),
+               target, TargetName(o_.upgrade), TargetSelector(o_.upgrade), o_.settle_timeout_ms) {}
+
+PoolerRouter::~PoolerRouter() = default;
+
+Result<std::vector<PoolerReplica>> PoolerRouter::Replicas() {
+  PGSHIFT_ASSIGN_OR_RETURN(auto eps,
+                           ReadyEndpoints(client_, o_.ns, PoolerName(o_.upgrade), o_.address_map));
+  std::vector<PoolerReplica> out;
+  for (const auto& e : eps) out.push_back({e.ToString(), e});
+  return out;
+}
+
+Status PoolerRouter::Check() {
+  PGSHIFT_ASSIGN_OR_RETURN(auto reps, Replicas());
+  if (reps.empty()) {
+    return Status::Unavailable("the pooler " + o_.ns + "/" + PoolerName(o_.upgrade) +
+                               " has no ready PgBouncer yet");
+  }
+  std::string version;
+  for (const auto& r : reps) {
+    auto c = pg::Connection::Connect(AdminDsn(r.address, "pgbouncer", o_.admin_password), 5,
+                                     "pgshift-operator");
+    if (!c.ok()) return c.status().WithContext("pooler replica " + r.pod_ip + " admin console");
+    auto v = (*c)->Query("SHOW VERSION");
+    if (!v.ok()) return v.status().WithContext("pooler replica " + r.pod_ip);
+    if (v->rows() > 0) version = v->Get(0, 0);
+    auto dbs = (*c)->Query("SHOW DATABASES");
+    if (!dbs.ok()) return dbs.status().WithContext("pooler replica " + r.pod_ip);
+    std::vector<std::string> names;
+    for (int i = 0; i < dbs->rows(); ++i) names.push_back(dbs->Get(i, "name"));
+    for (const auto& db : o_.databases) {
+      if (std::find(names.begin(), names.end(), db) == names.end()) {
+        return Status::FailedPrecondition(
+            "pooler replica " + r.pod_ip + " has no database " + db +
+            " in its ini; it runs an older configuration. Fix: delete the Secret " +
+            PoolerName(o_.upgrade) + " and the pooler's Pods; the operator writes it again");
+      }
+    }
+  }
+  PGSHIFT_RETURN_IF_ERROR(backend_.Check());
+  summary_ = std::to_string(reps.size()) + " PgBouncer replica" + (reps.size() == 1 ? "" : "s") +
+             " (" + version + "): PAUSE holds clients in each while the backend Service " +
+             PoolerBackendName(o_.upgrade) + " moves";
+  return Status::Ok();
+}
+
+Status PoolerRouter::Pause(int timeout_ms) {
+  PGSHIFT_ASSIGN_OR_RETURN(auto reps, Replicas());
+  if (reps.empty()) {
+    return Status::Unavailable("the pooler " + PoolerName(o_.upgrade) + " has no ready PgBouncer");
+  }
+  const int64_t deadline = MonotonicMillis() + timeout_ms;
+  auto results = ForEachParallel(reps.size(), [&](size_t i) -> Status {
+    auto c = pg::Connection::Connect(AdminDsn(reps[i].address, "pgbouncer", o_.admin_password),
+                                     5, "pgshift-operator");
+    if (!c.ok()) return c.status();
+    for (const auto& db : o_.databases) {
+      PGSHIFT_RETURN_IF_ERROR(AdminCommandUntil(**c, "PAUSE " + db, deadline));
+    }
+    return Status::Ok();
+  });
+  for (size_t i = 0; i < results.size(); ++i) {
+    if (results[i].ok()) continue;
+    // Nothing stays held: a replica whose PAUSE is still waiting is resumed too.
+    Status undo = Resume();
+    if (!undo.ok()) LogWarn("pooler: RESUME after a failed PAUSE: " + undo.message());
+    return results[i].WithContext("pooler replica " + reps[i].pod_ip);
+  }
+  return Status::Ok();
+}
+
+Status PoolerRouter::Resume() {
+  PGSHIFT_ASSIGN_OR_RETURN(auto reps, Replicas());
+  auto results = ForEachParallel(reps.size(), [&](size_t i) -> Status {
+    auto c = pg::Connection::Connect(AdminDsn(reps[i].address, "pgbouncer", o_.admin_password),
+                                     5, "pgshift-operator");
+    // A PgBouncer that cannot be reached holds no client (a restarted one starts running).
+    if (!c.ok()) return Status::Ok();
+    for (const auto& db : o_.databases) {
+      auto r = (*c)->Query("RESUME " + db);
+      if (!r.ok() && r.status().message().find("not paused") == std::string::npos) {
+        return r.status().WithContext("RESUME " + db);
+      }
+    }
+    return Status::Ok();
+  });
+  for (size_t i = 0; i < results.size(); ++i) {
+    if (!results[i].ok()) return results[i].WithContext("pooler replica " + reps[i].pod_ip);
+  }
+  return Status::Ok();
+}
+
+Status PoolerRouter::Probe(const PoolerReplica& r, bool to_target, int64_t deadline_ms) {
+  const std::string probe = to_target ? kProbeTarget : kProbeSource;
+  const auto majors = o_.majors ? o_.majors() : std::pair{0, 0};
+  const int want = to_target ? majors.second : majors.first;
+  std::string last;
+  while (true) {
+    auto admin = pg::Connection::Connect(AdminDsn(r.address, "pgbouncer", o_.admin_password), 5,
+                                         "pgshift-operator");
+    if (admin.ok()) {
+      // Closes the server connections the pools hold: the next ones go where the Service leads.
+      for (const auto& db : o_.databases) (void)(*admin)->Query("RECONNECT " + db);
+      (void)(*admin)->Query("RECONNECT " + probe);
+      auto c = pg::Connection::Connect(AdminDsn(r.address, probe, o_.admin_password), 5,
+                                       "pgshift-operator");
+      if (c.ok()) {
+        auto v = (*c)->QueryValue("SELECT current_setting('server_version_num')::int / 10000");
+        if (v.ok() && (want == 0 || *v == std::to_string(want))) return Status::Ok();
+        last = v.ok() ? "it reached PostgreSQL " + *v : v.status().message();
+      } else {
+        last = c.status().message();
+      }
+    } else {
+      last = admin.status().message();
+    }
+    if (MonotonicMillis() > deadline_ms) {
+      return Status::DeadlineExceeded(
+          "a new server connection of pooler replica " + r.pod_ip + " does not reach the " +
+          (to_target ? "target" : "source") + " through Service " + PoolerBackendName(o_.upgrade) +
+          " (last try: " + std::string(Trim(last)) +
+          "); the node's service proxy has not followed the Service's endpoints in time");
+    }
+    SleepMillis(100);
+  }
+}
+
+Status PoolerRouter::SwitchTo(const engine::Endpoint& to) {
+  if (!(to == source_) && !(to == target_)) {
+    return Status::InvalidArgument("the pooler router knows " + source_.ToString() + " and " +
+                                   target_.ToString() + ", not " + to.ToString());
+  }
+  PGSHIFT_RETURN_IF_ERROR(backend_.SwitchTo(to));
+  PGSHIFT_ASSIGN_OR_RETURN(auto reps, Replicas());
+  const int64_t deadline = MonotonicMillis() + o_.settle_timeout_ms;
+  const bool to_target = to == target_;
+  auto results =
+      ForEachParallel(reps.size(), [&](size_t i) { return Probe(reps[i], to_target, deadline); });
+  for (const auto& s : results) PGSHIFT_RETURN_IF_ERROR(s);
+  return Status::Ok();
+}
+
+Result<engine::RouterState> PoolerRouter::Observe() {
+  PGSHIFT_ASSIGN_OR_RETURN(engine::RouterState st, backend_.Observe());
+  auto reps = Replicas();
+  if (!reps.ok()) {
+    st.paused = std::nullopt;
+    st.detail += "; pooler replicas unknown (" + reps.status().message() + ")";
+    return st;
+  }
+  int paused = 0, running = 0, unreachable = 0;
+  for (const auto& r : *reps) {
+    auto c = pg::Connection::Connect(AdminDsn(r.address, "pgbouncer", o_.admin_password), 5,
+                                     "pgshift-operator");
+    auto dbs = c.ok() ? (*c)->Query("SHOW DATABASES") : Result<pg::QueryResult>(c.status());
+    if (!dbs.ok() || dbs->ColumnIndex("paused") < 0) {
+      unreachable++;
+      continue;
+    }
+    bool any = false;
+    for (int i = 0; i < dbs->rows(); ++i) {
+      const std::string name = dbs->Get(i, "name");
+      if (std::find(o_.databases.begin(), o_.databases.end(), name) != o_.databases.end() &&
+          dbs->Get(i, "paused") == "1") {
+        any = true;
+      }
+    }
+    (any ? paused : running)++;
+  }
+  // Unreachable replicas hold nobody: they count as not paused.
+  st.paused = paused > 0;
+  st.detail += "; pooler: " + std::to_string(paused) + " replica(s) paused, " +
+               std::to_string(running) + " running, " + std::to_string(unreachable) +
+               " unreachable";
+  return st;
+}
+
+}  // namespace pgshift::op

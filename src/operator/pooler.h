@@ -1,0 +1,131 @@
+// spec.traffic.pooler: a PgBouncer the operator runs in front of the servers, and the Router
+// that holds clients in it at cutover.
+//
+// The objects (all labelled pgshift.dev/pooler=<resource>, none owned by the resource: the
+// application connects through them, so they must outlive it):
+//   Service    <name>-pooler          what the application connects to (port 5432)
+//   Deployment <name>-pooler          `replicas` PgBouncers (edoburu/pgbouncer by default, which
+//                                     runs /etc/pgbouncer/pgbouncer.ini when it is there)
+//   Secret     <name>-pooler          pgbouncer.ini and userlist.txt, mounted at /etc/pgbouncer
+//   Service    <name>-pooler-backend  where every PgBouncer sends its server connections: it
+//                                     selects the source's Pods, then the target's
+//
+// The cutover moves no file: PgBouncer reads its ini once, and a changed Secret reaches a
+// running Pod only after the kubelet's sync (about a minute). Instead, while clients are held
+// by PAUSE on every replica, the backend Service's selector is flipped (the ServiceRouter),
+// every replica RECONNECTs (closes its idle server connections) and then proves, through its
+// own network path, that a new server connection lands on the new server: it logs in through
+// a probe database of its own ini (pgshift_probe_source / pgshift_probe_target, each with that
+// server's credentials) and checks the major version there. Only then are clients resumed. The
+// probe is what makes the switch exact where kube-proxy lags behind the EndpointSlices.
+#pragma once
+
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "engine/router.h"
+#include "k8s/client.h"
+#include "operator/cluster.h"
+#include "operator/spec.h"
+
+namespace pgshift::op {
+
+inline constexpr const char* kPoolerLabel = "pgshift.dev/pooler";
+inline constexpr const char* kPoolerAdminUser = "pgshift_pooler_admin";
+inline constexpr const char* kProbeSource = "pgshift_probe_source";
+inline constexpr const char* kProbeTarget = "pgshift_probe_target";
+
+std::string PoolerName(const std::string& upgrade_name);         // "<name>-pooler"
+std::string PoolerBackendName(const std::string& upgrade_name);  // "<name>-pooler-backend"
+
+// A login role of the source and its password hash (pg_authid.rolpassword: SCRAM or md5), as
+// PgBouncer's auth_file takes it. Roles are copied to the target with the same hash, so the
+// same line logs a client in on either side.
+struct PoolerRole {
+  std::string name;
+  std::string secret;
+};
+
+// What the pooler's configuration is made of.
+struct PoolerConfig {
+  std::string ns;
+  std::string upgrade;
+  std::vector<std::string> databases;  // the migrated databases: one [databases] entry each
+  int backend_port = 5432;             // the backend Service's port
+  std::string source_user, source_password;  // the probe of the source
+  std::string target_password;               // the probe of the target (user postgres)
+  std::string admin_password;                // kPoolerAdminUser, the admin console's user
+  std::vector<PoolerRole> roles;
+  PoolerSpec spec;
+};
+
+// pgbouncer.ini. InvalidArgument for a database name PgBouncer's ini or console cannot carry
+// (only letters, digits, '_', '.', '-'), or a password with a line break.
+Result<std::string> PoolerIni(const PoolerConfig& c);
+// The [databases] entries of a pooler's ini, probes left out: what it serves.
+std::vector<std::string> PoolerIniDatabases(const std::string& ini);
+// userlist.txt: the admin user (plain text) and every role with a password hash.
+std::string PoolerUserlist(const PoolerConfig& c);
+// The Secret with both files and the admin password (key "admin-password").
+Result<Json> PoolerSecret(const Json& resource, const PoolerConfig& c);
+Json PoolerDeployment(const Json& resource, const PoolerSpec& spec);
+Json PoolerService(const Json& resource);
+// Selects what `source_service` selects, on its port's targetPort, and remembers that selector
+// in the annotation the ServiceRouter restores it from. FailedPrecondition when the source
+// Service has no selector, or a targetPort the target's Pods do not have (5432 or "postgres").
+Result<Json> PoolerBackendService(const Json& resource, const Json& source_service);
+
+// How to reach one PgBouncer replica.
+struct PoolerReplica {
+  std::string pod_ip;
+  engine::Endpoint address;  // translated (AddressMap) when the Pod IP does not route
+};
+
+// Holds clients in every replica of the pooler and moves them by flipping the backend Service.
+class PoolerRouter : public engine::Router {
+ public:
+  struct Options {
+    std::string ns, upgrade;
+    std::vector<std::string> databases;
+    std::string admin_password;
+    // (source, target) majors: what each probe must find; 0 when not known yet.
+    std::function<std::pair<int, int>()> majors;
+    AddressMap address_map;
+    int settle_timeout_ms = 10000;
+  };
+  PoolerRouter(k8s::Client* client, Options o, engine::Endpoint source, std::string source_service,
+               engine::Endpoint target);
+  ~PoolerRouter() override;
+
+  std::string Kind() const override { return "kubernetes-pooler"; }
+  // Every ready replica answers on its admin console; the backend Service exists.
+  Status Check() override;
+  std::string Summary() const override { return summary_; }
+  // PAUSE <db> for each migrated database on every ready replica, in parallel; on a failure or
+  // the deadline, what was paused is resumed.
+  Status Pause(int timeout_ms) override;
+  // RESUME <db> on every replica that can be reached (one that cannot holds no client).
+  Status Resume() override;
+  // Flips the backend Service, waits for its EndpointSlices, then on each replica RECONNECTs
+  // and probes until a new server connection lands on the `to` server.
+  Status SwitchTo(const engine::Endpoint& to) override;
+  // The backend Service (selector and endpoints) and the replicas' SHOW DATABASES `paused`.
+  Result<engine::RouterState> Observe() override;
+  bool HoldsTraffic() const override { return true; }
+
+  // The ready replicas, sorted by Pod IP.
+  Result<std::vector<PoolerReplica>> Replicas();
+
+ private:
+  Status Probe(const PoolerReplica& r, bool to_target, int64_t deadline_ms);
+
+  k8s::Client* client_;
+  Options o_;
+  engine::Endpoint source_, target_;
+  ServiceRouter backend_;
+  std::string summary_;
+};
+
+}  // namespace pgshift::op

@@ -1,0 +1,154 @@
+#include "operator/pooler.h"
+
+#include <gtest/gtest.h>
+
+namespace pgshift::op {
+namespace {
+
+Json Resource() {
+  return Json::parse(R"({
+    "apiVersion": "pgshift.dev/v1alpha1", "kind": "PostgresUpgrade",
+    "metadata": {"name": "orders", "namespace": "shop", "uid": "u-1"},
+    "spec": {"source": {"service": "orders-db", "credentialsSecret": {"name": "admin"}},
+             "target": {"version": 17}, "traffic": {"pooler": {}}}})");
+}
+
+PoolerConfig Config() {
+  PoolerConfig c;
+  c.ns = "shop";
+  c.upgrade = "orders";
+  c.databases = {"orders", "app-2"};
+  c.source_user = "dba";
+  c.source_password = "it's \"secret\"";
+  c.target_password = "abc123";
+  c.admin_password = "adm";
+  c.roles = {{"app", "SCRAM-SHA-256$4096:c2FsdA==$a:b"}, {"we\"ird", "md5abc"}, {"nopw", ""}};
+  return c;
+}
+
+TEST(PoolerIni, EveryDatabaseAndBothProbesGoThroughTheBackendService) {
+  auto ini = PoolerIni(Config());
+  ASSERT_TRUE(ini.ok()) << ini.status().message();
+  const std::string server = "host=orders-pooler-backend.shop.svc port=5432";
+  EXPECT_NE(ini->find("orders = " + server + " dbname='orders'\n"), std::string::npos) << *ini;
+  EXPECT_NE(ini->find("app-2 = " + server + " dbname='app-2'\n"), std::string::npos);
+  // Each probe logs in with its own server's credentials; quotes are doubled.
+  EXPECT_NE(ini->find("pgshift_probe_source = " + server +
+                      " dbname='orders' user='dba' password='it''s \"secret\"' pool_size=1"),
+            std::string::npos)
+      << *ini;
+  EXPECT_NE(ini->find("pgshift_probe_target = " + server +
+                      " dbname='orders' user=postgres password='abc123' pool_size=1"),
+            std::string::npos);
+  EXPECT_NE(ini->find("pool_mode = transaction\n"), std::string::npos);
+  EXPECT_NE(ini->find("admin_users = pgshift_pooler_admin\n"), std::string::npos);
+  EXPECT_NE(ini->find("auth_file = /etc/pgbouncer/userlist.txt\n"), std::string::npos);
+  EXPECT_NE(ini->find("server_login_retry = 1\n"), std::string::npos);
+}
+
+TEST(PoolerIni, ItsDatabasesAreReadBackWithoutTheProbes) {
+  auto ini = PoolerIni(Config());
+  ASSERT_TRUE(ini.ok());
+  EXPECT_EQ(PoolerIniDatabases(*ini), (std::vector<std::string>{"orders", "app-2"}));
+}
+
+TEST(PoolerIni, RefusesWhatPgBouncerCannotCarry) {
+  PoolerConfig c = Config();
+  c.databases = {"my db"};
+  auto ini = PoolerIni(c);
+  ASSERT_FALSE(ini.ok());
+  EXPECT_NE(ini.status().message().find("traffic.service"), std::string::npos);
+  c = Config();
+  c.source_password = "a\nb";
+  EXPECT_FALSE(PoolerIni(c).ok());
+  c = Config();
+  c.databases.clear();
+  EXPECT_FALSE(PoolerIni(c).ok());
+}
+
+TEST(PoolerUserlist, AdminInPlainTextAndEachRoleWithItsHash) {
+  EXPECT_EQ(PoolerUserlist(Config()),
+            "\"pgshift_pooler_admin\" \"adm\"\n"
+            "\"app\" \"SCRAM-SHA-256$4096:c2FsdA==$a:b\"\n"
+            "\"we\"\"ird\" \"md5abc\"\n");
+}
+
+TEST(PoolerObjects, NotOwnedByTheResourceAndWiredTogether) {
+  Json cr = Resource();
+  auto secret = PoolerSecret(cr, Config());
+  ASSERT_TRUE(secret.ok());
+  EXPECT_EQ((*secret)["metadata"]["name"], "orders-pooler");
+  EXPECT_FALSE((*secret)["metadata"].contains("ownerReferences"));
+  EXPECT_EQ((*secret)["stringData"]["admin-password"], "adm");
+
+  PoolerSpec spec;
+  spec.replicas = 3;
+  Json d = PoolerDeployment(cr, spec);
+  EXPECT_FALSE(d["metadata"].contains("ownerReferences"));
+  EXPECT_EQ(d["spec"]["replicas"], 3);
+  const Json& pod = d["spec"]["template"]["spec"];
+  EXPECT_EQ(pod["containers"][0]["image"], "edoburu/pgbouncer:v1.24.1-p1");
+  EXPECT_EQ(pod["containers"][0]["volumeMounts"][0]["mountPath"], "/etc/pgbouncer");
+  EXPECT_EQ(pod["volumes"][0]["secret"]["secretName"], "orders-pooler");
+  EXPECT_EQ(d["spec"]["selector"]["matchLabels"], d["spec"]["template"]["metadata"]["labels"]);
+  EXPECT_EQ(d["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"], 0);
+
+  Json svc = PoolerService(cr);
+  EXPECT_EQ(svc["spec"]["selector"], d["spec"]["template"]["metadata"]["labels"]);
+  EXPECT_EQ(svc["spec"]["ports"][0]["targetPort"], "pgbouncer");
+  // The pooler's Pods are not the target's.
+  EXPECT_NE(svc["spec"]["selector"], TargetSelector("orders"));
+}
+
+TEST(PoolerObjects, BackendSelectsTheSourceAndRemembersIt) {
+  Json src = Json::parse(R"({"metadata": {"name": "orders-db"},
+    "spec": {"selector": {"app": "orders-db"}, "ports": [{"port": 5432, "targetPort": 5432}]}})");
+  auto b = PoolerBackendService(Resource(), src);
+  ASSERT_TRUE(b.ok()) << b.status().message();
+  EXPECT_EQ((*b)["metadata"]["name"], "orders-pooler-backend");
+  EXPECT_EQ((*b)["spec"]["selector"], src["spec"]["selector"]);
+  EXPECT_EQ((*b)["metadata"]["annotations"][kSourceSelectorAnnotation], R"({"app":"orders-db"})");
+
+  src["spec"]["ports"][0]["targetPort"] = "postgres";
+  EXPECT_TRUE(PoolerBackendService(Resource(), src).ok());
+  src["spec"]["ports"][0].erase("targetPort");  // defaults to the port
+  EXPECT_TRUE(PoolerBackendService(Resource(), src).ok());
+  src["spec"]["ports"][0]["targetPort"] = 6432;
+  auto bad = PoolerBackendService(Resource(), src);
+  ASSERT_FALSE(bad.ok());
+  EXPECT_NE(bad.status().message().find("Fix:"), std::string::npos);
+  src["spec"].erase("selector");
+  src["spec"]["ports"][0]["targetPort"] = 5432;
+  EXPECT_FALSE(PoolerBackendService(Resource(), src).ok());
+}
+
+TEST(PoolerSpecParse, ExactlyOneWayToMoveTrafficAndASourceService) {
+  Json cr = Resource();
+  cr["spec"]["source"]["credentialsSecret"] = {{"name", "admin"}};
+  auto s = ParseSpec(cr);
+  ASSERT_TRUE(s.ok()) << s.status().message();
+  EXPECT_TRUE(s->pooler.enabled);
+  EXPECT_EQ(s->pooler.replicas, 2);
+  EXPECT_EQ(s->pooler.pool_mode, "transaction");
+
+  Json both = cr;
+  both["spec"]["traffic"]["service"] = "orders";
+  EXPECT_FALSE(ParseSpec(both).ok());
+  Json none = cr;
+  none["spec"]["traffic"] = Json::object();
+  EXPECT_FALSE(ParseSpec(none).ok());
+  Json session = cr;
+  session["spec"]["traffic"]["pooler"]["poolMode"] = "session";
+  auto refused = ParseSpec(session);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_NE(refused.status().message().find("PAUSE"), std::string::npos);
+  Json by_host = cr;
+  by_host["spec"]["source"].erase("service");
+  by_host["spec"]["source"]["host"] = "db.example";
+  auto host = ParseSpec(by_host);
+  ASSERT_FALSE(host.ok());
+  EXPECT_NE(host.status().message().find("source.service"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace pgshift::op
