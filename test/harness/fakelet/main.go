@@ -2,9 +2,11 @@
 //
 // It registers one Node, binds every unscheduled Pod to it, and runs each Pod whose single
 // container image is postgres:MAJOR[...] as a real PostgreSQL server of that major version
-// (from .cache/postgres/MAJOR) on the Pod's own loopback address. PersistentVolumeClaims get
-// a PersistentVolume backed by a folder that outlives the Pod. Pods of any other image are
-// marked Failed: nothing is faked as running. A service proxy listens on 127.0.0.1 for every
+// (from .cache/postgres/MAJOR) on the Pod's own loopback address, and each edoburu/pgbouncer
+// Pod as a real PgBouncer (pgbouncer.go). PersistentVolumeClaims get a PersistentVolume
+// backed by a folder that outlives the Pod; secret, configMap and projected volumes are
+// written into the pod's folder (podvolumes.go). Pods of any other image are marked Failed:
+// nothing is faked as running. A service proxy listens on 127.0.0.1 for every
 // Service port and forwards to ready endpoints from the Service's EndpointSlices.
 //
 // Pod addresses: EndpointSlice validation rejects loopback IPs, so a Pod's API address is
@@ -101,9 +103,9 @@ func run(o options) error {
 	go node.heartbeat(ctx)
 
 	factory := informers.NewSharedInformerFactory(cs, 0)
-	pods := newPodManager(cs, factory, o, runAs)
-	vols := newVolumeManager(cs, factory, o, runAs)
 	proxy := newServiceProxy(factory, o.servicesFile)
+	pods := newPodManager(cs, factory, o, runAs, proxy)
+	vols := newVolumeManager(cs, factory, o, runAs)
 	factory.Start(ctx.Done())
 	for typ, ok := range factory.WaitForCacheSync(ctx.Done()) {
 		if !ok {

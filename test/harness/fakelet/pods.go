@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -30,35 +31,44 @@ const podCIDRPrefix = "10.88.0." // API addresses; the host side is 127.0.0.N
 
 // podRuntime is what fakelet runs for one Pod (by UID).
 type podRuntime struct {
-	uid     types.UID
-	key     string
-	hostN   int
-	server  *pgServer // nil when the pod failed before starting
-	failure string    // reason: message, when the pod cannot run
-	podDir  string
+	uid        types.UID
+	key        string
+	hostN      int
+	ctr        *container // nil when the pod failed before starting
+	failure    string     // reason: message, when the pod cannot run
+	failReason string     // the pod's reason when its container fails for good
+	podDir     string
+	address    func() string // host:port for pods.json
+	dataDir    string
+	owner      runAs // who owns the files of its volumes
 }
 
 type podManager struct {
-	cs    kubernetes.Interface
-	o     options
-	as    runAs
-	pods  corelisters.PodLister
-	pvcs  corelisters.PersistentVolumeClaimLister
-	queue workqueue.TypedRateLimitingInterface[string]
+	cs       kubernetes.Interface
+	o        options
+	as       runAs
+	services serviceResolver
+	pods     corelisters.PodLister
+	pvcs     corelisters.PersistentVolumeClaimLister
+	queue    workqueue.TypedRateLimitingInterface[string]
 
-	mu       sync.Mutex
-	runtimes map[string]*podRuntime // by namespace/name
-	usedN    map[int]bool
+	mu          sync.Mutex
+	runtimes    map[string]*podRuntime // by namespace/name
+	usedN       map[int]bool
+	podsWritten string                  // what pods.json holds
+	tokenRenew  map[types.UID]time.Time // when a pod's projected tokens are renewed
 }
 
-func newPodManager(cs kubernetes.Interface, f informers.SharedInformerFactory, o options, as runAs) *podManager {
+func newPodManager(cs kubernetes.Interface, f informers.SharedInformerFactory, o options, as runAs,
+	services serviceResolver) *podManager {
 	m := &podManager{
-		cs: cs, o: o, as: as,
-		pods:     f.Core().V1().Pods().Lister(),
-		pvcs:     f.Core().V1().PersistentVolumeClaims().Lister(),
-		queue:    workqueue.NewTypedRateLimitingQueue(workqueue.DefaultTypedControllerRateLimiter[string]()),
-		runtimes: map[string]*podRuntime{},
-		usedN:    map[int]bool{},
+		cs: cs, o: o, as: as, services: services,
+		pods:       f.Core().V1().Pods().Lister(),
+		pvcs:       f.Core().V1().PersistentVolumeClaims().Lister(),
+		queue:      workqueue.NewTypedRateLimitingQueue(workqueue.DefaultTypedControllerRateLimiter[string]()),
+		runtimes:   map[string]*podRuntime{},
+		usedN:      map[int]bool{},
+		tokenRenew: map[types.UID]time.Time{},
 	}
 	enqueue := func(obj any) {
 		if key, err := cache.DeletionHandlingMetaNamespaceKeyFunc(obj); err == nil {
@@ -115,6 +125,7 @@ func (m *podManager) run(ctx context.Context) {
 				m.queue.Add(k)
 			}
 			m.mu.Unlock()
+			m.renewTokens()
 		}
 	}
 }
@@ -166,6 +177,7 @@ func (m *podManager) sync(ctx context.Context, key string) error {
 			return err // transient, e.g. a claim not bound yet
 		}
 	}
+	m.writePods() // a container's address may be known only once it started
 	return m.updateStatus(ctx, pod, rt)
 }
 
@@ -185,13 +197,13 @@ type waitError struct{ msg string }
 
 func (e waitError) Error() string { return e.msg }
 
-// start resolves the pod into a PostgreSQL server spec and starts it. A pod that can never
-// run gets a runtime with a failure (and no server).
+// start resolves the pod into a workload and starts it. A pod that can never run gets a
+// runtime with a failure (and no container).
 func (m *podManager) start(pod *corev1.Pod) (*podRuntime, error) {
 	key := pod.Namespace + "/" + pod.Name
 	rt := &podRuntime{uid: pod.UID, key: key,
 		podDir: filepath.Join(m.o.stateDir, "pods", pod.Namespace+"_"+pod.Name+"_"+string(pod.UID))}
-	spec, err := m.resolve(pod, rt)
+	w, err := m.resolve(pod, rt)
 	if _, wait := err.(waitError); wait {
 		return nil, err
 	}
@@ -204,17 +216,52 @@ func (m *podManager) start(pod *corev1.Pod) (*podRuntime, error) {
 			return nil, err
 		}
 		rt.hostN = n
-		spec.hostIP = "127.0.0." + strconv.Itoa(n)
-		rt.server = newPGServer(spec, m.as, func() { m.queue.Add(key) })
-		go rt.server.supervise()
-		log.Printf("pod %s: starting PostgreSQL %d on %s:%d (pod IP %s%d), PGDATA %s",
-			key, spec.major, spec.hostIP, spec.port, podCIDRPrefix, n, spec.dataDir)
+		hostIP := "127.0.0." + strconv.Itoa(n)
+		notify := func() { m.queue.Add(key) }
+		switch w := w.(type) {
+		case *pgServer:
+			w.spec.hostIP = hostIP
+			rt.ctr = newContainer(w, w.spec.grace, stopPlan{syscall.SIGINT, syscall.SIGQUIT}, notify)
+			rt.failReason, rt.dataDir = "PostgresFailed", w.spec.dataDir
+			rt.address = func() string { return fmt.Sprintf("%s:%d", hostIP, w.spec.port) }
+			log.Printf("pod %s: starting PostgreSQL %d on %s:%d (pod IP %s%d), PGDATA %s",
+				key, w.spec.major, hostIP, w.spec.port, podCIDRPrefix, n, w.spec.dataDir)
+		case *pgBouncer:
+			w.hostIP = hostIP
+			// SIGINT: PgBouncer's safe shutdown (waits for server connections to be
+			// released); SIGTERM: immediate shutdown.
+			rt.ctr = newContainer(w, graceOf(pod), stopPlan{syscall.SIGINT, syscall.SIGTERM}, notify)
+			m.readinessFromSpec(rt.ctr, w.c.ReadinessProbe)
+			rt.failReason, rt.owner = "PgBouncerFailed", m.as
+			rt.address = func() string { return fmt.Sprintf("%s:%d", hostIP, w.port.Load()) }
+			log.Printf("pod %s: starting PgBouncer (%s) on %s (pod IP %s%d)", key, pgbouncerBinary, hostIP, podCIDRPrefix, n)
+		}
+		go rt.ctr.supervise()
 	}
 	m.mu.Lock()
 	m.runtimes[key] = rt
 	m.mu.Unlock()
 	m.writePods()
 	return rt, nil
+}
+
+// graceOf is the pod's termination grace period (the kubelet's default 30 s).
+func graceOf(pod *corev1.Pod) time.Duration {
+	if g := pod.Spec.TerminationGracePeriodSeconds; g != nil {
+		return time.Duration(max(*g, 1)) * time.Second
+	}
+	return 30 * time.Second
+}
+
+// readinessFromSpec applies a container's readiness probe schedule: its initial delay and
+// failure threshold; fakelet probes every 0.5 s rather than every periodSeconds, so that
+// tests do not wait for the kubelet's (default 10 s) period.
+func (m *podManager) readinessFromSpec(c *container, p *corev1.Probe) {
+	if p == nil {
+		return
+	}
+	delay, _, threshold := probeTiming(p)
+	c.readiness = readinessPolicy{delay: delay, period: 500 * time.Millisecond, threshold: threshold}
 }
 
 func (m *podManager) allocate() (int, error) {
@@ -229,17 +276,32 @@ func (m *podManager) allocate() (int, error) {
 	return 0, fmt.Errorf("no free pod address in 127.0.0.%d..254", m.o.firstHost)
 }
 
-// resolve maps the pod onto a pgSpec: image -> binaries, env -> credentials, volumes -> folders.
-func (m *podManager) resolve(pod *corev1.Pod, rt *podRuntime) (pgSpec, error) {
-	var spec pgSpec
+// resolve maps the pod onto what fakelet runs for its image.
+func (m *podManager) resolve(pod *corev1.Pod, rt *podRuntime) (workload, error) {
 	if len(pod.Spec.InitContainers) > 0 || len(pod.Spec.Containers) != 1 {
-		return spec, fmt.Errorf("Unsupported: fakelet runs pods of exactly one postgres:MAJOR container")
+		return nil, fmt.Errorf("Unsupported: fakelet runs pods of exactly one container (postgres:MAJOR, %s)",
+			"edoburu/pgbouncer:TAG")
 	}
 	c := pod.Spec.Containers[0]
-	spec.major = postgresMajor(c.Image)
-	if spec.major == 0 {
-		return spec, fmt.Errorf("UnsupportedImage: fakelet runs only postgres:MAJOR images, not %q", c.Image)
+	switch {
+	case postgresMajor(c.Image) > 0:
+		spec, err := m.resolvePostgres(pod, rt)
+		if err != nil {
+			return nil, err
+		}
+		return &pgServer{spec: spec, as: m.as}, nil
+	case isPgBouncerImage(c.Image):
+		return m.resolvePgBouncer(pod, rt)
 	}
+	return nil, fmt.Errorf("UnsupportedImage: fakelet runs only postgres:MAJOR and edoburu/pgbouncer:TAG images, not %q", c.Image)
+}
+
+// resolvePostgres maps the pod onto a pgSpec: image -> binaries, env -> credentials,
+// volumes -> folders.
+func (m *podManager) resolvePostgres(pod *corev1.Pod, rt *podRuntime) (pgSpec, error) {
+	var spec pgSpec
+	c := pod.Spec.Containers[0]
+	spec.major = postgresMajor(c.Image)
 	native := filepath.Join(m.o.pgCache, strconv.Itoa(spec.major), "native")
 	spec.binDir, spec.libDir = filepath.Join(native, "bin"), filepath.Join(native, "lib")
 	if _, err := os.Stat(filepath.Join(spec.binDir, "postgres")); err != nil {
@@ -271,7 +333,7 @@ func (m *podManager) resolve(pod *corev1.Pod, rt *podRuntime) (pgSpec, error) {
 			}
 		}
 	}
-	spec.dataDir, err = m.hostPath(pod, c, pgdata, rt)
+	spec.dataDir, err = m.hostPath(pod, c, pgdata, rt.podDir)
 	if err != nil {
 		return spec, err
 	}
@@ -333,6 +395,12 @@ func (m *podManager) env(pod *corev1.Pod, c corev1.Container) (map[string]string
 				return nil, waitError{fmt.Sprintf("env %s: secret %s has no key %s", e.Name, r.Name, r.Key)}
 			}
 			out[e.Name] = string(v)
+		case e.ValueFrom.FieldRef != nil:
+			v, err := fieldValue(pod, e.ValueFrom.FieldRef.FieldPath)
+			if err != nil {
+				return nil, err
+			}
+			out[e.Name] = v
 		case e.ValueFrom.ConfigMapKeyRef != nil:
 			r := e.ValueFrom.ConfigMapKeyRef
 			cm, err := m.cs.CoreV1().ConfigMaps(pod.Namespace).Get(ctx, r.Name, metav1.GetOptions{})
@@ -348,7 +416,7 @@ func (m *podManager) env(pod *corev1.Pod, c corev1.Container) (map[string]string
 // hostPath maps a container path onto a host folder through the container's volume mounts:
 // PersistentVolumeClaims to their volume folder (outlives the pod), anything else to a
 // folder of the pod (removed with it).
-func (m *podManager) hostPath(pod *corev1.Pod, c corev1.Container, p string, rt *podRuntime) (string, error) {
+func (m *podManager) hostPath(pod *corev1.Pod, c corev1.Container, p string, podDir string) (string, error) {
 	p = path.Clean(p)
 	var best *corev1.VolumeMount
 	for i := range c.VolumeMounts {
@@ -359,7 +427,7 @@ func (m *podManager) hostPath(pod *corev1.Pod, c corev1.Container, p string, rt 
 		}
 	}
 	if best == nil {
-		return filepath.Join(rt.podDir, "rootfs", p), nil
+		return filepath.Join(podDir, "rootfs", p), nil
 	}
 	rel := strings.TrimPrefix(strings.TrimPrefix(p, path.Clean(best.MountPath)), "/")
 	var base string
@@ -377,7 +445,7 @@ func (m *podManager) hostPath(pod *corev1.Pod, c corev1.Container, p string, rt 
 			}
 			base = volumeDir(m.o.stateDir, pvc.Spec.VolumeName)
 		} else {
-			base = filepath.Join(rt.podDir, "volumes", v.Name)
+			base = podVolumeDir(podDir, v.Name)
 		}
 	}
 	if base == "" {
@@ -397,13 +465,14 @@ func (m *podManager) teardown(key string, rt *podRuntime) {
 	}
 	delete(m.runtimes, key)
 	m.mu.Unlock()
-	if rt.server != nil {
-		rt.server.stop()
-		log.Printf("pod %s: PostgreSQL stopped", key)
+	if rt.ctr != nil {
+		rt.ctr.shutdown()
+		log.Printf("pod %s: %s stopped", key, rt.ctr.w.name())
 	}
 	_ = os.RemoveAll(rt.podDir) // volumes of claims live elsewhere and stay
 	m.mu.Lock()
 	delete(m.usedN, rt.hostN)
+	delete(m.tokenRenew, rt.uid)
 	m.mu.Unlock()
 	m.writePods()
 }
@@ -417,15 +486,15 @@ func (m *podManager) stopAll(grace time.Duration) {
 	m.mu.Unlock()
 	var wg sync.WaitGroup
 	for _, rt := range all {
-		if rt.server == nil {
+		if rt.ctr == nil {
 			continue
 		}
 		wg.Add(1)
-		go func(s *pgServer) {
+		go func(c *container) {
 			defer wg.Done()
-			s.spec.grace = grace
-			s.stop()
-		}(rt.server)
+			c.grace = min(c.grace, grace)
+			c.shutdown()
+		}(rt.ctr)
 	}
 	wg.Wait()
 }
@@ -441,10 +510,13 @@ func (m *podManager) updateStatus(ctx context.Context, pod *corev1.Pod, rt *podR
 	st.HostIP, st.HostIPs = "127.0.0.1", []corev1.HostIP{{IP: "127.0.0.1"}}
 	cs := corev1.ContainerStatus{Name: c.Name, Image: c.Image, ImageID: "fakelet://" + c.Image}
 	ready := false
-	if rt.server == nil || rt.server.state().fatal != "" {
+	if rt.ctr == nil || rt.ctr.state().fatal != "" {
 		reason, msg := "Failed", rt.failure
-		if rt.server != nil {
-			reason, msg = "PostgresFailed", rt.server.state().fatal
+		if rt.ctr != nil {
+			reason, msg = rt.failReason, rt.ctr.state().fatal
+			if i := strings.Index(msg, ": "); i > 0 && !strings.Contains(msg[:i], " ") {
+				reason, msg = msg[:i], msg[i+2:]
+			}
 		} else if i := strings.Index(msg, ": "); i > 0 {
 			reason, msg = msg[:i], msg[i+2:]
 		}
@@ -452,7 +524,7 @@ func (m *podManager) updateStatus(ctx context.Context, pod *corev1.Pod, rt *podR
 		cs.State = corev1.ContainerState{Terminated: &corev1.ContainerStateTerminated{
 			ExitCode: 1, Reason: reason, Message: msg, FinishedAt: now}}
 	} else {
-		s := rt.server.state()
+		s := rt.ctr.state()
 		st.PodIP = podCIDRPrefix + strconv.Itoa(rt.hostN)
 		st.PodIPs = []corev1.PodIP{{IP: st.PodIP}}
 		cs.ContainerID = "fakelet://" + string(pod.UID)
@@ -466,8 +538,9 @@ func (m *podManager) updateStatus(ctx context.Context, pod *corev1.Pod, rt *podR
 			if s.restarts > 0 {
 				st.Phase = corev1.PodRunning
 			}
-			cs.State = corev1.ContainerState{Waiting: &corev1.ContainerStateWaiting{Reason: "ContainerCreating"}}
-			if s.lastExit != "" {
+			cs.State = corev1.ContainerState{Waiting: &corev1.ContainerStateWaiting{Reason: "ContainerCreating",
+				Message: s.waiting}}
+			if s.lastExit != "" && s.waiting == "" {
 				cs.State.Waiting.Reason, cs.State.Waiting.Message = "CrashLoopBackOff", s.lastExit
 			}
 		}
@@ -518,16 +591,25 @@ func (m *podManager) writePods() {
 	m.mu.Lock()
 	out := map[string]map[string]string{}
 	for k, rt := range m.runtimes {
-		if rt.server != nil {
+		if rt.ctr != nil {
 			out[k] = map[string]string{
 				"podIP":   podCIDRPrefix + strconv.Itoa(rt.hostN),
-				"address": fmt.Sprintf("%s:%d", rt.server.spec.hostIP, rt.server.spec.port),
-				"dataDir": rt.server.spec.dataDir,
+				"address": rt.address(),
+			}
+			if rt.dataDir != "" {
+				out[k]["dataDir"] = rt.dataDir
 			}
 		}
 	}
 	m.mu.Unlock()
-	writeJSONAtomic(m.o.podsFile, out)
+	b, _ := json.Marshal(out)
+	m.mu.Lock()
+	same := string(b) == m.podsWritten
+	m.podsWritten = string(b)
+	m.mu.Unlock()
+	if !same {
+		writeJSONAtomic(m.o.podsFile, out)
+	}
 }
 
 func writeJSONAtomic(file string, v any) {
@@ -535,5 +617,42 @@ func writeJSONAtomic(file string, v any) {
 	tmp := file + ".tmp"
 	if err := os.WriteFile(tmp, append(b, '\n'), 0o644); err == nil {
 		_ = os.Rename(tmp, file)
+	}
+}
+
+// noteTokenExpiry records when a pod's projected token is to be renewed: at 80 % of its
+// lifetime, as the kubelet does.
+func (m *podManager) noteTokenExpiry(pod *corev1.Pod, expires time.Time, ttl time.Duration) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	at := expires.Add(-ttl / 5)
+	if cur, ok := m.tokenRenew[pod.UID]; !ok || at.Before(cur) || cur.Before(time.Now()) {
+		m.tokenRenew[pod.UID] = at
+	}
+}
+
+// renewTokens rewrites the volumes of pods whose tokens are due (new files in place).
+func (m *podManager) renewTokens() {
+	now := time.Now()
+	m.mu.Lock()
+	var due []*podRuntime
+	for _, rt := range m.runtimes {
+		if at, ok := m.tokenRenew[rt.uid]; ok && now.After(at) && rt.ctr != nil {
+			due = append(due, rt)
+			delete(m.tokenRenew, rt.uid)
+		}
+	}
+	m.mu.Unlock()
+	for _, rt := range due {
+		ns, name, _ := cache.SplitMetaNamespaceKey(rt.key)
+		pod, err := m.pods.Pods(ns).Get(name)
+		if err != nil || pod.UID != rt.uid {
+			continue
+		}
+		if err := m.materializeVolumes(pod, rt.podDir, rt.owner); err != nil {
+			log.Printf("pod %s: renewing its volumes: %v", rt.key, err)
+		} else {
+			log.Printf("pod %s: projected token renewed", rt.key)
+		}
 	}
 }

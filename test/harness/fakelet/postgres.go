@@ -12,10 +12,8 @@ import (
 	"os/user"
 	"path/filepath"
 	"regexp"
-	"runtime"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
 )
@@ -108,40 +106,20 @@ type pgSpec struct {
 	grace      time.Duration
 }
 
-// pgServer supervises one PostgreSQL server: initdb once, start, restart on crash, stop.
+// pgServer is the postgres workload: initdb once, then the server on the Pod's address.
 type pgServer struct {
-	spec   pgSpec
-	as     runAs
-	notify func() // called on every state change
-
-	mu        sync.Mutex
-	running   bool
-	ready     bool
-	startedAt time.Time
-	restarts  int
-	lastExit  string
-	fatal     string // a permanent failure: the pod becomes Failed
-	stopping  bool
-	proc      *os.Process
-	done      chan struct{}
+	spec pgSpec
+	as   runAs
 }
 
-func newPGServer(spec pgSpec, as runAs, notify func()) *pgServer {
-	return &pgServer{spec: spec, as: as, notify: notify, done: make(chan struct{})}
-}
+func (s *pgServer) name() string    { return "postgres " + s.spec.hostIP }
+func (s *pgServer) logFile() string { return s.spec.logFile }
 
-type pgState struct {
-	running, ready bool
-	startedAt      time.Time
-	restarts       int
-	lastExit       string
-	fatal          string
-}
-
-func (s *pgServer) state() pgState {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return pgState{s.running, s.ready, s.startedAt, s.restarts, s.lastExit, s.fatal}
+func (s *pgServer) prepare() error {
+	if err := s.as.mkdirOwned(s.spec.runDir); err != nil {
+		return err
+	}
+	return s.initdb()
 }
 
 func (s *pgServer) env() []string {
@@ -152,7 +130,7 @@ func (s *pgServer) env() []string {
 }
 
 func (s *pgServer) log(format string, a ...any) {
-	log.Printf("postgres %s: %s", s.spec.hostIP, fmt.Sprintf(format, a...))
+	log.Printf("%s: %s", s.name(), fmt.Sprintf(format, a...))
 }
 
 // initdb does what the official image's entrypoint does on an empty PGDATA.
@@ -227,119 +205,22 @@ func tail(out []byte) string {
 	return s
 }
 
-// supervise runs until stop(): the server is restarted when it exits on its own, like a
-// container under restartPolicy Always.
-func (s *pgServer) supervise() {
-	// Pdeathsig is per OS thread: keep this goroutine on the thread that starts the server
-	// so that a killed fakelet also stops its servers.
-	runtime.LockOSThread()
-	defer close(s.done)
-	_ = s.as.mkdirOwned(s.spec.runDir)
-	backoff := time.Second
-	for {
-		if s.isStopping() {
-			return
-		}
-		err := s.initdb()
-		if err == nil {
-			err = s.runOnce()
-		}
-		if s.isStopping() {
-			return
-		}
-		s.mu.Lock()
-		if _, ok := err.(permanentError); ok {
-			s.fatal = err.Error()
-			s.mu.Unlock()
-			s.log("failed: %v", err)
-			s.notify()
-			return
-		}
-		if err != nil {
-			s.lastExit = err.Error()
-		}
-		s.restarts++
-		s.mu.Unlock()
-		s.log("exited (%v); restarting in %v", err, backoff)
-		s.notify()
-		time.Sleep(backoff)
-		if backoff < 10*time.Second {
-			backoff *= 2
-		}
-	}
-}
-
-func (s *pgServer) isStopping() bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.stopping
-}
-
-func (s *pgServer) runOnce() error {
+func (s *pgServer) command() (*exec.Cmd, error) {
 	args := []string{"-D", s.spec.dataDir, "-c", fmt.Sprintf("port=%d", s.spec.port)}
 	args = append(args, s.spec.args...)
 	// No unix sockets: the pod's address is its only way in (and socket paths below the
 	// checkout can pass the 107-byte limit).
 	args = append(args, "-c", "listen_addresses="+s.spec.hostIP, "-c", "unix_socket_directories=")
-	logf, err := os.OpenFile(s.spec.logFile, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
-	if err != nil {
-		return err
-	}
-	defer logf.Close()
 	cmd := s.as.command(filepath.Join(s.spec.binDir, "postgres"), args...)
-	cmd.SysProcAttr.Pdeathsig = syscall.SIGINT
 	cmd.Env = s.env()
 	cmd.Dir = s.spec.runDir
-	cmd.Stdout, cmd.Stderr = logf, logf
-	if err := cmd.Start(); err != nil {
-		return err
-	}
-	s.mu.Lock()
-	s.proc = cmd.Process
-	s.running = true
-	s.startedAt = time.Now()
-	stopping := s.stopping
-	s.mu.Unlock()
-	if stopping {
-		_ = cmd.Process.Signal(syscall.SIGINT)
-	}
-	s.notify()
-	probeStop := make(chan struct{})
-	go s.probe(probeStop)
-	err = cmd.Wait()
-	close(probeStop)
-	s.mu.Lock()
-	s.running, s.ready, s.proc = false, false, nil
-	s.mu.Unlock()
-	if err == nil {
-		err = fmt.Errorf("postgres exited with status 0")
-	}
-	return err
+	return cmd, nil
 }
 
-// probe is the readiness probe: a real PostgreSQL startup handshake, as pg_isready does.
-func (s *pgServer) probe(stop <-chan struct{}) {
-	t := time.NewTicker(500 * time.Millisecond)
-	defer t.Stop()
-	addr := net.JoinHostPort(s.spec.hostIP, strconv.Itoa(s.spec.port))
-	for {
-		ok := pgAcceptsConnections(addr, s.spec.user, s.spec.database)
-		s.mu.Lock()
-		changed := s.ready != ok && s.running
-		if s.running {
-			s.ready = ok
-		}
-		s.mu.Unlock()
-		if changed {
-			s.log("ready=%v", ok)
-			s.notify()
-		}
-		select {
-		case <-stop:
-			return
-		case <-t.C:
-		}
-	}
+// ready is the readiness probe: a real PostgreSQL startup handshake, as pg_isready does.
+func (s *pgServer) ready() bool {
+	return pgAcceptsConnections(net.JoinHostPort(s.spec.hostIP, strconv.Itoa(s.spec.port)),
+		s.spec.user, s.spec.database)
 }
 
 // pgAcceptsConnections sends a startup message and reads the first answer: an
@@ -384,36 +265,4 @@ func pgAcceptsConnections(addr, user, database string) bool {
 		return !bytes.Contains(payload, []byte("C57P03\x00"))
 	}
 	return false
-}
-
-// stop shuts the server down (fast shutdown, then immediate after the grace period) and
-// waits for the supervisor to end.
-func (s *pgServer) stop() {
-	s.mu.Lock()
-	s.stopping = true
-	proc := s.proc
-	s.mu.Unlock()
-	if proc != nil {
-		_ = proc.Signal(syscall.SIGINT)
-	}
-	select {
-	case <-s.done:
-		return
-	case <-time.After(s.spec.grace):
-	}
-	s.mu.Lock()
-	proc = s.proc
-	s.mu.Unlock()
-	if proc != nil {
-		s.log("still running after %v; immediate shutdown", s.spec.grace)
-		_ = proc.Signal(syscall.SIGQUIT)
-	}
-	select {
-	case <-s.done:
-	case <-time.After(10 * time.Second):
-		if proc != nil {
-			_ = proc.Kill()
-		}
-		<-s.done
-	}
 }

@@ -219,3 +219,29 @@ func (p *serviceProxy) forward(l *svcListener, c net.Conn) {
 	<-done
 	<-done
 }
+
+// serviceAddress is where the proxy serves port `port` of Service ns/name.
+func (p *serviceProxy) serviceAddress(ns, name string, port int) (string, error) {
+	if _, err := p.services.Services(ns).Get(name); err != nil {
+		return "", fmt.Errorf("Service %s/%s: %v", ns, name, err)
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if l, ok := p.listeners[fmt.Sprintf("%s/%s/%d", ns, name, port)]; ok {
+		return l.ln.Addr().String(), nil
+	}
+	return "", fmt.Errorf("Service %s/%s has no TCP port %d (or it is not proxied yet)", ns, name, port)
+}
+
+// serviceByClusterIP names the Service whose ClusterIP is ip.
+func (p *serviceProxy) serviceByClusterIP(ip string) (string, string, bool) {
+	svcs, _ := p.services.List(labels.Everything())
+	for _, s := range svcs {
+		for _, cip := range append([]string{s.Spec.ClusterIP}, s.Spec.ClusterIPs...) {
+			if cip == ip {
+				return s.Namespace, s.Name, true
+			}
+		}
+	}
+	return "", "", false
+}
