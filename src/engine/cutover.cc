@@ -77,6 +77,10 @@ Status Migration::Attempts(Router* router, const Direction& d) {
         continue;
       }
     }
+    // Large objects written since the last pass, copied while clients still run: the pass
+    // in the pause then has little left to do.
+    last = CarryLargeObjects(d);
+    if (!last.ok()) break;
     last = SwitchOver(router, d);
     if (last.ok() || state_.phase == d.done) return Status::Ok();
     if (!state_.cutover_in_flight.empty()) break;  // stuck: neither done nor undone
@@ -169,9 +173,16 @@ Status Migration::RunTable(Router* router, const Direction& d, const CutoverJour
     state_.cutover_journal = j;
     return Save(durable);
   };
-  cb.commit = [this, &d](CutoverOutcome outcome, const CutoverReport& rep) {
+  cb.commit = [this, &d, &steps](CutoverOutcome outcome, const CutoverReport& rep) {
     state_.cutover_in_flight.clear();
     state_.cutover_journal = CutoverJournal{};
+    if (outcome == CutoverOutcome::kCompleted && &d == &Direction::Forward()) {
+      for (auto& db : state_.databases) {
+        auto it = steps.reverse_lo_horizons().find(db.name);
+        // Not taken (a recovery that did not redo the step): a pass back compares everything.
+        db.lo_reverse_horizon = it == steps.reverse_lo_horizons().end() ? "" : it->second;
+      }
+    }
     RecordAttempt(d, rep, outcome == CutoverOutcome::kCompleted);
     if (outcome == CutoverOutcome::kCompleted) return Move(d.done);
     return d.undone == state_.phase ? Save() : Move(d.undone);

@@ -1,5 +1,7 @@
 #include "engine/cutover_steps.h"
 
+#include "engine/large_objects.h"
+
 #include <algorithm>
 
 #include "common/clock.h"
@@ -332,11 +334,27 @@ Status CutoverSteps::RunHook() {
   return hook_->run(ctx).WithContext(hook_->name);
 }
 
+// What logical replication does not carry, old -> new, with the old side fenced: sequence
+// positions, and the large objects written since the pass made before the pause.
 Status CutoverSteps::Sequences() {
+  const bool forward = d_.old_side == Side::kSource;
   for (const auto& db : state_.databases) {
     PGSHIFT_ASSIGN_OR_RETURN(pg::Connection * oc, Session(d_.old_side, db));
     PGSHIFT_ASSIGN_OR_RETURN(pg::Connection * nc, Session(d_.new_side, db));
     PGSHIFT_RETURN_IF_ERROR(SyncSequences(*oc, *nc));
+    PGSHIFT_ASSIGN_OR_RETURN(bool any, AnyLargeObjects(*oc, *nc));
+    if (any) {
+      auto pass = SyncLargeObjects(*oc, *nc, forward ? db.lo_horizon : db.lo_reverse_horizon);
+      if (!pass.ok()) return pass.status().WithContext(db.name);
+      if (pass->copied + pass->unlinked > 0) {
+        note_(db.name + ": " + std::to_string(pass->copied) + " large object(s) copied and " +
+              std::to_string(pass->unlinked) + " unlinked inside the pause");
+      }
+    }
+    if (forward) {
+      // Clients write on the target only after this: a pass back starts here.
+      PGSHIFT_ASSIGN_OR_RETURN(reverse_lo_horizons_[db.name], LargeObjectHorizonNow(*nc));
+    }
   }
   return Status::Ok();
 }

@@ -26,6 +26,11 @@ class CutoverSteps {
 
   // The time by which the clients' pause must end; 0 before the pause row ran.
   int64_t pause_deadline_ms() const { return pause_deadline_ms_; }
+  // Forward, by database: the target's large object horizon taken in the pause (step
+  // sequences), where a pass back starts; empty when that step did not run.
+  const std::map<std::string, std::string>& reverse_lo_horizons() const {
+    return reverse_lo_horizons_;
+  }
 
  private:
   struct Sessions {
@@ -73,6 +78,7 @@ class CutoverSteps {
   std::function<void(const std::string&)> note_;
   std::map<std::string, Sessions> sessions_;
   int64_t pause_deadline_ms_ = 0;
+  std::map<std::string, std::string> reverse_lo_horizons_;
 };
 
 }  // namespace pgshift::engine

@@ -166,6 +166,9 @@ class Migration {
   // statements and why; then the tables that carried DDL made, renamed or dropped follow
   // (SyncNewTables: published, copied, and in the reverse publication).
   Status CheckDdlLog();
+  // One pass of large objects (large_objects.h) for each database in direction `d`, from the
+  // horizon of the last one, outside the cutover's pause; saves the new horizon.
+  Status CarryLargeObjects(const Direction& d);
   Status SyncNewTables(DatabaseState& db, pg::Connection& src, pg::Connection& dst);
   // Entries of the source's DDL logs past their marks, all databases.
   Result<int64_t> DdlLogSize();

@@ -160,10 +160,7 @@ namespace {
 // for the columns that may hold their OIDs.
 std::string LargeObjectRemedy(const LargeObjectFacts& lo) {
   std::string out =
-      "pgshift cannot carry large objects exactly (their writes are not in logical "
-      "replication, and finding the changed ones would mean reading them all inside the "
-      "cutover's pause). Move their contents into bytea columns, which replicate, then unlink "
-      "them:";
+      "Move their contents into bytea columns, which replicate, then unlink them:";
   const size_t shown_n = std::min<size_t>(lo.oid_columns.size(), 5);
   std::vector<std::string> shown(lo.oid_columns.begin(),
                                  lo.oid_columns.begin() + static_cast<std::ptrdiff_t>(shown_n));
@@ -616,15 +613,24 @@ Status CheckDatabase(const std::string& source_dsn, const std::string& target_ds
 
   auto large_objects = ReadLargeObjects(*src);
   if (!large_objects.ok()) return ctx(large_objects.status());
-  if (large_objects->count > 0) {
+  if (large_objects->count > 0 && !large_objects->bytes) {
     const LargeObjectFacts& lo = *large_objects;
     results.push_back({"large-objects", Severity::kError, db,
-                       Plural(lo.count, "large object", "large objects") + " (" +
-                           (lo.bytes ? FormatBytes(static_cast<double>(*lo.bytes))
-                                     : std::string("size unknown: reading pg_largeobject needs "
-                                                   "superuser")) +
-                           "): logical replication does not carry them",
-                       LargeObjectRemedy(lo)});
+                       Plural(lo.count, "large object", "large objects") +
+                           ": logical replication does not carry them, and pgshift copies them "
+                           "only as a superuser (pg_largeobject is readable by superusers only)",
+                       "connect to both servers as a superuser; or, without one:\n" +
+                           LargeObjectRemedy(lo)});
+  } else if (large_objects->count > 0) {
+    const LargeObjectFacts& lo = *large_objects;
+    const std::string size = FormatBytes(static_cast<double>(*lo.bytes));
+    results.push_back({"large-objects", Severity::kInfo, db,
+                       Plural(lo.count, "large object", "large objects") + " (" + size +
+                           "): logical replication does not carry them; pgshift copies them "
+                           "all before the cutover is ready, again those written since before "
+                           "each attempt, and inside the pause the last ones (it scans "
+                           "pg_largeobject, " + size + ", while clients are held)",
+                       ""});
   } else {
     results.push_back(Ok("large-objects", db, "no large objects"));
   }

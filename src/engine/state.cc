@@ -174,6 +174,8 @@ nlohmann::json MigrationState::ToJson(bool with_reports) const {
                    {"ddl_mark", d.ddl_mark},
                    {"ddl_carry", d.ddl_carry},
                    {"ddl_carried", d.ddl_carried},
+                   {"lo_horizon", d.lo_horizon},
+                   {"lo_reverse_horizon", d.lo_reverse_horizon},
                    {"tables", d.tables},
                    {"copy_done", d.copy_done},
                    {"post_data_done", d.post_data_done},
@@ -316,6 +318,8 @@ Result<MigrationState> MigrationState::FromJson(const nlohmann::json& j) {
       db.ddl_mark = d.value("ddl_mark", int64_t{0});
       db.ddl_carry = d.value("ddl_carry", false);
       db.ddl_carried = d.value("ddl_carried", std::vector<int64_t>{});
+      db.lo_horizon = d.value("lo_horizon", "");
+      db.lo_reverse_horizon = d.value("lo_reverse_horizon", "");
       db.tables = d.value("tables", std::vector<std::string>{});
       db.copy_done = d.value("copy_done", false);
       db.post_data_done = d.value("post_data_done", false);

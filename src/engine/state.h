@@ -116,6 +116,10 @@ struct DatabaseState {
   bool ddl_carry = false;
   // Ids of the log's entries past ddl_mark found carried on the target (CheckDdlLog).
   std::vector<int64_t> ddl_carried;
+  // Large objects (large_objects.h): where the next pass source -> target starts ("" before
+  // the first), and the target's horizon from the forward cutover for a pass back.
+  std::string lo_horizon;
+  std::string lo_reverse_horizon;
   std::vector<std::string> tables;  // schema-qualified, quoted names in the publication
   // The constraints NOT VALID on the source, created after every table's initial copy.
   bool not_valid_applied = false;

@@ -11,6 +11,7 @@
 #include "common/strings.h"
 #include "engine/fence.h"
 #include "engine/inspect.h"
+#include "engine/large_objects.h"
 #include "engine/preflight.h"
 #include "engine/replication_health.h"
 #include "engine/schema.h"
@@ -255,6 +256,8 @@ Status Migration::StepCatchUp() {
     if (v.code() != StatusCode::kFailedPrecondition || now_logged == logged || round >= 5) return v;
     Progress("DDL ran on the source during verification; checking it, then verifying again");
   }
+  // Large objects: the first pass copies them all, before the cutover is ready.
+  PGSHIFT_RETURN_IF_ERROR(CarryLargeObjects(Direction::Forward()));
   // Materialized views come over empty with the schema; fill them on the target.
   for (const auto& db : state_.databases) {
     PGSHIFT_ASSIGN_OR_RETURN(ConnPtr dst, Connect(state_.target_dsn, db.name, "target"));
@@ -343,6 +346,40 @@ Status Migration::FenceTarget() {
     if (!on) {
       PGSHIFT_RETURN_IF_ERROR(FenceOn(*dst, db.name, {dst->BackendPid()}, MonotonicMillis() + 10000)
                                   .WithContext("target " + db.name));
+    }
+  }
+  return Status::Ok();
+}
+
+}  // namespace pgshift::engine
+
+namespace pgshift::engine {
+
+Status Migration::CarryLargeObjects(const Direction& d) {
+  const bool forward = &d == &Direction::Forward();
+  for (auto& db : state_.databases) {
+    PGSHIFT_ASSIGN_OR_RETURN(ConnPtr src, Connect(state_.source_dsn, db.name, "source"));
+    PGSHIFT_ASSIGN_OR_RETURN(ConnPtr dst, Connect(state_.target_dsn, db.name, "target"));
+    PGSHIFT_ASSIGN_OR_RETURN(bool any, AnyLargeObjects(*src, *dst));
+    if (!any) continue;
+    pg::Connection& from = forward ? *src : *dst;
+    pg::Connection& to = forward ? *dst : *src;
+    std::string& horizon = forward ? db.lo_horizon : db.lo_reverse_horizon;
+    // Writers keep writing while a pass runs: passes again while one still found much, so
+    // that the pass inside the cutover's pause has little left.
+    for (int round = 1; round <= 3; ++round) {
+      const int64_t t0 = MonotonicMillis();
+      auto pass = SyncLargeObjects(from, to, horizon);
+      if (!pass.ok()) return pass.status().WithContext(db.name + ": large objects");
+      horizon = pass->horizon;
+      PGSHIFT_RETURN_IF_ERROR(Save());
+      Progress(db.name + ": large objects " + (forward ? "source -> target" : "target -> source") +
+               ": " + std::to_string(pass->objects) + " on the " +
+               (forward ? "source" : "target") + ", " + std::to_string(pass->copied) +
+               " copied (" + FormatBytes(static_cast<double>(pass->bytes)) + "), " +
+               std::to_string(pass->unlinked) + " unlinked in " +
+               std::to_string(MonotonicMillis() - t0) + " ms");
+      if (pass->copied + pass->unlinked <= 10) break;
     }
   }
   return Status::Ok();
