@@ -133,6 +133,17 @@ std::vector<CutoverRow> CutoverSteps::Rows() {
   return rows;
 }
 
+namespace {
+
+// The reverse slot: a failover slot on 17+, like the forward one (wal_retention.h).
+std::string CreateLogicalSlotSql(const pg::Connection& c) {
+  return c.ServerMajor() >= 17
+             ? "SELECT pg_create_logical_replication_slot($1, 'pgoutput', false, false, true)"
+             : "SELECT pg_create_logical_replication_slot($1, 'pgoutput')";
+}
+
+}  // namespace
+
 const std::string& CutoverSteps::Dsn(Side side) const {
   return side == Side::kSource ? state_.source_dsn : state_.target_dsn;
 }
@@ -264,7 +275,7 @@ Status CutoverSteps::Prepare() {
       const std::string rev = state_.ReverseName(db);
       PGSHIFT_RETURN_IF_ERROR(DropSlotIfIdle(*nc, rev));
       PGSHIFT_RETURN_IF_ERROR(
-          nc->Query("SELECT pg_create_logical_replication_slot($1, 'pgoutput')", {rev})
+          nc->Query(CreateLogicalSlotSql(*nc), {rev})
               .status()
               .WithContext("target " + db.name + ": reverse replication slot"));
       PGSHIFT_RETURN_IF_ERROR(AdvanceSlotToNow(*nc, rev));
@@ -439,7 +450,7 @@ Status CutoverSteps::ReverseSubscription() {
     const std::string rev = state_.ReverseName(db);
     if (!Exists(*src, kHasSubscription, rev) && !Exists(*dst, kHasSlot, rev)) {
       PGSHIFT_RETURN_IF_ERROR(
-          dst->Query("SELECT pg_create_logical_replication_slot($1, 'pgoutput')", {rev}).status());
+          dst->Query(CreateLogicalSlotSql(*dst), {rev}).status());
       note_(db.name +
             ": the reverse slot was lost and made again after the switch; writes on "
             "the target before that are not replicated back");

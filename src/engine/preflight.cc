@@ -838,6 +838,7 @@ Result<PreflightReport> RunPreflight(const std::string& source_dsn, const std::s
   auto wal = ReadWalRetentionFacts(*source);
   if (!wal.ok()) return src_ctx(wal.status());
   for (auto& c : CheckWalRetention(*wal, options.max_retained_wal)) results.push_back(std::move(c));
+  for (auto& c : CheckFailoverSlots(*wal)) results.push_back(std::move(c));
 
   // Privileges.
   auto sp = ReadRolePrivileges(*source);

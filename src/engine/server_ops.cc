@@ -119,8 +119,10 @@ Status CreateReverseSubscription(pg::Connection& source, const pg::Connection& t
   PGSHIFT_ASSIGN_OR_RETURN(std::string conninfo, SubscriptionConnInfo(target_dsn, db, target));
   return source.Exec("CREATE SUBSCRIPTION " + source.QuoteIdent(name) + " CONNECTION " +
                      source.QuoteLiteral(conninfo) + " PUBLICATION " + source.QuoteIdent(name) +
-                     " WITH (copy_data = false, create_slot = false, slot_name = " +
-                     source.QuoteLiteral(name) + ")");
+                     " WITH (copy_data = false, create_slot = false, " +
+                     (source.ServerMajor() >= 17 && target.ServerMajor() >= 17 ? "failover = true, "
+                                                                                : "") +
+                     "slot_name = " + source.QuoteLiteral(name) + ")");
 }
 
 Result<SyncCounts> SubscriptionSync(pg::Connection& target, const std::string& sub) {

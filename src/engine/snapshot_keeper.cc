@@ -39,6 +39,11 @@ std::string Env(const char* name) {
 // introduced the parenthesized options; 13 and 14 know only the keyword form.
 std::string CreateSlotCommand(const pg::Connection& c, const std::string& slot) {
   std::string q = c.QuoteIdent(slot);
+  // 17+: a failover slot, which a standby with sync_replication_slots = on keeps a copy of
+  // (wal_retention.h, CheckFailoverSlots).
+  if (c.ServerMajor() >= 17) {
+    return "CREATE_REPLICATION_SLOT " + q + " LOGICAL pgoutput (SNAPSHOT 'export', FAILOVER true)";
+  }
   if (c.ServerMajor() >= 15) {
     return "CREATE_REPLICATION_SLOT " + q + " LOGICAL pgoutput (SNAPSHOT 'export')";
   }

@@ -20,6 +20,7 @@
 #include "engine/server_ops.h"
 #include "engine/snapshot_keeper.h"
 #include "engine/verify.h"
+#include "engine/wal_retention.h"
 #include "pg/conninfo.h"
 #include "pg/connection.h"
 
@@ -313,6 +314,10 @@ Status Migration::StepInitialCopy() {
                            dst->QuoteLiteral(conninfo) + " PUBLICATION " + dst->QuoteIdent(pub) +
                            (own_copy ? " WITH (copy_data = false, create_slot = false, "
                                      : " WITH (copy_data = true, ") +
+                           // A 17+ subscriber sets its slot's failover to this value.
+                           (FailoverSlots(src->ServerMajor()) && FailoverSlots(dst->ServerMajor())
+                                ? "failover = true, "
+                                : "") +
                            "slot_name = " + dst->QuoteLiteral(sub) + ")");
       if (!s.ok()) return s.WithContext("target " + db.name + ": subscription");
       FaultPointForTest("after-subscription");

@@ -39,7 +39,8 @@ Result<WalRetentionFacts> ReadWalRetentionFacts(pg::Connection& source) {
       pg::QueryResult s,
       source.Query("SELECT name, setting, coalesce(unit, '') FROM pg_settings WHERE name IN "
                    "('max_slot_wal_keep_size', 'wal_keep_size', 'wal_keep_segments', "
-                   "'wal_segment_size', 'idle_replication_slot_timeout', 'data_directory')"));
+                   "'wal_segment_size', 'idle_replication_slot_timeout', 'data_directory', "
+                   "'synchronized_standby_slots')"));
   std::string data_directory;
   int64_t segment = 16 * 1024 * 1024, keep_segments = 0;
   for (int i = 0; i < s.rows(); ++i) {
@@ -49,6 +50,7 @@ Result<WalRetentionFacts> ReadWalRetentionFacts(pg::Connection& source) {
     if (name == "wal_keep_segments") keep_segments = InUnits(value, unit);
     if (name == "wal_segment_size") segment = InUnits(value, unit);
     if (name == "idle_replication_slot_timeout") f.idle_slot_timeout_s = InUnits(value, unit);
+    if (name == "synchronized_standby_slots") f.synchronized_standby_slots = value;
     if (name == "data_directory") data_directory = value;
   }
   if (keep_segments > 0) f.wal_keep_bytes = keep_segments * segment;
@@ -131,14 +133,42 @@ std::vector<CheckResult> CheckWalRetention(const WalRetentionFacts& f, int64_t m
          "keep the target running through the migration, or raise the timeout for its "
          "duration (ALTER SYSTEM SET idle_replication_slot_timeout = 0; SELECT pg_reload_conf())"});
   }
-  if (f.physical_standbys > 0) {
-    out.push_back({"wal-retention", Severity::kInfo, "source",
-                   std::to_string(f.physical_standbys) +
-                       " physical standby(s) stream from the source: pgshift's logical slots "
-                       "live on the primary only, so if it fails over to a standby the "
-                       "migration must start again (see docs/engine.md, WAL retention)",
-                   ""});
+  return out;
+}
+
+std::vector<CheckResult> CheckFailoverSlots(const WalRetentionFacts& f) {
+  std::vector<CheckResult> out;
+  if (f.physical_standbys <= 0) return out;
+  const std::string standbys =
+      std::to_string(f.physical_standbys) + " physical standby(s) stream from the source";
+  if (!FailoverSlots(f.major)) {
+    out.push_back({"failover-slots", Severity::kWarning, "source",
+                   standbys + ": before PostgreSQL 17 logical slots live on the primary only, so "
+                              "if it fails over to a standby the migration must start again "
+                              "(pgshift abort, then upgrade against the new primary)",
+                   "avoid a planned switchover during the migration; a source on 17+ gets "
+                   "failover slots (docs/engine.md, \"Failover slots\")"});
+    return out;
   }
+  if (f.synchronized_standby_slots.empty()) {
+    out.push_back(
+        {"failover-slots", Severity::kWarning, "source",
+         standbys + ": pgshift's slots are made with failover = true, but "
+                    "synchronized_standby_slots is empty, so the target may get changes a "
+                    "standby has not received yet; promoted, that standby would be behind the "
+                    "target",
+         "on the source: ALTER SYSTEM SET synchronized_standby_slots = '<each standby's "
+         "physical slot>'; SELECT pg_reload_conf(); on each standby: sync_replication_slots = "
+         "on, hot_standby_feedback = on, primary_slot_name set, dbname in primary_conninfo"});
+    return out;
+  }
+  out.push_back({"failover-slots", Severity::kInfo, "source",
+                 standbys + ": pgshift's slots are made with failover = true and the source "
+                            "waits for " + f.synchronized_standby_slots +
+                            " before sending changes; a standby with sync_replication_slots = "
+                            "on keeps them, so after a failover run the same command against "
+                            "the new primary",
+                 ""});
   return out;
 }
 

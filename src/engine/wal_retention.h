@@ -34,6 +34,7 @@ struct WalRetentionFacts {
   std::string free_note;                  // why free_bytes is unknown
   int64_t idle_slot_timeout_s = 0;        // idle_replication_slot_timeout (18+); 0: off
   int physical_standbys = 0;              // pg_stat_replication rows that are not logical
+  std::string synchronized_standby_slots;  // 17+: the standbys logical senders wait for
 };
 // Reads the facts through `source` (any database); what the role may not read stays unknown.
 Result<WalRetentionFacts> ReadWalRetentionFacts(pg::Connection& source);
@@ -41,6 +42,17 @@ Result<WalRetentionFacts> ReadWalRetentionFacts(pg::Connection& source);
 // The "wal-retention" findings (pure): OK with the figures when a limit exists (the server's
 // or `max_retained_wal`), WARN when none does; WARN when idle_replication_slot_timeout is set.
 std::vector<CheckResult> CheckWalRetention(const WalRetentionFacts& facts, int64_t max_retained_wal);
+
+// The "failover-slots" finding (pure), when physical standbys stream from the source. On 17+
+// pgshift makes its slots with failover = true (FailoverSlots), so a standby with
+// sync_replication_slots = on keeps a copy and the migration survives a failover to it: INFO,
+// or WARN while synchronized_standby_slots is empty (the target may then get changes the
+// standby lacks). Before 17 logical slots stay on the primary: WARN, the migration must start
+// again after a failover. Nothing without standbys.
+std::vector<CheckResult> CheckFailoverSlots(const WalRetentionFacts& facts);
+
+// True when slots made on a server of `major` can be failover slots (17+).
+inline bool FailoverSlots(int major) { return major >= 17; }
 
 // One slot now.
 struct SlotRetention {

@@ -47,11 +47,34 @@ TEST(WalRetention, IdleSlotTimeoutAndStandbysAreNamed) {
   f.idle_slot_timeout_s = 3600;
   f.physical_standbys = 2;
   auto r = CheckWalRetention(f, 100 * kMB);
-  ASSERT_EQ(r.size(), 3u);
+  ASSERT_EQ(r.size(), 2u);
   EXPECT_EQ(r[1].severity, Severity::kWarning);
   EXPECT_NE(r[1].message.find("idle_replication_slot_timeout = 3600 s"), std::string::npos);
-  EXPECT_EQ(r[2].severity, Severity::kInfo);
-  EXPECT_NE(r[2].message.find("2 physical standby(s)"), std::string::npos);
+}
+
+TEST(FailoverSlots, StandbysGetFailoverSlotsFrom17AndAWarningBefore) {
+  WalRetentionFacts f;
+  f.major = 18;
+  EXPECT_TRUE(CheckFailoverSlots(f).empty());  // no standby: nothing to say
+  f.physical_standbys = 2;
+  auto r = CheckFailoverSlots(f);
+  ASSERT_EQ(r.size(), 1u);
+  EXPECT_EQ(r[0].id, "failover-slots");
+  EXPECT_EQ(r[0].severity, Severity::kWarning);  // the source does not wait for the standbys
+  EXPECT_NE(r[0].remedy.find("synchronized_standby_slots"), std::string::npos);
+  f.synchronized_standby_slots = "sb1, sb2";
+  r = CheckFailoverSlots(f);
+  ASSERT_EQ(r.size(), 1u);
+  EXPECT_EQ(r[0].severity, Severity::kInfo);
+  EXPECT_NE(r[0].message.find("2 physical standby(s)"), std::string::npos);
+  EXPECT_NE(r[0].message.find("waits for sb1, sb2"), std::string::npos);
+  f.major = 16;
+  r = CheckFailoverSlots(f);
+  ASSERT_EQ(r.size(), 1u);
+  EXPECT_EQ(r[0].severity, Severity::kWarning);
+  EXPECT_NE(r[0].message.find("start again"), std::string::npos);
+  EXPECT_FALSE(FailoverSlots(16));
+  EXPECT_TRUE(FailoverSlots(17));
 }
 
 TEST(WalRetention, GuardStopsPastTheLimitAndOnLostOrUnreservedWal) {

@@ -31,6 +31,8 @@ class Lab:
         self.env = dict(os.environ, PGSHIFT_LAB_DIR=str(path))
         # ASan reports leaks at exit; a leak must fail the command, not just print.
         self.env.setdefault("ASAN_OPTIONS", "detect_leaks=1:abort_on_error=0")
+        # Run at teardown before `lab down`: servers a test started outside the lab (a standby).
+        self.cleanup = []
 
     def run(self, *args, check=True, timeout=300, input=None):
         p = subprocess.run([BIN, *args], env=self.env, capture_output=True, text=True,
@@ -105,6 +107,8 @@ def lab(request):
     os.chmod(path, 0o755)
     lab = Lab(path)
     yield lab
+    for fn in lab.cleanup:
+        fn()
     lab.run("lab", "down", check=False)
     shutil.rmtree(path, ignore_errors=True)
 
