@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "test" / "e2e"))
 
 from conftest import (CACHE, K8S_DIR, PGSHIFT_BIN, Kubectl,  # noqa: E402
-                      block_operator_pods, make, sa_kubeconfig, wait_for)
+                      make, sa_kubeconfig, stop_operator_pods, wait_for)
 import test_operator as e2e  # noqa: E402
 
 OUT = CACHE / "demo-k8s"
@@ -55,10 +55,10 @@ def main():
 
     kubectl = Kubectl()
     step("The operator's objects: make deploy (CRD, RBAC, Deployment; the demo runs the binary)")
-    block_operator_pods(kubectl)
     p = make("deploy", kubectl=kubectl)
     if p.returncode != 0:
         sys.exit(f"make deploy failed:\n{p.stdout}\n{p.stderr}")
+    stop_operator_pods(kubectl)  # the demo runs the binary itself
     if kubectl.get("namespace", NS):
         # An earlier demo's: its resource keeps a finalizer that only a running operator
         # removes; this cluster is the demo's own, so drop it and the namespace.

@@ -69,7 +69,12 @@ KC
 start() {
   local name="$1"; shift
   if pid_alive "$name"; then k8s_log "$name already running"; return; fi
-  setsid "$@" >>"$K8S_LOGS/$name.log" 2>&1 < /dev/null &
+  # The daemons keep none of the caller's other descriptors: run as `flock LOCK make k8s-up`,
+  # an inherited lock file would stay locked for as long as the cluster runs.
+  ( for fd in /proc/$BASHPID/fd/*; do
+      fd="${fd##*/}"; [ "$fd" -gt 2 ] && eval "exec $fd>&-" 2>/dev/null
+    done
+    exec setsid "$@" >>"$K8S_LOGS/$name.log" 2>&1 < /dev/null ) &
   echo $! > "$K8S_RUN/$name.pid"
 }
 
@@ -113,9 +118,13 @@ start_apiserver() {
     --service-account-signing-key-file="$K8S_PKI/sa.key" \
     --endpoint-reconciler-type=none \
     --watch-cache-sizes=podtemplates#0 \
+    --audit-policy-file="$K8S_SCRIPTS/audit-policy.yaml" --audit-log-path="$K8S_LOGS/audit.log" \
+    --audit-log-maxsize=100 --audit-log-maxbackup=1 \
     --profiling=false --v=1
   # No watch cache for podtemplates: watches on them read etcd directly, so an etcd
   # compaction yields a real 410 Gone there (test/k8s uses that).
+  # The audit log records the operator ServiceAccount's Lease requests only (with the Pod a
+  # bound token names): test_incluster.py checks who the in-cluster operator is.
   wait_for "kube-apiserver /readyz" 90 kube-apiserver \
     admin_curl -f "$APISERVER_URL/readyz"
 }
@@ -135,8 +144,11 @@ start_controller_manager() {
 }
 
 start_fakelet() {
+  # The pgshift-operator image (make deploy) runs as the build's binaries.
   start fakelet "$K8S_BIN/fakelet" --kubeconfig="$KUBECONFIG_PATH" --root="$ROOT" \
     --postgres-cache="$CACHE/postgres" \
+    --operator-bin="${PGSHIFT_OPERATOR_BIN:-$ROOT/build/pgshift-operator}" \
+    --pgshift-bin="${PGSHIFT_BIN:-$ROOT/build/pgshift}" --pg-client-dir="$CACHE/pgclient" \
     --state-dir="$K8S_STATE/fakelet" --services-file="$K8S_DIR/services.json"
   # The fake kubelet writes services.json once its Node is registered and its caches synced.
   wait_for "fake kubelet (Node registered)" 30 fakelet test -f "$K8S_DIR/services.json"

@@ -13,7 +13,8 @@ Environment (set by scripts/k8s/test.sh; the defaults suit a checkout with `make
 
 Every test gets a fresh namespace (`namespace` fixture, `e2e-<test>-<random>`), deleted
 afterwards. The CRD and the operator's namespace, RBAC and Deployment are cluster-wide: the
-`crd_installed` and `operator_deployed` fixtures apply them and leave them in place.
+`crd_installed` and `operator_deployed` fixtures apply them and leave them in place (the
+Deployment scaled to 0: the fake kubelet would run its Pod, test_incluster.py does).
 test_deploy.py's last test runs `make undeploy`, which invalidates the ServiceAccount's tokens:
 do not run it beside another process's operator tests.
 """
@@ -151,25 +152,28 @@ def crd_installed(kubectl):
     return CRD_NAME
 
 
-def block_operator_pods(kubectl):
-    """The fake kubelet runs only postgres images and marks any other Pod Failed, which makes
-    the operator Deployment's ReplicaSet create replacement Pods in a hot loop. A quota of zero
-    Pods in pgshift-system keeps the Deployment and its ReplicaSet real while no Pod is made
-    (the tests run the operator binary outside the cluster with the ServiceAccount's token)."""
-    kubectl.apply({"apiVersion": "v1", "kind": "Namespace",
-                   "metadata": {"name": OPERATOR_NAMESPACE}})
-    kubectl.apply({"apiVersion": "v1", "kind": "ResourceQuota",
-                   "metadata": {"name": "e2e-no-pods", "namespace": OPERATOR_NAMESPACE},
-                   "spec": {"hard": {"pods": "0"}}})
+OPERATOR_LABEL = "app.kubernetes.io/name=pgshift-operator"
+
+
+def stop_operator_pods(kubectl):
+    """The fake kubelet runs the Deployment's Pod (the build's operator binary, in cluster
+    mode: test_incluster.py). Tests that run their own operator outside the cluster, or that
+    must not have one acting at all, scale the Deployment to 0 and wait until its Pods are
+    gone (the Deployment and ReplicaSet stay real)."""
+    k = kubectl.in_namespace(OPERATOR_NAMESPACE)
+    k.run("scale", "deployment", "pgshift-operator", "--replicas=0")
+    wait_for(lambda: not k.json("get", "pods", "-l", OPERATOR_LABEL)["items"], timeout=120,
+             what="the operator Deployment's Pods gone")
 
 
 @pytest.fixture
 def operator_deployed(kubectl):
-    """`make deploy` (CRD, namespace, RBAC, Deployment) with Pods blocked, see
-    block_operator_pods. Left in place: later tests (and runs) reuse it."""
-    block_operator_pods(kubectl)
+    """`make deploy` (CRD, namespace, RBAC, Deployment), then the Deployment scaled to 0
+    (stop_operator_pods): the tests that use this run the operator themselves. Left in
+    place: later tests (and runs) reuse it."""
     p = make("deploy", kubectl=kubectl)
     assert p.returncode == 0, f"make deploy failed:\n{p.stdout}\n{p.stderr}"
+    stop_operator_pods(kubectl)
     return OPERATOR_NAMESPACE
 
 

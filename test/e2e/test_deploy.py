@@ -3,16 +3,18 @@ operator needs is granted and nothing else, checked with the API server's own au
 (`kubectl auth can-i`, SelfSubjectRulesReview) and with a token of the ServiceAccount
 (scripts/k8s/sa-kubeconfig.sh).
 
-The manager Pod itself cannot run here (the fake kubelet runs only postgres images): these
-tests check the objects, and block the Pods (see conftest.block_operator_pods)."""
+The fake kubelet runs the manager Pod (the build's operator binary in a container of its own,
+docs/k8s-testing.md): the first test checks that it becomes Ready; the others check objects
+and scale the Deployment to 0 (conftest.stop_operator_pods) where a running operator would
+act on what they create. test_incluster.py migrates with it."""
 import json
 import os
 import stat
 
 import pytest
 
-from conftest import (CRD_NAME, OPERATOR_NAMESPACE, OPERATOR_SA, Kubectl, block_operator_pods,
-                      make, sa_kubeconfig, wait_for)
+from conftest import (CRD_NAME, OPERATOR_LABEL, OPERATOR_NAMESPACE, OPERATOR_SA, Kubectl, make,
+                      sa_kubeconfig, stop_operator_pods, wait_for)
 
 SA_USER = f"system:serviceaccount:{OPERATOR_NAMESPACE}:{OPERATOR_SA}"
 
@@ -74,8 +76,14 @@ def plain(rules):
     return {(g, r, v, frozenset()) for g, r, v in rules}
 
 
+def ready_pods(k):
+    return [p for p in k.json("get", "pods", "-l", OPERATOR_LABEL)["items"]
+            if any(c["type"] == "Ready" and c["status"] == "True"
+                   for c in p.get("status", {}).get("conditions", []))]
+
+
 def test_make_deploy_creates_the_operator_objects(kubectl):
-    block_operator_pods(kubectl)
+    # Left at 0 replicas by an earlier test: make deploy applies the manifest's 1 again.
     p = make("deploy", kubectl=kubectl)
     assert p.returncode == 0, f"make deploy:\n{p.stdout}\n{p.stderr}"
     k = kubectl.in_namespace(OPERATOR_NAMESPACE)
@@ -117,16 +125,17 @@ def test_make_deploy_creates_the_operator_objects(kubectl):
     assert svc["spec"]["selector"] == dep["spec"]["selector"]["matchLabels"]
     assert [(p["port"], p["targetPort"]) for p in svc["spec"]["ports"]] == [(8080, "metrics")]
 
-    # The Deployment is reconciled by the real controllers (a ReplicaSet exists) while the
-    # quota keeps its Pods from being made.
-    wait_for(lambda: k.json("get", "replicaset", "-l",
-                            "app.kubernetes.io/name=pgshift-operator")["items"],
+    # The Deployment is reconciled by the real controllers, and its Pod runs and is Ready
+    # (its /readyz probe answers): the operator in cluster mode.
+    wait_for(lambda: k.json("get", "replicaset", "-l", OPERATOR_LABEL)["items"],
              what="the operator's ReplicaSet")
-    assert k.json("get", "pods")["items"] == []
+    [pod] = wait_for(lambda: ready_pods(k), timeout=90, interval=0.5, what="the operator Pod Ready")
+    assert pod["spec"]["containers"][0]["image"] == "ghcr.io/pgshift/pgshift-operator:v0.1.0"
+    assert pod["status"]["phase"] == "Running"
+    stop_operator_pods(kubectl)
 
 
 def test_make_deploy_with_another_image(kubectl):
-    block_operator_pods(kubectl)
     p = make("deploy", "IMG=registry.local:5000/team/pgshift-operator:dev-1", kubectl=kubectl)
     assert p.returncode == 0, f"make deploy IMG=...:\n{p.stdout}\n{p.stderr}"
     dep = kubectl.in_namespace(OPERATOR_NAMESPACE).json("get", "deployment", "pgshift-operator")
@@ -137,6 +146,7 @@ def test_make_deploy_with_another_image(kubectl):
     dep = kubectl.in_namespace(OPERATOR_NAMESPACE).json("get", "deployment", "pgshift-operator")
     assert dep["spec"]["template"]["spec"]["containers"][0]["image"] == \
         "ghcr.io/pgshift/pgshift-operator:v0.1.0"
+    stop_operator_pods(kubectl)
 
 
 ALLOWED = [  # (verb, resource) in every namespace (-A: the ClusterRoleBinding)
@@ -187,8 +197,8 @@ DENIED = [  # (verb, resource, where...)
 
 
 def test_rbac_grants_what_the_operator_needs(kubectl):
-    block_operator_pods(kubectl)
     assert make("deploy", kubectl=kubectl).returncode == 0
+    stop_operator_pods(kubectl)
     missing = [f"{v} {r}" for v, r in ALLOWED if not can_i(kubectl, v, r, "-A")]
     for v in ("create", "get", "update"):
         name = "" if v == "create" else "/pgshift-operator"
@@ -198,8 +208,8 @@ def test_rbac_grants_what_the_operator_needs(kubectl):
 
 
 def test_rbac_grants_nothing_else(kubectl, namespace):
-    block_operator_pods(kubectl)
     assert make("deploy", kubectl=kubectl).returncode == 0
+    stop_operator_pods(kubectl)
     granted = [" ".join(d) for d in DENIED if can_i(kubectl, *d)]
     assert granted == []
     # The authorizer's whole list of the ServiceAccount's rules, in some namespace and in its
@@ -210,8 +220,8 @@ def test_rbac_grants_nothing_else(kubectl, namespace):
 
 
 def test_service_account_kubeconfig(kubectl, namespace, tmp_path):
-    block_operator_pods(kubectl)
     assert make("deploy", kubectl=kubectl).returncode == 0
+    stop_operator_pods(kubectl)
     path = sa_kubeconfig(tmp_path / "operator.kubeconfig")
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
     as_sa = Kubectl(kubeconfig=str(path))
@@ -250,8 +260,8 @@ def test_make_undeploy_removes_them_and_keeps_the_crd(kubectl, namespace):
     # Deletes pgshift-system and with it the ServiceAccount: tokens made for it stop working.
     # In one pytest run that is harmless (operator_deployed deploys again, each operator test
     # gets a new token), but an operator test running at the same time in another process fails.
-    block_operator_pods(kubectl)
     assert make("deploy", kubectl=kubectl).returncode == 0
+    stop_operator_pods(kubectl)  # no operator puts its finalizer on the resource below
     k = kubectl.in_namespace(namespace)
     k.apply({"apiVersion": "pgshift.dev/v1alpha1", "kind": "PostgresUpgrade",
              "metadata": {"name": "kept"},

@@ -41,9 +41,23 @@ type options struct {
 	pgCache      string
 	osUser       string
 	firstHost    int
+	operatorBin  string // what the pgshift-operator image runs
+	pgshiftBin   string
+	pgClientDir  string // the image's /opt/pgclient
+	apiServerURL string // from the kubeconfig: what in-cluster processes reach
 }
 
 func main() {
+	if len(os.Args) == 3 && os.Args[1] == containerHelperArg {
+		err := containerHelper(os.Args[2])
+		fmt.Fprintf(os.Stderr, "fakelet container: %v\n", err)
+		os.Exit(127)
+	}
+	if len(os.Args) > 2 && os.Args[1] == hostsHelperArg {
+		err := hostsHelper(os.Args[2:])
+		fmt.Fprintf(os.Stderr, "fakelet %s: %v\n", hostsHelperArg, err)
+		os.Exit(127)
+	}
 	var o options
 	flag.StringVar(&o.kubeconfig, "kubeconfig", "", "admin kubeconfig")
 	flag.StringVar(&o.root, "root", ".", "the pgshift checkout (for .cache/postgres)")
@@ -54,6 +68,9 @@ func main() {
 	flag.StringVar(&o.pgCache, "postgres-cache", "", "PostgreSQL builds, MAJOR/native/bin (default ROOT/.cache/postgres)")
 	flag.StringVar(&o.osUser, "os-user", "pgshift", "OS user that runs PostgreSQL when fakelet runs as root")
 	flag.IntVar(&o.firstHost, "first-host", 100, "pods get 127.0.0.N (API 10.88.0.N) for N from this to 254")
+	flag.StringVar(&o.operatorBin, "operator-bin", os.Getenv("PGSHIFT_OPERATOR_BIN"), "the binary pgshift-operator images run (default $PGSHIFT_OPERATOR_BIN, else ROOT/build/pgshift-operator)")
+	flag.StringVar(&o.pgshiftBin, "pgshift-bin", os.Getenv("PGSHIFT_BIN"), "the pgshift CLI of that image (default $PGSHIFT_BIN, else ROOT/build/pgshift)")
+	flag.StringVar(&o.pgClientDir, "pg-client-dir", "", "PostgreSQL client tools for that image's /opt/pgclient (default ROOT/.cache/pgclient)")
 	flag.Parse()
 	log.SetFlags(log.LstdFlags | log.Lmicroseconds)
 	root, _ := filepath.Abs(o.root)
@@ -63,6 +80,18 @@ func main() {
 	}
 	if o.pgCache == "" {
 		o.pgCache = filepath.Join(root, ".cache/postgres")
+	}
+	if o.operatorBin == "" {
+		o.operatorBin = filepath.Join(root, "build/pgshift-operator")
+	}
+	if o.pgshiftBin == "" {
+		o.pgshiftBin = filepath.Join(root, "build/pgshift")
+	}
+	if o.pgClientDir == "" {
+		o.pgClientDir = filepath.Join(root, ".cache/pgclient")
+	}
+	for _, p := range []*string{&o.operatorBin, &o.pgshiftBin, &o.pgClientDir} {
+		*p, _ = filepath.Abs(*p)
 	}
 	if o.servicesFile == "" {
 		o.servicesFile = filepath.Join(root, ".cache/k8s/services.json")
@@ -81,6 +110,7 @@ func run(o options) error {
 		return fmt.Errorf("loading kubeconfig: %w", err)
 	}
 	cfg.QPS, cfg.Burst = 50, 100
+	o.apiServerURL = cfg.Host
 	cs, err := kubernetes.NewForConfig(cfg)
 	if err != nil {
 		return err
@@ -105,6 +135,8 @@ func run(o options) error {
 	factory := informers.NewSharedInformerFactory(cs, 0)
 	proxy := newServiceProxy(factory, o.servicesFile)
 	pods := newPodManager(cs, factory, o, runAs, proxy)
+	proxy.onChange = pods.refreshAllHosts
+	pods.writeClusterHosts(nil) // before any server starts: it is bind-mounted as they do
 	vols := newVolumeManager(cs, factory, o, runAs)
 	factory.Start(ctx.Done())
 	for typ, ok := range factory.WaitForCacheSync(ctx.Done()) {

@@ -48,6 +48,8 @@ type serviceResolver interface {
 	serviceAddress(ns, name string, port int) (string, error)
 	// serviceByClusterIP names the Service with this ClusterIP.
 	serviceByClusterIP(ip string) (ns, name string, ok bool)
+	// hostsEntries lists every Service with its service address (for /etc/hosts).
+	hostsEntries() []serviceHost
 }
 
 type pgBouncer struct {
@@ -143,7 +145,7 @@ func (b *pgBouncer) command() (*exec.Cmd, error) {
 	cmd := b.as.command(pgbouncerBinary, b.ini())
 	cmd.Env = []string{"PATH=/usr/sbin:/usr/bin:/bin", "LANG=C.UTF-8", "HOME=" + b.runDir()}
 	cmd.Dir = b.runDir()
-	return cmd, nil
+	return withClusterHosts(cmd, b.m.clusterHostsFile())
 }
 
 func (b *pgBouncer) ready() bool {

@@ -134,6 +134,14 @@ func (m *podManager) sync(ctx context.Context, key string) error {
 	ns, name, _ := cache.SplitMetaNamespaceKey(key)
 	pod, err := m.pods.Pods(ns).Get(name)
 	if apierrors.IsNotFound(err) {
+		// Gone without passing through fakelet's graceful deletion: deleted with
+		// --grace-period=0 --force. The kubelet then still gives the container its minimum
+		// grace period of 2 s.
+		m.mu.Lock()
+		if rt := m.runtimes[key]; rt != nil && rt.ctr != nil {
+			rt.ctr.grace = min(rt.ctr.grace, 2*time.Second)
+		}
+		m.mu.Unlock()
 		m.teardown(key, nil)
 		return nil
 	}
@@ -235,6 +243,15 @@ func (m *podManager) start(pod *corev1.Pod) (*podRuntime, error) {
 			rt.failReason, rt.owner = "PgBouncerFailed", m.as
 			rt.address = func() string { return fmt.Sprintf("%s:%d", hostIP, w.port.Load()) }
 			log.Printf("pod %s: starting PgBouncer (%s) on %s (pod IP %s%d)", key, pgbouncerBinary, hostIP, podCIDRPrefix, n)
+		case *processPod:
+			w.hostIP = hostIP
+			rt.ctr = newContainer(w, graceOf(pod), stopPlan{syscall.SIGTERM, syscall.SIGKILL}, notify)
+			m.readinessFromSpec(rt.ctr, w.c.ReadinessProbe)
+			rt.ctr.liveness = w.liveness()
+			rt.failReason, rt.owner = "ContainerFailed", w.owner
+			rt.address = func() string { return hostIP + ":" + firstPort(w.c) }
+			log.Printf("pod %s: starting %s (%s) as uid %d on %s (pod IP %s%d)", key, w.c.Image, m.o.operatorBin,
+				w.owner.uid, hostIP, podCIDRPrefix, n)
 		}
 		go rt.ctr.supervise()
 	}
@@ -280,7 +297,7 @@ func (m *podManager) allocate() (int, error) {
 func (m *podManager) resolve(pod *corev1.Pod, rt *podRuntime) (workload, error) {
 	if len(pod.Spec.InitContainers) > 0 || len(pod.Spec.Containers) != 1 {
 		return nil, fmt.Errorf("Unsupported: fakelet runs pods of exactly one container (postgres:MAJOR, %s)",
-			"edoburu/pgbouncer:TAG")
+			"edoburu/pgbouncer:TAG, pgshift-operator:TAG")
 	}
 	c := pod.Spec.Containers[0]
 	switch {
@@ -289,11 +306,13 @@ func (m *podManager) resolve(pod *corev1.Pod, rt *podRuntime) (workload, error) 
 		if err != nil {
 			return nil, err
 		}
-		return &pgServer{spec: spec, as: m.as}, nil
+		return &pgServer{spec: spec, as: m.as, hostsFile: m.clusterHostsFile()}, nil
 	case isPgBouncerImage(c.Image):
 		return m.resolvePgBouncer(pod, rt)
+	case isOperatorImage(c.Image):
+		return m.resolveOperator(pod, rt)
 	}
-	return nil, fmt.Errorf("UnsupportedImage: fakelet runs only postgres:MAJOR and edoburu/pgbouncer:TAG images, not %q", c.Image)
+	return nil, fmt.Errorf("UnsupportedImage: fakelet runs only postgres:MAJOR, edoburu/pgbouncer:TAG and .../pgshift-operator:TAG images, not %q", c.Image)
 }
 
 // resolvePostgres maps the pod onto a pgSpec: image -> binaries, env -> credentials,
@@ -599,6 +618,11 @@ func (m *podManager) writePods() {
 			if rt.dataDir != "" {
 				out[k]["dataDir"] = rt.dataDir
 			}
+			if _, ok := rt.ctr.w.(*processPod); ok {
+				if pid := rt.ctr.state().pid; pid != 0 {
+					out[k]["pid"] = strconv.Itoa(pid) // tests kill -9 it
+				}
+			}
 		}
 	}
 	m.mu.Unlock()
@@ -655,4 +679,12 @@ func (m *podManager) renewTokens() {
 			log.Printf("pod %s: projected token renewed", rt.key)
 		}
 	}
+}
+
+// firstPort is the container's first declared port ("" when none).
+func firstPort(c corev1.Container) string {
+	if len(c.Ports) == 0 {
+		return ""
+	}
+	return strconv.Itoa(int(c.Ports[0].ContainerPort))
 }

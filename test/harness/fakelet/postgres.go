@@ -108,8 +108,9 @@ type pgSpec struct {
 
 // pgServer is the postgres workload: initdb once, then the server on the Pod's address.
 type pgServer struct {
-	spec pgSpec
-	as   runAs
+	spec      pgSpec
+	as        runAs
+	hostsFile string // its /etc/hosts (hosts.go)
 }
 
 func (s *pgServer) name() string    { return "postgres " + s.spec.hostIP }
@@ -214,7 +215,8 @@ func (s *pgServer) command() (*exec.Cmd, error) {
 	cmd := s.as.command(filepath.Join(s.spec.binDir, "postgres"), args...)
 	cmd.Env = s.env()
 	cmd.Dir = s.spec.runDir
-	return cmd, nil
+	// Service names resolve (a subscription's conninfo names the other server's Service).
+	return withClusterHosts(cmd, s.hostsFile)
 }
 
 // ready is the readiness probe: a real PostgreSQL startup handshake, as pg_isready does.

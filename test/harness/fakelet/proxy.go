@@ -25,15 +25,33 @@ import (
 // serviceProxy stands in for kube-proxy: one listener on 127.0.0.1 per Service port, each
 // connection forwarded to a ready endpoint of the Service's EndpointSlices (round robin).
 // Open connections survive endpoint changes, as with kube-proxy's conntrack.
+//
+// Each Service also gets a service address 127.1.X.Y of its own (kept while fakelet runs),
+// its ClusterIP in this harness: Pods reach Services by cluster DNS names that their
+// /etc/hosts maps to these addresses. On the host the proxy listens there on the Service's
+// own ports too (PostgreSQL Pods: a subscription's "host=svc.ns.svc", hosts.go); in the
+// network namespace of a process Pod (the operator) fakelet listens there and forwards to
+// this proxy (netns.go).
 type serviceProxy struct {
 	services corelisters.ServiceLister
 	slices   discoverylisters.EndpointSliceLister
 	file     string
 	changed  chan struct{}
+	onChange func([]serviceHost) // after every sync: the Services, their addresses and ports
 
 	mu        sync.Mutex
 	listeners map[string]*svcListener // ns/name/port
 	ports     map[string]int          // remembered, so a re-created Service keeps its port
+	svcIPs    map[string]string       // ns/name -> 127.1.X.Y, remembered
+	ipOrder   []string                // ns/name in the order their addresses were given
+}
+
+// serviceHost is a Service as Pods see it: its service address (where this proxy also
+// serves each of its ports, on the host) and, for each of its TCP ports, the proxy's main
+// listener for that port.
+type serviceHost struct {
+	ns, name, ip string
+	ports        map[int]string // service port -> 127.0.0.1:P
 }
 
 type svcListener struct {
@@ -41,6 +59,7 @@ type svcListener struct {
 	ns, name string
 	port     corev1.ServicePort
 	ln       net.Listener
+	svcLn    net.Listener // on the Service's service address and own port (nil if taken)
 	next     atomic.Uint64
 }
 
@@ -51,6 +70,7 @@ func newServiceProxy(f informers.SharedInformerFactory, file string) *servicePro
 		file:      file,
 		changed:   make(chan struct{}, 1),
 		listeners: map[string]*svcListener{},
+		svcIPs:    map[string]string{},
 		ports:     map[string]int{},
 	}
 	poke := func(any) {
@@ -91,8 +111,12 @@ func (p *serviceProxy) sync() {
 		for k, l := range p.listeners {
 			out[k] = l.ln.Addr().String()
 		}
+		hosts := p.hostsEntriesLocked()
 		p.mu.Unlock()
 		writeJSONAtomic(p.file, out)
+		if p.onChange != nil {
+			p.onChange(hosts)
+		}
 	}()
 	for _, s := range svcs {
 		if s.Spec.Type == corev1.ServiceTypeExternalName {
@@ -104,6 +128,7 @@ func (p *serviceProxy) sync() {
 			}
 			key := fmt.Sprintf("%s/%s/%d", s.Namespace, s.Name, sp.Port)
 			want[key] = true
+			p.serviceIP(s.Namespace + "/" + s.Name)
 			if l, ok := p.listeners[key]; ok {
 				l.port = sp
 				continue
@@ -124,21 +149,34 @@ func (p *serviceProxy) sync() {
 			p.listeners[key] = l
 			p.ports[key] = ln.Addr().(*net.TCPAddr).Port
 			log.Printf("proxy: service %s -> %s", key, ln.Addr())
-			go p.serve(l)
+			go p.serve(l, l.ln)
+			// The Service's own port on its service address, which the cluster hosts file
+			// names it by: what PostgreSQL Pods dial for a subscription to
+			// "svc.ns.svc" (hosts.go). Like a ClusterIP, the port is the Service's.
+			svcAddr := net.JoinHostPort(p.serviceIP(s.Namespace+"/"+s.Name), strconv.Itoa(int(sp.Port)))
+			if sl, err := net.Listen("tcp", svcAddr); err != nil {
+				log.Printf("proxy: service %s on %s: %v", key, svcAddr, err)
+			} else {
+				l.svcLn = sl
+				go p.serve(l, sl)
+			}
 		}
 	}
 	for k, l := range p.listeners {
 		if !want[k] {
 			l.ln.Close()
+			if l.svcLn != nil {
+				l.svcLn.Close()
+			}
 			delete(p.listeners, k)
 			log.Printf("proxy: service %s removed", k)
 		}
 	}
 }
 
-func (p *serviceProxy) serve(l *svcListener) {
+func (p *serviceProxy) serve(l *svcListener, ln net.Listener) {
 	for {
-		c, err := l.ln.Accept()
+		c, err := ln.Accept()
 		if err != nil {
 			if !strings.Contains(err.Error(), "use of closed") {
 				log.Printf("proxy: %s: accept: %v", l.key, err)
@@ -244,4 +282,43 @@ func (p *serviceProxy) serviceByClusterIP(ip string) (string, string, bool) {
 		}
 	}
 	return "", "", false
+}
+
+// serviceIP gives Service ns/name its service address. REQUIRES: p.mu is held.
+func (p *serviceProxy) serviceIP(key string) string {
+	if ip, ok := p.svcIPs[key]; ok {
+		return ip
+	}
+	n := len(p.svcIPs) + 1
+	ip := fmt.Sprintf("127.1.%d.%d", n/256, n%256)
+	p.svcIPs[key] = ip
+	p.ipOrder = append(p.ipOrder, key)
+	return ip
+}
+
+// hostsEntries lists the proxied Services, in the order their addresses were given.
+func (p *serviceProxy) hostsEntries() []serviceHost {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.hostsEntriesLocked()
+}
+
+// REQUIRES: p.mu is held.
+func (p *serviceProxy) hostsEntriesLocked() []serviceHost {
+	byService := map[string]map[int]string{}
+	for _, l := range p.listeners {
+		k := l.ns + "/" + l.name
+		if byService[k] == nil {
+			byService[k] = map[int]string{}
+		}
+		byService[k][int(l.port.Port)] = l.ln.Addr().String()
+	}
+	var out []serviceHost
+	for _, key := range p.ipOrder {
+		if ports, ok := byService[key]; ok {
+			ns, name, _ := strings.Cut(key, "/")
+			out = append(out, serviceHost{ns: ns, name: name, ip: p.svcIPs[key], ports: ports})
+		}
+	}
+	return out
 }

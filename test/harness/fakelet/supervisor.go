@@ -27,6 +27,13 @@ type workload interface {
 	name() string // for fakelet's log, e.g. "postgres 127.0.0.100"
 }
 
+// startHook is implemented by workloads that finish their setup once the process exists
+// (and before it may go on); an error kills it and counts as a crash.
+type startHook interface{ started(pid int) error }
+
+// exitHook is implemented by workloads that clean up after each exit of the process.
+type exitHook interface{ exited() }
+
 // stopPlan is how a container is stopped: `first` at once, `second` after the grace
 // period, SIGKILL 10 s later.
 type stopPlan struct{ first, second syscall.Signal }
@@ -77,6 +84,7 @@ func newContainer(w workload, grace time.Duration, stop stopPlan, notify func())
 }
 
 type ctrState struct {
+	pid            int
 	running, ready bool
 	startedAt      time.Time
 	restarts       int
@@ -88,7 +96,11 @@ type ctrState struct {
 func (c *container) state() ctrState {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return ctrState{c.running, c.ready, c.startedAt, c.restarts, c.lastExit, c.waiting, c.fatal}
+	pid := 0
+	if c.proc != nil {
+		pid = c.proc.Pid
+	}
+	return ctrState{pid, c.running, c.ready, c.startedAt, c.restarts, c.lastExit, c.waiting, c.fatal}
 }
 
 func (c *container) log(format string, a ...any) {
@@ -180,6 +192,16 @@ func (c *container) runOnce() error {
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Start(); err != nil {
 		return err
+	}
+	if h, ok := c.w.(exitHook); ok {
+		defer h.exited()
+	}
+	if h, ok := c.w.(startHook); ok {
+		if err := h.started(cmd.Process.Pid); err != nil {
+			_ = cmd.Process.Kill()
+			_ = cmd.Wait()
+			return fmt.Errorf("setting up the container: %w", err)
+		}
 	}
 	c.mu.Lock()
 	c.proc = cmd.Process
