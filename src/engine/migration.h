@@ -97,7 +97,7 @@ class Migration {
     InitStats();
   }
 
-  // `sync` false: see SaveState (the operator's sink is always called alike).
+  // `sync` false: see SaveState; with a sink (the operator) such a save is not sent at all.
   Status Save(bool sync = true);
   Status Move(Phase to);
   void Progress(const std::string& line);

@@ -195,7 +195,7 @@ Status ServiceRouter::WaitForEndpoints(const std::string& like_service) {
       return Status::DeadlineExceeded("the traffic Service's endpoints did not follow its new "
                                       "selector in time");
     }
-    SleepMillis(20);
+    SleepMillis(10);
   }
 }
 

@@ -345,11 +345,13 @@ Status PoolerRouter::Check() {
 }
 
 Status PoolerRouter::Pause(int timeout_ms) {
+  held_.reset();
   PGSHIFT_ASSIGN_OR_RETURN(auto reps, Replicas());
   if (reps.empty()) {
     return Status::Unavailable("the pooler " + PoolerName(o_.upgrade) + " has no ready PgBouncer");
   }
   const int64_t deadline = MonotonicMillis() + timeout_ms;
+  Held held{reps, std::vector<std::unique_ptr<pg::Connection>>(reps.size())};
   auto results = ForEachParallel(reps.size(), [&](size_t i) -> Status {
     auto c = pg::Connection::Connect(AdminDsn(reps[i].address, "pgbouncer", o_.admin_password),
                                      5, "pgshift-operator");
@@ -357,51 +359,78 @@ Status PoolerRouter::Pause(int timeout_ms) {
     for (const auto& db : o_.databases) {
       PGSHIFT_RETURN_IF_ERROR(AdminCommandUntil(**c, "PAUSE " + db, deadline));
     }
+    held.admin[i] = std::move(*c);
     return Status::Ok();
   });
   for (size_t i = 0; i < results.size(); ++i) {
     if (results[i].ok()) continue;
-    // Nothing stays held: a replica whose PAUSE is still waiting is resumed too.
+    // Nothing stays held: a replica whose PAUSE is still waiting is resumed too (on a new
+    // connection; the waiting one is busy).
     Status undo = Resume();
     if (!undo.ok()) LogWarn("pooler: RESUME after a failed PAUSE: " + undo.message());
     return results[i].WithContext("pooler replica " + reps[i].pod_ip);
   }
+  held_ = std::move(held);
   return Status::Ok();
 }
 
+pg::Connection* PoolerRouter::HeldAdmin(size_t i) {
+  auto& c = held_->admin[i];
+  if (c && PQstatus(c->raw()) == CONNECTION_OK && PQtransactionStatus(c->raw()) == PQTRANS_IDLE) {
+    return c.get();
+  }
+  auto fresh = pg::Connection::Connect(
+      AdminDsn(held_->replicas[i].address, "pgbouncer", o_.admin_password), 5, "pgshift-operator");
+  c = fresh.ok() ? std::move(*fresh) : nullptr;
+  return c.get();
+}
+
 Status PoolerRouter::Resume() {
-  PGSHIFT_ASSIGN_OR_RETURN(auto reps, Replicas());
-  auto results = ForEachParallel(reps.size(), [&](size_t i) -> Status {
-    auto c = pg::Connection::Connect(AdminDsn(reps[i].address, "pgbouncer", o_.admin_password),
-                                     5, "pgshift-operator");
+  // The replicas PAUSE held, on the connections it used; else (a recovery, an undo after a
+  // failed PAUSE) every ready replica.
+  if (!held_) {
+    PGSHIFT_ASSIGN_OR_RETURN(auto reps, Replicas());
+    held_ = Held{reps, std::vector<std::unique_ptr<pg::Connection>>(reps.size())};
+  }
+  auto results = ForEachParallel(held_->replicas.size(), [&](size_t i) -> Status {
+    pg::Connection* c = HeldAdmin(i);
     // A PgBouncer that cannot be reached holds no client (a restarted one starts running).
-    if (!c.ok()) return Status::Ok();
+    if (c == nullptr) return Status::Ok();
     for (const auto& db : o_.databases) {
-      auto r = (*c)->Query("RESUME " + db);
+      auto r = c->Query("RESUME " + db);
       if (!r.ok() && r.status().message().find("not paused") == std::string::npos) {
         return r.status().WithContext("RESUME " + db);
       }
     }
     return Status::Ok();
   });
+  Held done = std::move(*held_);
+  held_.reset();
   for (size_t i = 0; i < results.size(); ++i) {
-    if (!results[i].ok()) return results[i].WithContext("pooler replica " + reps[i].pod_ip);
+    if (!results[i].ok()) return results[i].WithContext("pooler replica " + done.replicas[i].pod_ip);
   }
   return Status::Ok();
 }
 
-Status PoolerRouter::Probe(const PoolerReplica& r, bool to_target, int64_t deadline_ms) {
+Status PoolerRouter::Probe(const PoolerReplica& r, pg::Connection* admin, bool to_target,
+                           int64_t deadline_ms) {
   const std::string probe = to_target ? kProbeTarget : kProbeSource;
   const auto majors = o_.majors ? o_.majors() : std::pair{0, 0};
   const int want = to_target ? majors.second : majors.first;
   std::string last;
+  std::unique_ptr<pg::Connection> own;
   while (true) {
-    auto admin = pg::Connection::Connect(AdminDsn(r.address, "pgbouncer", o_.admin_password), 5,
-                                         "pgshift-operator");
-    if (admin.ok()) {
+    if (admin == nullptr || PQstatus(admin->raw()) != CONNECTION_OK) {
+      auto c = pg::Connection::Connect(AdminDsn(r.address, "pgbouncer", o_.admin_password), 5,
+                                       "pgshift-operator");
+      own = c.ok() ? std::move(*c) : nullptr;
+      admin = own.get();
+      if (!c.ok()) last = c.status().message();
+    }
+    if (admin != nullptr) {
       // Closes the server connections the pools hold: the next ones go where the Service leads.
-      for (const auto& db : o_.databases) (void)(*admin)->Query("RECONNECT " + db);
-      (void)(*admin)->Query("RECONNECT " + probe);
+      for (const auto& db : o_.databases) (void)admin->Query("RECONNECT " + db);
+      (void)admin->Query("RECONNECT " + probe);
       auto c = pg::Connection::Connect(AdminDsn(r.address, probe, o_.admin_password), 5,
                                        "pgshift-operator");
       if (c.ok()) {
@@ -411,8 +440,6 @@ Status PoolerRouter::Probe(const PoolerReplica& r, bool to_target, int64_t deadl
       } else {
         last = c.status().message();
       }
-    } else {
-      last = admin.status().message();
     }
     if (MonotonicMillis() > deadline_ms) {
       return Status::DeadlineExceeded(
@@ -421,7 +448,9 @@ Status PoolerRouter::Probe(const PoolerReplica& r, bool to_target, int64_t deadl
           " (last try: " + std::string(Trim(last)) +
           "); the node's service proxy has not followed the Service's endpoints in time");
     }
-    SleepMillis(100);
+    // Clients wait meanwhile: try again soon (the node's proxy follows within milliseconds
+    // to a second or so).
+    SleepMillis(10);
   }
 }
 
@@ -431,11 +460,18 @@ Status PoolerRouter::SwitchTo(const engine::Endpoint& to) {
                                    target_.ToString() + ", not " + to.ToString());
   }
   PGSHIFT_RETURN_IF_ERROR(backend_.SwitchTo(to));
-  PGSHIFT_ASSIGN_OR_RETURN(auto reps, Replicas());
   const int64_t deadline = MonotonicMillis() + o_.settle_timeout_ms;
   const bool to_target = to == target_;
-  auto results =
-      ForEachParallel(reps.size(), [&](size_t i) { return Probe(reps[i], to_target, deadline); });
+  if (held_) {  // inside the pause: the replicas it holds, on its connections
+    auto results = ForEachParallel(held_->replicas.size(), [&](size_t i) {
+      return Probe(held_->replicas[i], HeldAdmin(i), to_target, deadline);
+    });
+    for (const auto& s : results) PGSHIFT_RETURN_IF_ERROR(s);
+    return Status::Ok();
+  }
+  PGSHIFT_ASSIGN_OR_RETURN(auto reps, Replicas());
+  auto results = ForEachParallel(
+      reps.size(), [&](size_t i) { return Probe(reps[i], nullptr, to_target, deadline); });
   for (const auto& s : results) PGSHIFT_RETURN_IF_ERROR(s);
   return Status::Ok();
 }

@@ -22,6 +22,7 @@
 
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -29,6 +30,7 @@
 #include "k8s/client.h"
 #include "operator/cluster.h"
 #include "operator/spec.h"
+#include "pg/connection.h"
 
 namespace pgshift::op {
 
@@ -108,7 +110,10 @@ class PoolerRouter : public engine::Router {
   Status Pause(int timeout_ms) override;
   // RESUME <db> on every replica that can be reached (one that cannot holds no client).
   Status Resume() override;
-  // Flips the backend Service, waits for its EndpointSlices, then on each replica RECONNECTs
+  // Flips the backend Service, waits for its EndpointSlices (a probe sent while the node's
+  // proxy is between endpoint sets can fail its server login, and PgBouncer then waits
+  // server_login_retry before the next: switches of 1.0-1.4 s measured without this wait,
+  // tens of ms with it), then on each replica RECONNECTs
   // and probes until a new server connection lands on the `to` server.
   Status SwitchTo(const engine::Endpoint& to) override;
   // The backend Service (selector and endpoints) and the replicas' SHOW DATABASES `paused`.
@@ -119,13 +124,25 @@ class PoolerRouter : public engine::Router {
   Result<std::vector<PoolerReplica>> Replicas();
 
  private:
-  Status Probe(const PoolerReplica& r, bool to_target, int64_t deadline_ms);
+  Status Probe(const PoolerReplica& r, pg::Connection* admin, bool to_target,
+               int64_t deadline_ms);
+  // The admin connection to held_ replica i, opened again when it broke (nullptr when it
+  // cannot be).
+  pg::Connection* HeldAdmin(size_t i);
 
   k8s::Client* client_;
   Options o_;
   engine::Endpoint source_, target_;
   ServiceRouter backend_;
   std::string summary_;
+  // From a PAUSE that held every replica to the RESUME: the replicas and their admin consoles,
+  // so that no step inside the clients' pause waits for the API server or a new login (each is
+  // milliseconds of the pause). Entry i is used by one thread at a time (ForEachParallel).
+  struct Held {
+    std::vector<PoolerReplica> replicas;
+    std::vector<std::unique_ptr<pg::Connection>> admin;
+  };
+  std::optional<Held> held_;
 };
 
 }  // namespace pgshift::op

@@ -1,0 +1,130 @@
+"""spec.traffic.pooler end to end: the operator runs a PgBouncer Deployment (two replicas,
+edoburu/pgbouncer, which the fake kubelet runs as Debian's PgBouncer) in front of the source; the
+application writes through the pooler's Service at 500 writes/s for the whole run; the cutover
+PAUSEs every replica, moves the backend Service, proves through each replica that a new server
+connection reaches the target, and RESUMEs. Clients see no error, only a stall, and every
+acknowledged write reaches the target; a rollback through the pooler brings every write back
+to the source. Both directions (15 -> 17, 17 -> 15).
+
+The operator runs outside the cluster as in test_operator.py (the ServiceAccount's token,
+--connect endpoints, Pod IPs through the harness's pods.json)."""
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import PGSHIFT_BIN, wait_for
+from test_operator import (PSQL, Source, dsn, operator, parse_kv, pod_address, psql,  # noqa: F401
+                           service_address, stop_load, target_password, upgrade, wait_phase)
+
+WRITES_PER_S = 500
+RATE = WRITES_PER_S * 5 // 4  # the load client reads 20% of its operations
+
+
+def start_load(address, source, ledger):
+    app_dsn = dsn(address).replace("user=postgres", "user=app")
+    return subprocess.Popen([PGSHIFT_BIN, "load", "run", "--dsn", app_dsn, "--rate", str(RATE),
+                             "--duration", "600", "--ledger", str(ledger), "--clients", "8"],
+                            env=dict(os.environ, PGPASSWORD=source.app_password),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def app_psql(address, source, query):
+    """psql as the application's role (its password hash came from the source)."""
+    return subprocess.run([PSQL, "-X", "-At", "-d", dsn(address).replace("user=postgres", "user=app"),
+                           "-c", query], env=dict(os.environ, PGPASSWORD=source.app_password),
+                          capture_output=True, text=True, timeout=30)
+
+
+def verify(address, password, ledger, acknowledged):
+    v = subprocess.run([PGSHIFT_BIN, "load", "verify", "--dsn", dsn(address), "--ledger", str(ledger)],
+                       env=dict(os.environ, PGPASSWORD=password), capture_output=True, text=True,
+                       timeout=120)
+    assert v.returncode == 0, v.stderr
+    vr = parse_kv(v.stdout.replace("\n", " "))
+    assert vr["missing"] == "0" and vr["mismatched"] == "0", v.stdout
+    assert int(vr["acknowledged"]) == int(acknowledged)
+
+
+def stall_ms(ledger):
+    """The longest client operation of the run (the clients held by PAUSE)."""
+    return json.loads(Path(f"{ledger}.summary.json").read_text())["max_latency_ms"]
+
+
+def ready_replicas(k, name):
+    d = k.get("deployment", name) or {}
+    return d.get("status", {}).get("readyReplicas", 0)
+
+
+@pytest.mark.parametrize("src_version,dst_version", [(15, 17), (17, 15)])
+def test_cutover_and_rollback_through_the_pooler_lose_nothing_and_fail_no_client(
+        k, namespace, operator, tmp_path, src_version, dst_version):  # noqa: F811
+    source = Source(k, namespace, src_version)
+    operator.start()
+    k.apply(upgrade("shop", source, dst_version, traffic={"pooler": {"replicas": 2}},
+                    cutover={"mode": "manual", "maxPauseMs": 5000}))
+    # The operator makes the pooler; the application moves to it before anything else.
+    wait_for(lambda: ready_replicas(k, "shop-pooler") == 2, timeout=120, interval=0.5,
+             what="two ready PgBouncer replicas")
+    backend = k.get("service", "shop-pooler-backend")
+    assert backend["spec"]["selector"] == {"app": source.name}
+    assert "ownerReferences" not in backend["metadata"]
+    pooler = wait_for(lambda: service_address(namespace, "shop-pooler"), timeout=30,
+                      what="the pooler Service's proxy port")
+    wait_for(lambda: app_psql(pooler, source, "SELECT 1").returncode == 0, timeout=30,
+             what="the application's role logs in through the pooler")
+    ledger = tmp_path / "forward.ledger"
+    load = start_load(pooler, source, ledger)
+    wait_phase(k, "shop", {"ReadyForCutover"}, timeout=240, operator=operator)
+    time.sleep(3)
+    k.run("patch", "postgresupgrade", "shop", "--type", "merge", "-p",
+          json.dumps({"spec": {"cutover": {"approved": True}}}))
+    wait_phase(k, "shop", {"RollbackReady"}, timeout=120, operator=operator)
+    time.sleep(3)  # clients go on writing, now on the target
+    s = stop_load(load)
+    st = k.get("postgresupgrade", "shop")["status"]
+    cut = st["lastCutover"]
+    assert cut["succeeded"] and cut["direction"] == "forward"
+    forward_stall = stall_ms(ledger)
+    print(f"{src_version}->{dst_version} through the pooler: pause {cut['pauseMs']:.1f} ms, "
+          f"longest client operation {forward_stall:.1f} ms; load {s}")
+    # No client saw an error: PAUSE held them, RESUME let them go on the target.
+    assert int(s["errors"]) == 0, s
+    assert int(s["acknowledged"]) > 1000
+    verify(pod_address(namespace, "shop-target-0"), target_password(k, "shop"), ledger,
+           s["acknowledged"])
+    # The backend leads to the target; the application's own Services were never touched.
+    assert k.get("service", "shop-pooler-backend")["spec"]["selector"] == {
+        "pgshift.dev/upgrade": "shop", "pgshift.dev/role": "target"}
+    assert k.get("service", "app-db")["spec"]["selector"] == {"app": source.name}
+    # Through the pooler, the application's role is on the new server.
+    got = app_psql(pooler, source, "SHOW server_version_num")
+    assert got.returncode == 0 and got.stdout.strip().startswith(str(dst_version)), got
+    # The source is fenced.
+    p = psql(source.address, source.password,
+             "INSERT INTO shop.products (sku, title, price_cents) VALUES ('x', 'y', 1)",
+             check=False)
+    assert p.returncode != 0 and "read-only" in p.stderr
+
+    # Rollback through the pooler, under load again.
+    back = tmp_path / "rollback.ledger"
+    load = start_load(pooler, source, back)
+    time.sleep(3)
+    k.run("patch", "postgresupgrade", "shop", "--type", "merge", "-p",
+          json.dumps({"spec": {"action": "Rollback"}}))
+    wait_phase(k, "shop", {"RolledBack"}, timeout=120, operator=operator)
+    time.sleep(3)
+    s2 = stop_load(load)
+    st = k.get("postgresupgrade", "shop")["status"]
+    assert st["lastCutover"]["direction"] == "rollback" and st["lastCutover"]["succeeded"]
+    print(f"{dst_version}->{src_version} rollback through the pooler: pause "
+          f"{st['lastCutover']['pauseMs']:.1f} ms, longest client operation "
+          f"{stall_ms(back):.1f} ms; load {s2}")
+    assert int(s2["errors"]) == 0, s2
+    assert k.get("service", "shop-pooler-backend")["spec"]["selector"] == {"app": source.name}
+    # Every write of both runs is on the source: the ones made on the target came back.
+    verify(source.address, source.password, ledger, s["acknowledged"])
+    verify(source.address, source.password, back, s2["acknowledged"])
