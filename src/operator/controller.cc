@@ -266,31 +266,38 @@ Status Controller::EnsureFinalizer(const json& cr) {
   return r.ok() ? Status::Ok() : r.status();
 }
 
-Result<std::pair<std::string, std::string>> Controller::SourceCredentials(const std::string& ns,
-                                                                          const UpgradeSpec& spec) {
-  auto secret = client_->Get(res::kSecrets, ns, spec.secret_name);
+Result<std::pair<std::string, std::string>> Controller::Credentials(
+    const std::string& ns, const std::string& secret_name, const std::string& username_key,
+    const std::string& password_key, const std::string& field) {
+  auto secret = client_->Get(res::kSecrets, ns, secret_name);
   if (!secret.ok()) {
     if (secret.status().code() == StatusCode::kNotFound) {
-      return Status::FailedPrecondition("Secret " + ns + "/" + spec.secret_name +
-                                        " (spec.source.credentialsSecret.name) does not exist");
+      return Status::FailedPrecondition("Secret " + ns + "/" + secret_name + " (spec." + field +
+                                        ".name) does not exist");
     }
     return secret.status();
   }
   const json data = secret->value("data", json::object());
   std::pair<std::string, std::string> out;
-  for (auto [key, dest] : {std::pair{spec.username_key, &out.first},
-                           std::pair{spec.password_key, &out.second}}) {
+  for (auto [key, dest] :
+       {std::pair{username_key, &out.first}, std::pair{password_key, &out.second}}) {
     if (!data.contains(key) || !data[key].is_string()) {
-      return Status::FailedPrecondition("Secret " + ns + "/" + spec.secret_name + " has no key \"" +
-                                        key + "\" (spec.source.credentialsSecret)");
+      return Status::FailedPrecondition("Secret " + ns + "/" + secret_name + " has no key \"" +
+                                        key + "\" (spec." + field + ")");
     }
     PGSHIFT_ASSIGN_OR_RETURN(*dest, k8s::Base64Decode(data[key].get<std::string>()));
   }
   if (out.first.empty()) {
-    return Status::FailedPrecondition("Secret " + ns + "/" + spec.secret_name + ": key \"" +
-                                      spec.username_key + "\" is empty");
+    return Status::FailedPrecondition("Secret " + ns + "/" + secret_name + ": key \"" +
+                                      username_key + "\" is empty");
   }
   return out;
+}
+
+Result<std::pair<std::string, std::string>> Controller::SourceCredentials(const std::string& ns,
+                                                                          const UpgradeSpec& spec) {
+  return Credentials(ns, spec.secret_name, spec.username_key, spec.password_key,
+                     "source.credentialsSecret");
 }
 
 Result<std::string> Controller::TargetPassword(const std::string& ns, const std::string& name) {
@@ -360,6 +367,28 @@ Result<Controller::Wiring> Controller::Wire(const json& cr, const UpgradeSpec& s
 
 Status Controller::EnsurePooler(const json& cr, const UpgradeSpec& spec, Wiring* wiring) {
   const std::string ns = cr["metadata"]["namespace"], name = cr["metadata"]["name"];
+  if (const auto& e = spec.pooler.existing) {
+    // Adopted: nothing is made. Its admin console's credentials, and a ready PgBouncer.
+    PGSHIFT_ASSIGN_OR_RETURN(auto admin, Credentials(ns, e->admin_secret, e->username_key,
+                                                     e->password_key,
+                                                     "traffic.pooler.existing.adminSecret"));
+    wiring->pooler_admin_password = admin.second;
+    for (const std::string& svc : {e->service, e->backend_service}) {
+      auto got = client_->Get(res::kServices, ns, svc);
+      if (!got.ok() && got.status().code() == StatusCode::kNotFound) {
+        return Status::FailedPrecondition("Service " + ns + "/" + svc +
+                                          " (spec.traffic.pooler.existing) does not exist");
+      }
+      if (!got.ok()) return got.status();
+    }
+    PGSHIFT_ASSIGN_OR_RETURN(auto ready,
+                             ReadyEndpoints(client_, ns, e->service, options_.address_map));
+    if (ready.empty()) {
+      return Status::Unavailable("waiting for the Service " + e->service +
+                                 " (your PgBouncer) to have a ready Pod");
+    }
+    return Status::Ok();
+  }
   // The backend Service is made once: the cutover moves its selector, a re-apply must not.
   auto backend = client_->Get(res::kServices, ns, PoolerBackendName(name));
   if (!backend.ok()) {
@@ -450,6 +479,23 @@ Result<std::unique_ptr<engine::Router>> Controller::MakeRouter(const json& cr,
   PoolerRouter::Options o;
   o.ns = ns;
   o.upgrade = name;
+  o.address_map = options_.address_map;
+  if (const auto& e = spec.pooler.existing) {
+    o.adopted = true;
+    o.service = e->service;
+    o.backend = e->backend_service;
+    o.settle_ms = e->settle_ms;
+    o.migrated = spec.databases;
+    PGSHIFT_ASSIGN_OR_RETURN(auto admin, Credentials(ns, e->admin_secret, e->username_key,
+                                                     e->password_key,
+                                                     "traffic.pooler.existing.adminSecret"));
+    o.admin_user = admin.first;
+    o.admin_password = admin.second;
+    return std::unique_ptr<engine::Router>(
+        new PoolerRouter(client_, o, wiring.source, spec.source_service, wiring.target));
+  }
+  o.service = PoolerName(name);
+  o.backend = PoolerBackendName(name);
   o.admin_password = wiring.pooler_admin_password;
   if (o.admin_password.empty()) {
     PGSHIFT_ASSIGN_OR_RETURN(o.admin_password, PoolerAdminPassword(ns, name));
@@ -463,7 +509,6 @@ Result<std::unique_ptr<engine::Router>> Controller::MakeRouter(const json& cr,
   o.majors = [state]() -> std::pair<int, int> {
     return state == nullptr ? std::pair{0, 0} : std::pair{state->source_major, state->target_major};
   };
-  o.address_map = options_.address_map;
   return std::unique_ptr<engine::Router>(
       new PoolerRouter(client_, o, wiring.source, spec.source_service, wiring.target));
 }
@@ -982,10 +1027,14 @@ Status Controller::Finalize(const json& cr) {
     }
   }
   if (!s.ok()) return s;
-  // The traffic Service keeps no trace of pgshift (the pooler's backend Service is pgshift's
-  // own and keeps its annotation: a later cutover through the same pooler needs it).
-  if (!spec->traffic_service.empty()) {
-    auto svc = client_->Modify(res::kServices, ns, spec->traffic_service, [](json& o) {
+  // The traffic Service, or an adopted pooler's backend, keeps no trace of pgshift (the
+  // backend Service of a pooler pgshift runs is its own and keeps its annotation: a later
+  // cutover through the same pooler needs it).
+  const std::string moved = !spec->traffic_service.empty() ? spec->traffic_service
+                            : spec->pooler.existing     ? spec->pooler.existing->backend_service
+                                                        : "";
+  if (!moved.empty()) {
+    auto svc = client_->Modify(res::kServices, ns, moved, [](json& o) {
       if (o["metadata"].contains("annotations")) {
         o["metadata"]["annotations"].erase(kSourceSelectorAnnotation);
       }

@@ -87,6 +87,12 @@ class Controller {
   Status EnsureFinalizer(const nlohmann::json& cr);
   Status EnsureTarget(const nlohmann::json& cr, const UpgradeSpec& spec);
   // Source credentials from the Secret; FailedPrecondition naming what is missing.
+  // (username, password) from keys of a Secret; `field` names the spec field in errors.
+  Result<std::pair<std::string, std::string>> Credentials(const std::string& ns,
+                                                          const std::string& secret_name,
+                                                          const std::string& username_key,
+                                                          const std::string& password_key,
+                                                          const std::string& field);
   Result<std::pair<std::string, std::string>> SourceCredentials(const std::string& ns,
                                                                 const UpgradeSpec& spec);
   Result<std::string> TargetPassword(const std::string& ns, const std::string& name);

@@ -57,13 +57,13 @@ json PoolerMetadata(const Json& resource, const std::string& object_name) {
             {"app.kubernetes.io/managed-by", "pgshift-operator"}}}};
 }
 
-std::string AdminDsn(const engine::Endpoint& e, const std::string& dbname,
+std::string AdminDsn(const engine::Endpoint& e, const std::string& dbname, const std::string& user,
                      const std::string& password) {
   pg::ConnInfo ci;
   ci.Set("host", e.host);
   ci.Set("port", std::to_string(e.port));
   ci.Set("dbname", dbname);
-  ci.Set("user", kPoolerAdminUser);
+  ci.Set("user", user);
   ci.Set("password", password);
   ci.Set("connect_timeout", "5");
   return ci.ToString();
@@ -291,20 +291,61 @@ Result<Json> PoolerBackendService(const Json& resource, const Json& source_servi
                                         {"protocol", "TCP"}}})}}}};
 }
 
+bool HostNamesService(std::string_view host, const std::string& service, const std::string& ns) {
+  if (host == service) return true;
+  const std::string qualified = service + "." + ns;
+  if (host == qualified || host == qualified + ".svc") return true;
+  const std::string prefix = qualified + ".svc.";
+  return host.size() > prefix.size() && host.substr(0, prefix.size()) == prefix;
+}
+
+Result<std::vector<std::string>> AdoptedPoolerDatabases(
+    const std::vector<PoolerDatabaseRow>& rows, const std::string& default_mode,
+    const std::string& backend, const std::string& ns, const std::vector<std::string>& migrated) {
+  std::vector<std::string> out;
+  for (const auto& r : rows) {
+    if (!HostNamesService(r.host, backend, ns)) continue;
+    const std::string mode = r.pool_mode.empty() ? default_mode : r.pool_mode;
+    if (mode == "session") {
+      return Status::FailedPrecondition(
+          "PgBouncer entry " + r.name + " pools in session mode: PAUSE would wait for every "
+          "client to disconnect, so clients cannot be held at cutover. Fix: pool_mode = "
+          "transaction (when the application keeps no session state), or use traffic.service");
+    }
+    if (!migrated.empty() &&
+        std::find(migrated.begin(), migrated.end(), r.database) == migrated.end()) {
+      return Status::FailedPrecondition(
+          "PgBouncer entry " + r.name + " reaches database " + r.database + " through Service " +
+          backend + ", which the operator moves to the target, but " + r.database +
+          " is not migrated (source.databases). Fix: add it to source.databases, or give that "
+          "entry another host");
+    }
+    out.push_back(r.name);
+  }
+  if (out.empty()) {
+    return Status::FailedPrecondition(
+        "no [databases] entry of the PgBouncer uses Service " + backend + " as its host, so "
+        "moving that Service would move no client. Fix: set host=" + backend + " (or " +
+        backend + "." + ns + ".svc) in the entries of the migrated databases and RELOAD");
+  }
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
 PoolerRouter::PoolerRouter(k8s::Client* client, Options o, engine::Endpoint source,
                            std::string source_service, engine::Endpoint target)
     : client_(client),
       o_(std::move(o)),
       source_(source),
       target_(target),
-      backend_(client, o_.ns, PoolerBackendName(o_.upgrade), source, std::move(source_service),
+      backend_(client, o_.ns, o_.backend, source, std::move(source_service),
                target, TargetName(o_.upgrade), TargetSelector(o_.upgrade), o_.settle_timeout_ms) {}
 
 PoolerRouter::~PoolerRouter() = default;
 
 Result<std::vector<PoolerReplica>> PoolerRouter::Replicas() {
   PGSHIFT_ASSIGN_OR_RETURN(auto eps,
-                           ReadyEndpoints(client_, o_.ns, PoolerName(o_.upgrade), o_.address_map));
+                           ReadyEndpoints(client_, o_.ns, o_.service, o_.address_map));
   std::vector<PoolerReplica> out;
   for (const auto& e : eps) out.push_back({e.ToString(), e});
   return out;
@@ -313,17 +354,18 @@ Result<std::vector<PoolerReplica>> PoolerRouter::Replicas() {
 Status PoolerRouter::Check() {
   PGSHIFT_ASSIGN_OR_RETURN(auto reps, Replicas());
   if (reps.empty()) {
-    return Status::Unavailable("the pooler " + o_.ns + "/" + PoolerName(o_.upgrade) +
+    return Status::Unavailable("the pooler " + o_.ns + "/" + o_.service +
                                " has no ready PgBouncer yet");
   }
   std::string version;
   for (const auto& r : reps) {
-    auto c = pg::Connection::Connect(AdminDsn(r.address, "pgbouncer", o_.admin_password), 5,
+    auto c = pg::Connection::Connect(AdminDsn(r.address, "pgbouncer", o_.admin_user, o_.admin_password), 5,
                                      "pgshift-operator");
     if (!c.ok()) return c.status().WithContext("pooler replica " + r.pod_ip + " admin console");
     auto v = (*c)->Query("SHOW VERSION");
     if (!v.ok()) return v.status().WithContext("pooler replica " + r.pod_ip);
     if (v->rows() > 0) version = v->Get(0, 0);
+    if (o_.adopted) continue;  // its entries: Discover
     auto dbs = (*c)->Query("SHOW DATABASES");
     if (!dbs.ok()) return dbs.status().WithContext("pooler replica " + r.pod_ip);
     std::vector<std::string> names;
@@ -333,14 +375,49 @@ Status PoolerRouter::Check() {
         return Status::FailedPrecondition(
             "pooler replica " + r.pod_ip + " has no database " + db +
             " in its ini; it runs an older configuration. Fix: delete the Secret " +
-            PoolerName(o_.upgrade) + " and the pooler's Pods; the operator writes it again");
+            o_.service + " and the pooler's Pods; the operator writes it again");
       }
     }
   }
+  if (o_.adopted) PGSHIFT_RETURN_IF_ERROR(Discover(reps));
   PGSHIFT_RETURN_IF_ERROR(backend_.Check());
   summary_ = std::to_string(reps.size()) + " PgBouncer replica" + (reps.size() == 1 ? "" : "s") +
              " (" + version + "): PAUSE holds clients in each while the backend Service " +
-             PoolerBackendName(o_.upgrade) + " moves";
+             o_.backend + " moves";
+  return Status::Ok();
+}
+
+Status PoolerRouter::Discover(const std::vector<PoolerReplica>& reps) {
+  std::optional<std::vector<std::string>> agreed;
+  for (const auto& r : reps) {
+    auto c = pg::Connection::Connect(
+        AdminDsn(r.address, "pgbouncer", o_.admin_user, o_.admin_password), 5, "pgshift-operator");
+    if (!c.ok()) return c.status().WithContext("pooler replica " + r.pod_ip + " admin console");
+    auto config = (*c)->Query("SHOW CONFIG");
+    if (!config.ok()) return config.status().WithContext("pooler replica " + r.pod_ip);
+    std::string default_mode = "session";  // PgBouncer's own default
+    for (int i = 0; i < config->rows(); ++i) {
+      if (config->Get(i, "key") == "pool_mode") default_mode = config->Get(i, "value");
+    }
+    auto dbs = (*c)->Query("SHOW DATABASES");
+    if (!dbs.ok()) return dbs.status().WithContext("pooler replica " + r.pod_ip);
+    const bool has_mode = dbs->ColumnIndex("pool_mode") >= 0;
+    std::vector<PoolerDatabaseRow> rows;
+    for (int i = 0; i < dbs->rows(); ++i) {
+      rows.push_back({dbs->Get(i, "name"), dbs->Get(i, "database"), dbs->Get(i, "host"),
+                      has_mode ? dbs->Get(i, "pool_mode") : ""});
+    }
+    auto names = AdoptedPoolerDatabases(rows, default_mode, o_.backend, o_.ns, o_.migrated);
+    if (!names.ok()) return names.status().WithContext("pooler replica " + r.pod_ip);
+    if (agreed && *agreed != *names) {
+      return Status::FailedPrecondition(
+          "the PgBouncer replicas behind Service " + o_.service + " serve different entries "
+          "through " + o_.backend + " (" + Join(*agreed, ", ") + " and " + Join(*names, ", ") +
+          "); give them one configuration (a rollout) before the cutover");
+    }
+    agreed = std::move(*names);
+  }
+  if (agreed) o_.databases = *agreed;
   return Status::Ok();
 }
 
@@ -348,12 +425,13 @@ Status PoolerRouter::Pause(int timeout_ms) {
   held_.reset();
   PGSHIFT_ASSIGN_OR_RETURN(auto reps, Replicas());
   if (reps.empty()) {
-    return Status::Unavailable("the pooler " + PoolerName(o_.upgrade) + " has no ready PgBouncer");
+    return Status::Unavailable("the pooler " + o_.service + " has no ready PgBouncer");
   }
+  if (o_.adopted && o_.databases.empty()) PGSHIFT_RETURN_IF_ERROR(Discover(reps));
   const int64_t deadline = MonotonicMillis() + timeout_ms;
   Held held{reps, std::vector<std::unique_ptr<pg::Connection>>(reps.size())};
   auto results = ForEachParallel(reps.size(), [&](size_t i) -> Status {
-    auto c = pg::Connection::Connect(AdminDsn(reps[i].address, "pgbouncer", o_.admin_password),
+    auto c = pg::Connection::Connect(AdminDsn(reps[i].address, "pgbouncer", o_.admin_user, o_.admin_password),
                                      5, "pgshift-operator");
     if (!c.ok()) return c.status();
     for (const auto& db : o_.databases) {
@@ -380,7 +458,7 @@ pg::Connection* PoolerRouter::HeldAdmin(size_t i) {
     return c.get();
   }
   auto fresh = pg::Connection::Connect(
-      AdminDsn(held_->replicas[i].address, "pgbouncer", o_.admin_password), 5, "pgshift-operator");
+      AdminDsn(held_->replicas[i].address, "pgbouncer", o_.admin_user, o_.admin_password), 5, "pgshift-operator");
   c = fresh.ok() ? std::move(*fresh) : nullptr;
   return c.get();
 }
@@ -421,7 +499,7 @@ Status PoolerRouter::Probe(const PoolerReplica& r, pg::Connection* admin, bool t
   std::unique_ptr<pg::Connection> own;
   while (true) {
     if (admin == nullptr || PQstatus(admin->raw()) != CONNECTION_OK) {
-      auto c = pg::Connection::Connect(AdminDsn(r.address, "pgbouncer", o_.admin_password), 5,
+      auto c = pg::Connection::Connect(AdminDsn(r.address, "pgbouncer", o_.admin_user, o_.admin_password), 5,
                                        "pgshift-operator");
       own = c.ok() ? std::move(*c) : nullptr;
       admin = own.get();
@@ -431,7 +509,7 @@ Status PoolerRouter::Probe(const PoolerReplica& r, pg::Connection* admin, bool t
       // Closes the server connections the pools hold: the next ones go where the Service leads.
       for (const auto& db : o_.databases) (void)admin->Query("RECONNECT " + db);
       (void)admin->Query("RECONNECT " + probe);
-      auto c = pg::Connection::Connect(AdminDsn(r.address, probe, o_.admin_password), 5,
+      auto c = pg::Connection::Connect(AdminDsn(r.address, probe, o_.admin_user, o_.admin_password), 5,
                                        "pgshift-operator");
       if (c.ok()) {
         auto v = (*c)->QueryValue("SELECT current_setting('server_version_num')::int / 10000");
@@ -444,7 +522,7 @@ Status PoolerRouter::Probe(const PoolerReplica& r, pg::Connection* admin, bool t
     if (MonotonicMillis() > deadline_ms) {
       return Status::DeadlineExceeded(
           "a new server connection of pooler replica " + r.pod_ip + " does not reach the " +
-          (to_target ? "target" : "source") + " through Service " + PoolerBackendName(o_.upgrade) +
+          (to_target ? "target" : "source") + " through Service " + o_.backend +
           " (last try: " + std::string(Trim(last)) +
           "); the node's service proxy has not followed the Service's endpoints in time");
     }
@@ -462,6 +540,31 @@ Status PoolerRouter::SwitchTo(const engine::Endpoint& to) {
   PGSHIFT_RETURN_IF_ERROR(backend_.SwitchTo(to));
   const int64_t deadline = MonotonicMillis() + o_.settle_timeout_ms;
   const bool to_target = to == target_;
+  if (o_.adopted) {
+    // No probe database in an ini pgshift did not write: the EndpointSlices have moved
+    // (backend_ waited for them); give every node's service proxy settle_ms to follow, then
+    // close the idle server connections so the next ones are made through the new path.
+    SleepMillis(o_.settle_ms);
+    if (!held_) {  // a recovery's switch, not inside this router's PAUSE: every ready replica
+      PGSHIFT_ASSIGN_OR_RETURN(auto reps, Replicas());
+      held_ = Held{reps, std::vector<std::unique_ptr<pg::Connection>>(reps.size())};
+    }
+    auto results = ForEachParallel(held_->replicas.size(), [&](size_t i) -> Status {
+      pg::Connection* c = HeldAdmin(i);
+      if (c == nullptr) return Status::Ok();  // unreachable: it holds no client either
+      for (const auto& db : o_.databases) {
+        auto r = c->Query("RECONNECT " + db);
+        if (!r.ok()) return r.status().WithContext("RECONNECT " + db);
+      }
+      return Status::Ok();
+    });
+    for (size_t i = 0; i < results.size(); ++i) {
+      if (!results[i].ok()) {
+        return results[i].WithContext("pooler replica " + held_->replicas[i].pod_ip);
+      }
+    }
+    return Status::Ok();
+  }
   if (held_) {  // inside the pause: the replicas it holds, on its connections
     auto results = ForEachParallel(held_->replicas.size(), [&](size_t i) {
       return Probe(held_->replicas[i], HeldAdmin(i), to_target, deadline);
@@ -486,7 +589,7 @@ Result<engine::RouterState> PoolerRouter::Observe() {
   }
   int paused = 0, running = 0, unreachable = 0;
   for (const auto& r : *reps) {
-    auto c = pg::Connection::Connect(AdminDsn(r.address, "pgbouncer", o_.admin_password), 5,
+    auto c = pg::Connection::Connect(AdminDsn(r.address, "pgbouncer", o_.admin_user, o_.admin_password), 5,
                                      "pgshift-operator");
     auto dbs = c.ok() ? (*c)->Query("SHOW DATABASES") : Result<pg::QueryResult>(c.status());
     if (!dbs.ok() || dbs->ColumnIndex("paused") < 0) {

@@ -24,6 +24,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "engine/router.h"
@@ -86,12 +87,40 @@ struct PoolerReplica {
 };
 
 // Holds clients in every replica of the pooler and moves them by flipping the backend Service.
+// One row of an adopted PgBouncer's SHOW DATABASES: the entry's name (what PAUSE takes), the
+// server's database, the host and the entry's own pool_mode ("" for the default).
+struct PoolerDatabaseRow {
+  std::string name, database, host, pool_mode;
+};
+
+// Whether a [databases] host names Service `service` of namespace `ns`: its short name,
+// <service>.<ns>, <service>.<ns>.svc, or <service>.<ns>.svc.<cluster domain>.
+bool HostNamesService(std::string_view host, const std::string& service, const std::string& ns);
+
+// The entries of an adopted PgBouncer that reach the database through Service `backend` (the
+// ones to hold at cutover). FailedPrecondition, with the fix, when there is none, when one is
+// in session mode (its own or `default_mode`), or when one serves a database that is not
+// migrated (`migrated` empty: every database is).
+Result<std::vector<std::string>> AdoptedPoolerDatabases(
+    const std::vector<PoolerDatabaseRow>& rows, const std::string& default_mode,
+    const std::string& backend, const std::string& ns, const std::vector<std::string>& migrated);
+
 class PoolerRouter : public engine::Router {
  public:
   struct Options {
     std::string ns, upgrade;
+    // The databases (ini entry names) to hold. Adopted: found by Check from SHOW DATABASES.
     std::vector<std::string> databases;
+    // The Service of the PgBouncer Pods and the one their server connections go through.
+    std::string service, backend;
+    std::string admin_user = kPoolerAdminUser;
     std::string admin_password;
+    // An adopted PgBouncer (spec.traffic.pooler.existing): its ini has no probe databases, so
+    // the switch waits for the backend's EndpointSlices, then `settle_ms` more for every
+    // node's service proxy, then RECONNECTs. `migrated`: the databases migrated (empty: all).
+    bool adopted = false;
+    int settle_ms = 1000;
+    std::vector<std::string> migrated;
     // (source, target) majors: what each probe must find; 0 when not known yet.
     std::function<std::pair<int, int>()> majors;
     AddressMap address_map;
@@ -126,6 +155,8 @@ class PoolerRouter : public engine::Router {
  private:
   Status Probe(const PoolerReplica& r, pg::Connection* admin, bool to_target,
                int64_t deadline_ms);
+  // Adopted: the entries to hold, read from every replica (they must agree).
+  Status Discover(const std::vector<PoolerReplica>& reps);
   // The admin connection to held_ replica i, opened again when it broke (nullptr when it
   // cannot be).
   pg::Connection* HeldAdmin(size_t i);

@@ -150,5 +150,47 @@ TEST(PoolerSpecParse, ExactlyOneWayToMoveTrafficAndASourceService) {
   EXPECT_NE(host.status().message().find("source.service"), std::string::npos);
 }
 
+TEST(HostNamesService, ShortQualifiedAndClusterDomainNames) {
+  for (const char* h : {"db-rw", "db-rw.shop", "db-rw.shop.svc", "db-rw.shop.svc.cluster.local",
+                        "db-rw.shop.svc.corp.example"}) {
+    EXPECT_TRUE(HostNamesService(h, "db-rw", "shop")) << h;
+  }
+  for (const char* h : {"", "db-rw.other", "db-rw.shop.svc.", "db-rw-2", "10.0.0.5",
+                        "db-rw.shopping.svc", "x.db-rw.shop.svc"}) {
+    EXPECT_FALSE(HostNamesService(h, "db-rw", "shop")) << h;
+  }
+}
+
+TEST(AdoptedPoolerDatabases, HoldsTheEntriesThatGoThroughTheBackend) {
+  std::vector<PoolerDatabaseRow> rows = {
+      {"pgbouncer", "pgbouncer", "", "statement"},  // the admin console
+      {"orders", "orders", "db-rw.shop.svc.cluster.local", ""},
+      {"orders_ro", "orders", "db-ro", "statement"},  // another Service: left running
+      {"app", "app", "db-rw", "transaction"},
+  };
+  auto got = AdoptedPoolerDatabases(rows, "transaction", "db-rw", "shop", {});
+  ASSERT_TRUE(got.ok()) << got.status().message();
+  EXPECT_EQ(*got, (std::vector<std::string>{"app", "orders"}));
+  // Every served database must be migrated when the migrated list is given.
+  got = AdoptedPoolerDatabases(rows, "transaction", "db-rw", "shop", {"orders"});
+  ASSERT_FALSE(got.ok());
+  EXPECT_NE(got.status().message().find("app is not migrated"), std::string::npos)
+      << got.status().message();
+}
+
+TEST(AdoptedPoolerDatabases, RefusesSessionPoolingAndAnIniThatDoesNotUseTheBackend) {
+  std::vector<PoolerDatabaseRow> rows = {{"orders", "orders", "db-rw", ""}};
+  auto got = AdoptedPoolerDatabases(rows, "session", "db-rw", "shop", {});
+  ASSERT_FALSE(got.ok());
+  EXPECT_EQ(got.status().code(), StatusCode::kFailedPrecondition);
+  EXPECT_NE(got.status().message().find("session mode"), std::string::npos);
+  rows[0].pool_mode = "transaction";  // the entry's own mode wins over the default
+  EXPECT_TRUE(AdoptedPoolerDatabases(rows, "session", "db-rw", "shop", {}).ok());
+  got = AdoptedPoolerDatabases(rows, "transaction", "orders-db", "shop", {});
+  ASSERT_FALSE(got.ok());
+  EXPECT_NE(got.status().message().find("host=orders-db"), std::string::npos)
+      << got.status().message();
+}
+
 }  // namespace
 }  // namespace pgshift::op

@@ -92,6 +92,25 @@ Result<UpgradeSpec> ParseSpec(const Json& resource) {
     if (pooler.contains("resources") && pooler["resources"].is_object()) {
       s.pooler.resources = pooler["resources"];
     }
+    if (pooler.contains("existing") && pooler["existing"].is_object()) {
+      const Json& ex = pooler["existing"];
+      ExistingPoolerSpec e;
+      PGSHIFT_RETURN_IF_ERROR(Read(ex, "service", "traffic.pooler.existing.service", &e.service));
+      PGSHIFT_RETURN_IF_ERROR(Read(ex, "backendService", "traffic.pooler.existing.backendService",
+                                   &e.backend_service));
+      const Json& admin = Member(ex, "adminSecret");
+      PGSHIFT_RETURN_IF_ERROR(
+          Read(admin, "name", "traffic.pooler.existing.adminSecret.name", &e.admin_secret));
+      PGSHIFT_RETURN_IF_ERROR(Read(admin, "usernameKey",
+                                   "traffic.pooler.existing.adminSecret.usernameKey",
+                                   &e.username_key));
+      PGSHIFT_RETURN_IF_ERROR(Read(admin, "passwordKey",
+                                   "traffic.pooler.existing.adminSecret.passwordKey",
+                                   &e.password_key));
+      PGSHIFT_RETURN_IF_ERROR(
+          Read(ex, "settleMs", "traffic.pooler.existing.settleMs", &e.settle_ms));
+      s.pooler.existing = e;
+    }
   }
   std::string tables_without_pk = engine::TablesWithoutPkName(s.tables_without_pk);
   PGSHIFT_RETURN_IF_ERROR(
@@ -153,6 +172,35 @@ Result<UpgradeSpec> ParseSpec(const Json& resource) {
     if (s.pooler.max_client_conn < 1) return Bad("traffic.pooler.maxClientConn", "must be 1 or more");
     if (s.pooler.default_pool_size < 1) {
       return Bad("traffic.pooler.defaultPoolSize", "must be 1 or more");
+    }
+    if (const auto& e = s.pooler.existing) {
+      if (e->service.empty()) {
+        return Bad("traffic.pooler.existing.service",
+                   "must name the Service in front of your PgBouncer Pods");
+      }
+      if (e->backend_service.empty()) {
+        return Bad("traffic.pooler.existing.backendService",
+                   "must name the Service your PgBouncer's [databases] entries use as host");
+      }
+      if (e->admin_secret.empty()) {
+        return Bad("traffic.pooler.existing.adminSecret.name",
+                   "must name a Secret with a user of your PgBouncer's admin_users");
+      }
+      if (e->backend_service == s.source_service) {
+        return Bad("traffic.pooler.existing.backendService",
+                   "must differ from source.service: the operator moves it to the target at "
+                   "cutover, while source.service keeps leading to the source. Fix: give your "
+                   "PgBouncer a Service of its own for the database (same selector) and use "
+                   "its name as host in the ini");
+      }
+      if (e->backend_service == e->service) {
+        return Bad("traffic.pooler.existing.backendService",
+                   "must differ from traffic.pooler.existing.service (that one leads to "
+                   "PgBouncer, this one to the database)");
+      }
+      if (e->settle_ms < 0 || e->settle_ms > 10000) {
+        return Bad("traffic.pooler.existing.settleMs", "must be 0..10000");
+      }
     }
   }
   if (!s.traffic_service.empty() && s.traffic_service == s.source_service) {

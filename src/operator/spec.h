@@ -29,9 +29,23 @@ inline constexpr const char* kRoleLabel = "pgshift.dev/role";
 inline constexpr const char* kSourceSelectorAnnotation = "pgshift.dev/source-selector";
 inline constexpr const char* kFieldManager = "pgshift-operator";
 
-// spec.traffic.pooler: a PgBouncer the operator runs in front of the source (see pooler.h).
+// spec.traffic.pooler.existing: a PgBouncer the user already runs, which the operator adopts:
+// it makes nothing, and at cutover holds clients in it and moves the Service its [databases]
+// entries name as their host (see pooler.h).
+struct ExistingPoolerSpec {
+  std::string service;          // in front of the PgBouncer Pods: its ready endpoints
+  std::string backend_service;  // what the ini's [databases] name; selects the source's Pods
+  std::string admin_secret;     // a user of PgBouncer's admin_users and its password
+  std::string username_key = "username";
+  std::string password_key = "password";
+  int settle_ms = 1000;  // clients held after the EndpointSlices moved (kube-proxy's sync)
+};
+
+// spec.traffic.pooler: a PgBouncer the operator runs in front of the source (see pooler.h),
+// or one it adopts (`existing`; the other fields are then unused).
 struct PoolerSpec {
   bool enabled = false;
+  std::optional<ExistingPoolerSpec> existing;
   int replicas = 2;
   std::string pool_mode = "transaction";  // transaction | statement
   std::string image = "edoburu/pgbouncer:v1.24.1-p1";

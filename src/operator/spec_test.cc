@@ -90,6 +90,23 @@ TEST(ParseSpec, EveryCliSettingReachesTheEngine) {
   EXPECT_EQ(EngineOptions(*s).copy, engine::CopyMethod::kSnapshot);
 }
 
+TEST(ParseSpec, AnExistingPoolerIsAdopted) {
+  Json spec = MinimalSpec();
+  spec["traffic"] = {{"pooler", {{"existing", {{"service", "pgbouncer"},
+                                               {"backendService", "orders-db-rw"},
+                                               {"adminSecret", {{"name", "pgb-admin"},
+                                                                {"usernameKey", "user"}}}}}}}};
+  auto s = ParseSpec(Resource(spec));
+  ASSERT_TRUE(s.ok()) << s.status().message();
+  ASSERT_TRUE(s->pooler.enabled && s->pooler.existing.has_value());
+  EXPECT_EQ(s->pooler.existing->service, "pgbouncer");
+  EXPECT_EQ(s->pooler.existing->backend_service, "orders-db-rw");
+  EXPECT_EQ(s->pooler.existing->admin_secret, "pgb-admin");
+  EXPECT_EQ(s->pooler.existing->username_key, "user");
+  EXPECT_EQ(s->pooler.existing->password_key, "password");
+  EXPECT_EQ(s->pooler.existing->settle_ms, 1000);
+}
+
 TEST(QuantityToInt64, ReadsKubernetesQuantitiesAsWholeNumbers) {
   const std::vector<std::pair<std::string, int64_t>> good = {
       {"0", 0},     {"1000", 1000},    {"50M", 50000000}, {"50Mi", 50 << 20},
@@ -255,6 +272,30 @@ TEST(ParseSpec, RejectsNonsenseWithTheFieldName) {
          j["copy"] = {{"method", "native"}, {"rate", "1Mi"}};
        },
        "spec.copy: jobs and rate apply to method snapshot only"},
+      {[](Json& j) {
+         j["traffic"] = {{"pooler", {{"existing", {{"service", "pgb"},
+                                                   {"backendService", "pg15"},
+                                                   {"adminSecret", {{"name", "pgb-admin"}}}}}}}};
+       },
+       "spec.traffic.pooler.existing.backendService: must differ from source.service"},
+      {[](Json& j) {
+         j["traffic"] = {{"pooler", {{"existing", {{"service", "pgb"},
+                                                   {"backendService", "pgb"},
+                                                   {"adminSecret", {{"name", "pgb-admin"}}}}}}}};
+       },
+       "spec.traffic.pooler.existing.backendService: must differ from traffic.pooler.existing"},
+      {[](Json& j) {
+         j["traffic"] = {
+             {"pooler", {{"existing", {{"service", "pgb"}, {"backendService", "db-rw"}}}}}};
+       },
+       "spec.traffic.pooler.existing.adminSecret.name"},
+      {[](Json& j) {
+         j["traffic"] = {{"pooler", {{"existing", {{"service", "pgb"},
+                                                   {"backendService", "db-rw"},
+                                                   {"adminSecret", {{"name", "a"}}},
+                                                   {"settleMs", 60000}}}}}};
+       },
+       "spec.traffic.pooler.existing.settleMs: must be 0..10000"},
   };
   for (const auto& c : cases) {
     Json spec = MinimalSpec();

@@ -143,8 +143,9 @@ def test_pgbouncer_pods_pool_through_their_service(k, namespace):
         r = run_psql(a, "pgbadmin", ADMIN_PASSWORD, "pgbouncer", "SHOW DATABASES")
         assert r.returncode == 0, r.stderr
         rows = {line.split("|")[0]: line.split("|") for line in r.stdout.splitlines()}
-        # host= names the Service; fakelet pointed it at the proxy of db:5432.
-        assert rows["appdb"][1:3] == ["127.0.0.1", service_address(namespace, "db").split(":")[1]], rows
+        # host= names the Service; fakelet (as root) keeps its qualified name, which the
+        # process resolves through the cluster hosts file to the proxy of db:5432.
+        assert rows["appdb"][1:3] == [f"db.{namespace}.svc", "5432"], rows
         r = run_psql(a, "app", app_password, "appdb", "SELECT count(*) FROM items")
         assert r.stdout.strip() == "20", r.stderr
 

@@ -4,7 +4,9 @@ application writes through the pooler's Service at 500 writes/s for the whole ru
 PAUSEs every replica, moves the backend Service, proves through each replica that a new server
 connection reaches the target, and RESUMEs. Clients see no error, only a stall, and every
 acknowledged write reaches the target; a rollback through the pooler brings every write back
-to the source. Both directions (15 -> 17, 17 -> 15).
+to the source. Both directions (15 -> 17, 17 -> 15). Then the same with a PgBouncer the
+application already runs (spec.traffic.pooler.existing): the operator adopts it, makes
+nothing, and moves the Service its ini names (app-db) while clients are held.
 
 The operator runs outside the cluster as in test_operator.py (the ServiceAccount's token,
 --connect endpoints, Pod IPs through the harness's pods.json)."""
@@ -12,6 +14,7 @@ import json
 import os
 import subprocess
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -59,21 +62,11 @@ def ready_replicas(k, name):
     return d.get("status", {}).get("readyReplicas", 0)
 
 
-@pytest.mark.parametrize("src_version,dst_version", [(15, 17), (17, 15)])
-def test_cutover_and_rollback_through_the_pooler_lose_nothing_and_fail_no_client(
-        k, namespace, operator, tmp_path, src_version, dst_version):  # noqa: F811
-    source = Source(k, namespace, src_version)
-    operator.start()
-    k.apply(upgrade("shop", source, dst_version, traffic={"pooler": {"replicas": 2}},
-                    cutover={"mode": "manual", "maxPauseMs": 5000}))
-    # The operator makes the pooler; the application moves to it before anything else.
-    wait_for(lambda: ready_replicas(k, "shop-pooler") == 2, timeout=120, interval=0.5,
-             what="two ready PgBouncer replicas")
-    backend = k.get("service", "shop-pooler-backend")
-    assert backend["spec"]["selector"] == {"app": source.name}
-    assert "ownerReferences" not in backend["metadata"]
-    pooler = wait_for(lambda: service_address(namespace, "shop-pooler"), timeout=30,
-                      what="the pooler Service's proxy port")
+def cutover_and_rollback(k, namespace, operator, source, tmp_path, pooler, backend,
+                         src_version, dst_version):
+    """With the application writing through `pooler` (a Service's proxy address) the whole
+    time: the approved cutover, then a rollback. Asserts no client error, every acknowledged
+    write where it belongs, and Service `backend` leading to the target, then back."""
     wait_for(lambda: app_psql(pooler, source, "SELECT 1").returncode == 0, timeout=30,
              what="the application's role logs in through the pooler")
     ledger = tmp_path / "forward.ledger"
@@ -88,18 +81,15 @@ def test_cutover_and_rollback_through_the_pooler_lose_nothing_and_fail_no_client
     st = k.get("postgresupgrade", "shop")["status"]
     cut = st["lastCutover"]
     assert cut["succeeded"] and cut["direction"] == "forward"
-    forward_stall = stall_ms(ledger)
     print(f"{src_version}->{dst_version} through the pooler: pause {cut['pauseMs']:.1f} ms, "
-          f"longest client operation {forward_stall:.1f} ms; load {s}")
+          f"longest client operation {stall_ms(ledger):.1f} ms; load {s}")
     # No client saw an error: PAUSE held them, RESUME let them go on the target.
     assert int(s["errors"]) == 0, s
     assert int(s["acknowledged"]) > 1000
     verify(pod_address(namespace, "shop-target-0"), target_password(k, "shop"), ledger,
            s["acknowledged"])
-    # The backend leads to the target; the application's own Services were never touched.
-    assert k.get("service", "shop-pooler-backend")["spec"]["selector"] == {
+    assert k.get("service", backend)["spec"]["selector"] == {
         "pgshift.dev/upgrade": "shop", "pgshift.dev/role": "target"}
-    assert k.get("service", "app-db")["spec"]["selector"] == {"app": source.name}
     # Through the pooler, the application's role is on the new server.
     got = app_psql(pooler, source, "SHOW server_version_num")
     assert got.returncode == 0 and got.stdout.strip().startswith(str(dst_version)), got
@@ -124,7 +114,100 @@ def test_cutover_and_rollback_through_the_pooler_lose_nothing_and_fail_no_client
           f"{st['lastCutover']['pauseMs']:.1f} ms, longest client operation "
           f"{stall_ms(back):.1f} ms; load {s2}")
     assert int(s2["errors"]) == 0, s2
-    assert k.get("service", "shop-pooler-backend")["spec"]["selector"] == {"app": source.name}
+    assert k.get("service", backend)["spec"]["selector"] == {"app": source.name}
     # Every write of both runs is on the source: the ones made on the target came back.
     verify(source.address, source.password, ledger, s["acknowledged"])
     verify(source.address, source.password, back, s2["acknowledged"])
+
+
+@pytest.mark.parametrize("src_version,dst_version", [(15, 17), (17, 15)])
+def test_cutover_and_rollback_through_the_pooler_lose_nothing_and_fail_no_client(
+        k, namespace, operator, tmp_path, src_version, dst_version):  # noqa: F811
+    source = Source(k, namespace, src_version)
+    operator.start()
+    k.apply(upgrade("shop", source, dst_version, traffic={"pooler": {"replicas": 2}},
+                    cutover={"mode": "manual", "maxPauseMs": 5000}))
+    # The operator makes the pooler; the application moves to it before anything else.
+    wait_for(lambda: ready_replicas(k, "shop-pooler") == 2, timeout=120, interval=0.5,
+             what="two ready PgBouncer replicas")
+    backend = k.get("service", "shop-pooler-backend")
+    assert backend["spec"]["selector"] == {"app": source.name}
+    assert "ownerReferences" not in backend["metadata"]
+    pooler = wait_for(lambda: service_address(namespace, "shop-pooler"), timeout=30,
+                      what="the pooler Service's proxy port")
+    cutover_and_rollback(k, namespace, operator, source, tmp_path, pooler,
+                         "shop-pooler-backend", src_version, dst_version)
+    # The application's own Services were never touched.
+    assert k.get("service", "app-db")["spec"]["selector"] == {"app": source.name}
+
+
+def own_pgbouncer(k, namespace, source):
+    """The application's own PgBouncer, as a shop runs it before pgshift: two replicas behind
+    Service app-pgbouncer, transaction pooling, SCRAM pass-through with the app role's secret,
+    server connections through Service app-db; its admin user in Secret app-pgbouncer-admin."""
+    scram = psql(source.address, source.password,
+                 "SELECT rolpassword FROM pg_authid WHERE rolname = 'app'").stdout.strip()
+    assert scram.startswith("SCRAM-SHA-256$"), scram
+    admin_password = uuid.uuid4().hex
+    ini = """\
+[databases]
+postgres = host=app-db port=5432 dbname=postgres
+
+[pgbouncer]
+listen_addr = *
+listen_port = 5432
+unix_socket_dir = /tmp
+auth_type = scram-sha-256
+auth_file = /etc/pgbouncer/userlist.txt
+admin_users = pgbadmin
+pool_mode = transaction
+max_client_conn = 200
+default_pool_size = 10
+ignore_startup_parameters = extra_float_digits,options
+"""
+    userlist = f'"app" "{scram}"\n"pgbadmin" "{admin_password}"\n'
+    k.apply({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "app-pgbouncer-config"},
+             "stringData": {"pgbouncer.ini": ini, "userlist.txt": userlist}})
+    k.apply({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "app-pgbouncer-admin"},
+             "stringData": {"username": "pgbadmin", "password": admin_password}})
+    labels = {"app": "app-pgbouncer"}
+    k.apply({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "app-pgbouncer"},
+             "spec": {"replicas": 2, "selector": {"matchLabels": labels},
+                      "template": {"metadata": {"labels": labels}, "spec": {
+                          "containers": [{
+                              "name": "pgbouncer", "image": "edoburu/pgbouncer:v1.24.1-p1",
+                              "ports": [{"name": "pgbouncer", "containerPort": 5432}],
+                              "readinessProbe": {"tcpSocket": {"port": 5432}},
+                              "volumeMounts": [{"name": "config", "mountPath": "/etc/pgbouncer",
+                                                "readOnly": True}]}],
+                          "volumes": [{"name": "config",
+                                       "secret": {"secretName": "app-pgbouncer-config"}}]}}}})
+    k.apply({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "app-pgbouncer"},
+             "spec": {"selector": labels, "ports": [{"name": "pgbouncer", "port": 5432,
+                                                     "targetPort": "pgbouncer"}]}})
+    wait_for(lambda: ready_replicas(k, "app-pgbouncer") == 2, timeout=120, interval=0.5,
+             what="the application's two PgBouncer replicas ready")
+    return wait_for(lambda: service_address(namespace, "app-pgbouncer"), timeout=30,
+                    what="app-pgbouncer's proxy port")
+
+
+@pytest.mark.parametrize("src_version,dst_version", [(15, 17), (17, 15)])
+def test_an_adopted_pgbouncer_holds_clients_at_cutover_and_rollback(
+        k, namespace, operator, tmp_path, src_version, dst_version):  # noqa: F811
+    source = Source(k, namespace, src_version)
+    pooler = own_pgbouncer(k, namespace, source)
+    operator.start()
+    k.apply(upgrade("shop", source, dst_version,
+                    traffic={"pooler": {"existing": {
+                        "service": "app-pgbouncer", "backendService": "app-db",
+                        "adminSecret": {"name": "app-pgbouncer-admin"}}}},
+                    cutover={"mode": "manual", "maxPauseMs": 5000}))
+    cutover_and_rollback(k, namespace, operator, source, tmp_path, pooler, "app-db",
+                         src_version, dst_version)
+    # Adopted, not made: no PgBouncer of the operator's own, and app-db keeps no annotation
+    # of pgshift once the resource is deleted.
+    assert not k.get("deployment", "shop-pooler")
+    assert not k.get("service", "shop-pooler-backend")
+    k.run("delete", "postgresupgrade", "shop", "--wait=true", "--timeout=120s")
+    ann = k.get("service", "app-db")["metadata"].get("annotations", {})
+    assert "pgshift.dev/source-selector" not in ann, ann

@@ -29,10 +29,11 @@ import (
 //   - paths below the container's volume mounts (auth_file, %include, TLS files, ...) -> the
 //     files fakelet wrote for those volumes;
 //   - host= of [databases] and [peers] entries: a Service name (svc, svc.ns, svc.ns.svc,
-//     svc.ns.svc.cluster.local) or ClusterIP with its port= (default 5432) -> the Service
-//     proxy's 127.0.0.1:<mapped port> for that Service port (this harness's cluster DNS and
-//     kube-proxy); a Pod IP 10.88.0.N -> 127.0.0.N. Until the Service exists the container
-//     waits (not ready) and retries.
+//     svc.ns.svc.cluster.local) or ClusterIP with its port= (default 5432) -> svc.ns.svc and
+//     the Service's port when fakelet runs as root (the process resolves it through the
+//     cluster hosts file to the proxy on the Service's own address, hosts.go), else the
+//     proxy's 127.0.0.1:<mapped port> for that Service port; a Pod IP 10.88.0.N ->
+//     127.0.0.N. Until the Service exists the container waits (not ready) and retries.
 // Everything else stays as written. The ini holds passwords: it is never logged.
 
 var pgbouncerImageRE = regexp.MustCompile(`^(?:docker\.io/)?edoburu/pgbouncer(?::[A-Za-z0-9_.\-]+)?(?:@sha256:[0-9a-f]{64})?$`)
@@ -355,6 +356,13 @@ func (b *pgBouncer) rewriteConnString(cs string) (string, error) {
 	} else if ns, svc, ok := b.serviceOf(host); ok {
 		if addr, err = b.m.services.serviceAddress(ns, svc, port); err != nil {
 			return "", waitError{fmt.Sprintf("host=%s port=%d: %v", host, port, err)}
+		}
+		if withHosts := os.Geteuid() == 0 && b.m.clusterHostsFile() != ""; withHosts {
+			// The process resolves Service names through the cluster hosts file (hosts.go),
+			// and the proxy serves each Service on its own address and port: the entry keeps
+			// naming the Service (qualified), so SHOW DATABASES shows a Service name, as in a
+			// real cluster.
+			addr = net.JoinHostPort(svc+"."+ns+".svc", strconv.Itoa(port))
 		}
 	} else {
 		return cs, nil
