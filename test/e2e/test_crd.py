@@ -174,6 +174,15 @@ def test_traffic_service_must_differ_from_source_service(k):
     (lambda s: (s["source"].pop("service"), s["source"].update(host="db.example"),
                 s.update(traffic={"pooler": {}})),
      "traffic.pooler needs source.service"),
+    (lambda s: s.update(traffic={"pooler": {"existing": {
+        "service": "pgb", "backendService": "orders-db", "adminSecret": {"name": "a"}}}}),
+     "traffic.pooler.existing.backendService must differ from source.service"),
+    (lambda s: s.update(traffic={"pooler": {"existing": {
+        "service": "pgb", "backendService": "pgb", "adminSecret": {"name": "a"}}}}),
+     "traffic.pooler.existing.backendService must differ from its service"),
+    (lambda s: s.update(traffic={"pooler": {"existing": {
+        "service": "pgb", "backendService": "db-rw"}}}),
+     "spec.traffic.pooler.existing.adminSecret: Required value"),
     (lambda s: s["target"].update(storage={"size": "lots"}),
      "target.storage.size must be a positive quantity such as 10Gi"),
     (lambda s: s["target"].update(storage={"size": "0"}),
@@ -214,7 +223,8 @@ def test_traffic_service_must_differ_from_source_service(k):
 ], ids=["negative-maxLagBytes", "maxPauseMs-0", "maxPauseMs-too-big", "cutover-mode",
         "verify-level", "action", "port", "too-many-databases", "long-database-name",
         "no-credentials", "no-traffic", "traffic-both", "traffic-neither", "pooler-session",
-        "pooler-replicas-0", "pooler-without-source-service", "storage-size-word", "storage-size-zero", "wal_level",
+        "pooler-replicas-0", "pooler-without-source-service", "adopted-backend-is-source",
+        "adopted-backend-is-pooler", "adopted-without-admin", "storage-size-word", "storage-size-zero", "wal_level",
         "parameter-name", "rollback-without-reverse", "checkOnly-with-action",
         "tablesWithoutPrimaryKey", "onDifference", "onDifference-rollback-without-reverse",
         "copy-method", "copy-jobs-too-many", "copy-jobs-negative", "copy-rate-negative",
