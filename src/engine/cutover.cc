@@ -207,6 +207,7 @@ Status Migration::RunTable(Router* router, const Direction& d, const CutoverJour
     case CutoverOutcome::kCompleted: {
       std::string steps_text;
       for (const auto& [k, v] : rep->rows_ms) steps_text += " " + k + "=" + Ms(v);
+      if (rep->journal_ms >= 0.05) steps_text += "; journal writes " + Ms(rep->journal_ms);
       Progress(std::string(what) + " done" + (rep->recovered ? " (recovered)" : "") +
                ": clients held for " + Ms(rep->pause_ms) + " ms (" + Trim(steps_text).data() + ")");
       return Status::Ok();

@@ -31,7 +31,9 @@ class Executor {
         return Resolve(
             i, Status::DeadlineExceeded("the pause ran over --max-pause before step " + row.name));
       }
+      const int64_t journal_start = MonotonicMicros();
       Status j = Journal(i, false);
+      if (pause_start_us_ >= 0) report_.journal_ms += (MonotonicMicros() - journal_start) / 1000.0;
       if (!j.ok()) return Resolve(i, j.WithContext("writing the journal before step " + row.name));
       if (Fault("before-" + row.name)) return KilledForTest("before-" + row.name);
       Status s = Act(row);

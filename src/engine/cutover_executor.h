@@ -81,6 +81,7 @@ struct CutoverReport {
   bool recovered = false;  // ran as a recovery after a crash
   std::vector<std::pair<std::string, double>> rows_ms;  // each row's do, as it ran
   double pause_ms = 0;             // from the first in-pause row's start to the last one's end
+  double journal_ms = 0;           // of pause_ms, writing the journal between rows
   std::vector<std::string> notes;  // what rolled forward or back, and any best-effort failure
 };
 
