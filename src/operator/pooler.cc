@@ -387,6 +387,19 @@ Status PoolerRouter::Check() {
   return Status::Ok();
 }
 
+std::vector<std::string> PoolerRouter::HeldEntries(pg::Connection& admin) {
+  if (!o_.databases.empty() || !o_.adopted) return o_.databases;
+  // An adopted PgBouncer's entries not discovered by this router (a recovery after a crash
+  // makes a new one): every entry through the backend, unchecked, so none stays paused.
+  std::vector<std::string> out;
+  auto dbs = admin.Query("SHOW DATABASES");
+  if (!dbs.ok()) return out;
+  for (int i = 0; i < dbs->rows(); ++i) {
+    if (HostNamesService(dbs->Get(i, "host"), o_.backend, o_.ns)) out.push_back(dbs->Get(i, "name"));
+  }
+  return out;
+}
+
 Status PoolerRouter::Discover(const std::vector<PoolerReplica>& reps) {
   std::optional<std::vector<std::string>> agreed;
   for (const auto& r : reps) {
@@ -474,7 +487,7 @@ Status PoolerRouter::Resume() {
     pg::Connection* c = HeldAdmin(i);
     // A PgBouncer that cannot be reached holds no client (a restarted one starts running).
     if (c == nullptr) return Status::Ok();
-    for (const auto& db : o_.databases) {
+    for (const auto& db : HeldEntries(*c)) {
       auto r = c->Query("RESUME " + db);
       if (!r.ok() && r.status().message().find("not paused") == std::string::npos) {
         return r.status().WithContext("RESUME " + db);
@@ -552,7 +565,7 @@ Status PoolerRouter::SwitchTo(const engine::Endpoint& to) {
     auto results = ForEachParallel(held_->replicas.size(), [&](size_t i) -> Status {
       pg::Connection* c = HeldAdmin(i);
       if (c == nullptr) return Status::Ok();  // unreachable: it holds no client either
-      for (const auto& db : o_.databases) {
+      for (const auto& db : HeldEntries(*c)) {
         auto r = c->Query("RECONNECT " + db);
         if (!r.ok()) return r.status().WithContext("RECONNECT " + db);
       }
@@ -599,10 +612,13 @@ Result<engine::RouterState> PoolerRouter::Observe() {
     bool any = false;
     for (int i = 0; i < dbs->rows(); ++i) {
       const std::string name = dbs->Get(i, "name");
-      if (std::find(o_.databases.begin(), o_.databases.end(), name) != o_.databases.end() &&
-          dbs->Get(i, "paused") == "1") {
-        any = true;
-      }
+      // An adopted PgBouncer whose entries this router has not read yet: those through the
+      // backend.
+      const bool held =
+          o_.adopted && o_.databases.empty()
+              ? HostNamesService(dbs->Get(i, "host"), o_.backend, o_.ns)
+              : std::find(o_.databases.begin(), o_.databases.end(), name) != o_.databases.end();
+      if (held && dbs->Get(i, "paused") == "1") any = true;
     }
     (any ? paused : running)++;
   }

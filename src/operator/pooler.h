@@ -157,6 +157,9 @@ class PoolerRouter : public engine::Router {
                int64_t deadline_ms);
   // Adopted: the entries to hold, read from every replica (they must agree).
   Status Discover(const std::vector<PoolerReplica>& reps);
+  // The entries to RESUME or RECONNECT on a replica: o_.databases, or when an adopted
+  // PgBouncer's were not discovered yet, every entry through the backend.
+  std::vector<std::string> HeldEntries(pg::Connection& admin);
   // The admin connection to held_ replica i, opened again when it broke (nullptr when it
   // cannot be).
   pg::Connection* HeldAdmin(size_t i);

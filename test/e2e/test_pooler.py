@@ -211,3 +211,44 @@ def test_an_adopted_pgbouncer_holds_clients_at_cutover_and_rollback(
     k.run("delete", "postgresupgrade", "shop", "--wait=true", "--timeout=120s")
     ann = k.get("service", "app-db")["metadata"].get("annotations", {})
     assert "pgshift.dev/source-selector" not in ann, ann
+
+
+def test_an_operator_killed_inside_the_pause_past_the_switch_resumes_an_adopted_pgbouncer(
+        k, namespace, operator, tmp_path, monkeypatch):  # noqa: F811
+    """The operator dies with clients held in the application's own PgBouncer and the backend
+    already on the target (engine fault point forward:after-switch). A new operator process
+    knows nothing of that PAUSE: its recovery finds the held entries itself and resumes them
+    on the target. Clients see a stall of the restart's length, not an error."""
+    source = Source(k, namespace, 15)
+    pooler = own_pgbouncer(k, namespace, source)
+    monkeypatch.setenv("PGSHIFT_FAULT_KILL_AT", "forward:after-switch")
+    operator.start()
+    monkeypatch.delenv("PGSHIFT_FAULT_KILL_AT")
+    k.apply(upgrade("shop", source, 17,
+                    traffic={"pooler": {"existing": {
+                        "service": "app-pgbouncer", "backendService": "app-db",
+                        "adminSecret": {"name": "app-pgbouncer-admin"}, "settleMs": 200}}},
+                    cutover={"mode": "manual", "maxPauseMs": 5000}))
+    wait_for(lambda: app_psql(pooler, source, "SELECT 1").returncode == 0, timeout=30,
+             what="the application's role logs in through its PgBouncer")
+    ledger = tmp_path / "app.ledger"
+    load = start_load(pooler, source, ledger)
+    wait_phase(k, "shop", {"ReadyForCutover"}, timeout=240, operator=operator)
+    time.sleep(2)
+    k.run("patch", "postgresupgrade", "shop", "--type", "merge", "-p",
+          json.dumps({"spec": {"cutover": {"approved": True}}}))
+    operator.proc.wait(timeout=120)
+    assert "fault injection: killed at forward:after-switch" in operator.log()
+    time.sleep(1)  # clients held meanwhile, with no operator at all
+    assert k.get("service", "app-db")["spec"]["selector"] == {
+        "pgshift.dev/upgrade": "shop", "pgshift.dev/role": "target"}
+    operator.start()
+    wait_phase(k, "shop", {"RollbackReady"}, timeout=120, operator=operator)
+    time.sleep(2)
+    s = stop_load(load)
+    print(f"killed past the switch: longest client operation {stall_ms(ledger):.1f} ms; load {s}")
+    assert int(s["errors"]) == 0, s
+    verify(pod_address(namespace, "shop-target-0"), target_password(k, "shop"), ledger,
+           s["acknowledged"])
+    got = app_psql(pooler, source, "SHOW server_version_num")
+    assert got.returncode == 0 and got.stdout.strip().startswith("17"), got
