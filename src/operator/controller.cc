@@ -372,7 +372,7 @@ Status Controller::EnsurePooler(const json& cr, const UpgradeSpec& spec, Wiring*
     PGSHIFT_ASSIGN_OR_RETURN(auto admin, Credentials(ns, e->admin_secret, e->username_key,
                                                      e->password_key,
                                                      "traffic.pooler.existing.adminSecret"));
-    wiring->pooler_admin_password = admin.second;
+    std::tie(wiring->pooler_admin_user, wiring->pooler_admin_password) = admin;
     for (const std::string& svc : {e->service, e->backend_service}) {
       auto got = client_->Get(res::kServices, ns, svc);
       if (!got.ok() && got.status().code() == StatusCode::kNotFound) {
@@ -486,11 +486,14 @@ Result<std::unique_ptr<engine::Router>> Controller::MakeRouter(const json& cr,
     o.backend = e->backend_service;
     o.settle_ms = e->settle_ms;
     o.migrated = spec.databases;
-    PGSHIFT_ASSIGN_OR_RETURN(auto admin, Credentials(ns, e->admin_secret, e->username_key,
-                                                     e->password_key,
-                                                     "traffic.pooler.existing.adminSecret"));
-    o.admin_user = admin.first;
-    o.admin_password = admin.second;
+    o.admin_user = wiring.pooler_admin_user;
+    o.admin_password = wiring.pooler_admin_password;
+    if (o.admin_password.empty()) {
+      PGSHIFT_ASSIGN_OR_RETURN(auto admin, Credentials(ns, e->admin_secret, e->username_key,
+                                                       e->password_key,
+                                                       "traffic.pooler.existing.adminSecret"));
+      std::tie(o.admin_user, o.admin_password) = admin;
+    }
     return std::unique_ptr<engine::Router>(
         new PoolerRouter(client_, o, wiring.source, spec.source_service, wiring.target));
   }

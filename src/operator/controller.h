@@ -100,12 +100,13 @@ class Controller {
   struct Wiring {
     std::string source_dsn, target_dsn, work_dir;
     engine::Endpoint source, target;
-    std::string pooler_admin_password;  // spec.traffic.pooler: its admin console's password
+    // spec.traffic.pooler: its admin console's user (empty: the operator's own) and password
+    std::string pooler_admin_user, pooler_admin_password;
   };
   Result<Wiring> Wire(const nlohmann::json& cr, const UpgradeSpec& spec);
   // spec.traffic.pooler: its Secret (written once, from the source's roles and databases),
-  // backend Service (made once: the cutover moves it), Deployment and Service; sets
-  // wiring->pooler_admin_password.
+  // backend Service (made once: the cutover moves it), Deployment and Service; or an adopted
+  // one's admin Secret. Sets wiring->pooler_admin_user and pooler_admin_password.
   Status EnsurePooler(const nlohmann::json& cr, const UpgradeSpec& spec, Wiring* wiring);
   Result<std::string> PoolerAdminPassword(const std::string& ns, const std::string& name);
   // The router of the spec: the pooler's, else the traffic Service's. `state` gives the

@@ -6,9 +6,9 @@
 #include <regex>
 #include <thread>
 
+#include "common/clock.h"
 #include "common/log.h"
 #include "common/strings.h"
-#include "common/clock.h"
 #include "pg/connection.h"
 #include "pg/conninfo.h"
 
@@ -121,7 +121,8 @@ Result<std::string> PoolerIni(const PoolerConfig& c) {
   for (const auto& db : c.databases) {
     if (!PlainDatabaseName(db)) {
       return Status::InvalidArgument(
-          "database \"" + db + "\" cannot be served by the pooler: PgBouncer's ini and admin "
+          "database \"" + db +
+          "\" cannot be served by the pooler: PgBouncer's ini and admin "
           "console take letters, digits, '_', '.' and '-' only. Fix: use traffic.service (the "
           "Service flip) for this database, or rename it");
     }
@@ -138,7 +139,8 @@ Result<std::string> PoolerIni(const PoolerConfig& c) {
   std::string ini =
       "; Written by pgshift-operator for PostgresUpgrade " + c.ns + "/" + c.upgrade +
       " (docs/kubernetes.md, \"The pooler\").\n"
-      "; The server connections go to the Service " + PoolerBackendName(c.upgrade) +
+      "; The server connections go to the Service " +
+      PoolerBackendName(c.upgrade) +
       ", which the operator moves from the source's Pods to the target's while clients are\n"
       "; held by PAUSE. The two probe databases let it check, through each PgBouncer, which\n"
       "; server a new connection reaches.\n"
@@ -158,10 +160,18 @@ Result<std::string> PoolerIni(const PoolerConfig& c) {
       // md5: md5 hashes log in with md5, SCRAM secrets with SCRAM (PgBouncer picks by secret).
       "auth_type = md5\n"
       "auth_file = /etc/pgbouncer/userlist.txt\n"
-      "admin_users = " + std::string(kPoolerAdminUser) + "\n"
-      "pool_mode = " + c.spec.pool_mode + "\n"
-      "max_client_conn = " + std::to_string(c.spec.max_client_conn) + "\n"
-      "default_pool_size = " + std::to_string(c.spec.default_pool_size) + "\n"
+      "admin_users = " +
+      std::string(kPoolerAdminUser) +
+      "\n"
+      "pool_mode = " +
+      c.spec.pool_mode +
+      "\n"
+      "max_client_conn = " +
+      std::to_string(c.spec.max_client_conn) +
+      "\n"
+      "default_pool_size = " +
+      std::to_string(c.spec.default_pool_size) +
+      "\n"
       // A probe that lands on the wrong server fails its login; try again after 1 s, not 15.
       "server_login_retry = 1\n"
       "ignore_startup_parameters = extra_float_digits,options\n";
@@ -221,24 +231,24 @@ Json PoolerDeployment(const Json& resource, const PoolerSpec& spec) {
   };
   if (!spec.resources.empty()) container["resources"] = spec.resources;
   Json pod_labels = PoolerLabels(name);
-  return {{"apiVersion", "apps/v1"},
-          {"kind", "Deployment"},
-          {"metadata", PoolerMetadata(resource, PoolerName(name))},
+  return {
+      {"apiVersion", "apps/v1"},
+      {"kind", "Deployment"},
+      {"metadata", PoolerMetadata(resource, PoolerName(name))},
+      {"spec",
+       {{"replicas", spec.replicas},
+        {"selector", {{"matchLabels", pod_labels}}},
+        // A new Pod is ready before an old one goes: clients always have a PgBouncer.
+        {"strategy",
+         {{"type", "RollingUpdate"}, {"rollingUpdate", {{"maxUnavailable", 0}, {"maxSurge", 1}}}}},
+        {"template",
+         {{"metadata", {{"labels", pod_labels}}},
           {"spec",
-           {{"replicas", spec.replicas},
-            {"selector", {{"matchLabels", pod_labels}}},
-            // A new Pod is ready before an old one goes: clients always have a PgBouncer.
-            {"strategy",
-             {{"type", "RollingUpdate"},
-              {"rollingUpdate", {{"maxUnavailable", 0}, {"maxSurge", 1}}}}},
-            {"template",
-             {{"metadata", {{"labels", pod_labels}}},
-              {"spec",
-               {{"containers", Json::array({container})},
-                {"volumes", Json::array({{{"name", "config"},
-                                          {"secret",
-                                           {{"secretName", PoolerName(name)},
-                                            {"defaultMode", 0444}}}}})}}}}}}}};
+           {{"containers", Json::array({container})},
+            {"volumes",
+             Json::array(
+                 {{{"name", "config"},
+                   {"secret", {{"secretName", PoolerName(name)}, {"defaultMode", 0444}}}}})}}}}}}}};
 }
 
 Json PoolerService(const Json& resource) {
@@ -261,7 +271,8 @@ Result<Json> PoolerBackendService(const Json& resource, const Json& source_servi
   const Json selector = spec.value("selector", Json::object());
   if (!selector.is_object() || selector.empty()) {
     return Status::FailedPrecondition(
-        "source.service " + source + " has no selector: the pooler's backend Service selects "
+        "source.service " + source +
+        " has no selector: the pooler's backend Service selects "
         "the source's Pods the same way. Fix: give source.service a selector");
   }
   const Json ports = spec.value("ports", Json::array());
@@ -299,16 +310,19 @@ bool HostNamesService(std::string_view host, const std::string& service, const s
   return host.size() > prefix.size() && host.substr(0, prefix.size()) == prefix;
 }
 
-Result<std::vector<std::string>> AdoptedPoolerDatabases(
-    const std::vector<PoolerDatabaseRow>& rows, const std::string& default_mode,
-    const std::string& backend, const std::string& ns, const std::vector<std::string>& migrated) {
+Result<std::vector<std::string>> AdoptedPoolerDatabases(const std::vector<PoolerDatabaseRow>& rows,
+                                                        const std::string& default_mode,
+                                                        const std::string& backend,
+                                                        const std::string& ns,
+                                                        const std::vector<std::string>& migrated) {
   std::vector<std::string> out;
   for (const auto& r : rows) {
     if (!HostNamesService(r.host, backend, ns)) continue;
     const std::string mode = r.pool_mode.empty() ? default_mode : r.pool_mode;
     if (mode == "session") {
       return Status::FailedPrecondition(
-          "PgBouncer entry " + r.name + " pools in session mode: PAUSE would wait for every "
+          "PgBouncer entry " + r.name +
+          " pools in session mode: PAUSE would wait for every "
           "client to disconnect, so clients cannot be held at cutover. Fix: pool_mode = "
           "transaction (when the application keeps no session state), or use traffic.service");
     }
@@ -323,10 +337,12 @@ Result<std::vector<std::string>> AdoptedPoolerDatabases(
     out.push_back(r.name);
   }
   if (out.empty()) {
-    return Status::FailedPrecondition(
-        "no [databases] entry of the PgBouncer uses Service " + backend + " as its host, so "
-        "moving that Service would move no client. Fix: set host=" + backend + " (or " +
-        backend + "." + ns + ".svc) in the entries of the migrated databases and RELOAD");
+    return Status::FailedPrecondition("no [databases] entry of the PgBouncer uses Service " +
+                                      backend +
+                                      " as its host, so "
+                                      "moving that Service would move no client. Fix: set host=" +
+                                      backend + " (or " + backend + "." + ns +
+                                      ".svc) in the entries of the migrated databases and RELOAD");
   }
   std::sort(out.begin(), out.end());
   return out;
@@ -338,14 +354,13 @@ PoolerRouter::PoolerRouter(k8s::Client* client, Options o, engine::Endpoint sour
       o_(std::move(o)),
       source_(source),
       target_(target),
-      backend_(client, o_.ns, o_.backend, source, std::move(source_service),
-               target, TargetName(o_.upgrade), TargetSelector(o_.upgrade), o_.settle_timeout_ms) {}
+      backend_(client, o_.ns, o_.backend, source, std::move(source_service), target,
+               TargetName(o_.upgrade), TargetSelector(o_.upgrade), o_.settle_timeout_ms) {}
 
 PoolerRouter::~PoolerRouter() = default;
 
 Result<std::vector<PoolerReplica>> PoolerRouter::Replicas() {
-  PGSHIFT_ASSIGN_OR_RETURN(auto eps,
-                           ReadyEndpoints(client_, o_.ns, o_.service, o_.address_map));
+  PGSHIFT_ASSIGN_OR_RETURN(auto eps, ReadyEndpoints(client_, o_.ns, o_.service, o_.address_map));
   std::vector<PoolerReplica> out;
   for (const auto& e : eps) out.push_back({e.ToString(), e});
   return out;
@@ -359,8 +374,7 @@ Status PoolerRouter::Check() {
   }
   std::string version;
   for (const auto& r : reps) {
-    auto c = pg::Connection::Connect(AdminDsn(r.address, "pgbouncer", o_.admin_user, o_.admin_password), 5,
-                                     "pgshift-operator");
+    auto c = AdminConnect(r.address);
     if (!c.ok()) return c.status().WithContext("pooler replica " + r.pod_ip + " admin console");
     auto v = (*c)->Query("SHOW VERSION");
     if (!v.ok()) return v.status().WithContext("pooler replica " + r.pod_ip);
@@ -374,8 +388,8 @@ Status PoolerRouter::Check() {
       if (std::find(names.begin(), names.end(), db) == names.end()) {
         return Status::FailedPrecondition(
             "pooler replica " + r.pod_ip + " has no database " + db +
-            " in its ini; it runs an older configuration. Fix: delete the Secret " +
-            o_.service + " and the pooler's Pods; the operator writes it again");
+            " in its ini; it runs an older configuration. Fix: delete the Secret " + o_.service +
+            " and the pooler's Pods; the operator writes it again");
       }
     }
   }
@@ -387,24 +401,52 @@ Status PoolerRouter::Check() {
   return Status::Ok();
 }
 
-std::vector<std::string> PoolerRouter::HeldEntries(pg::Connection& admin) {
-  if (!o_.databases.empty() || !o_.adopted) return o_.databases;
+Result<std::unique_ptr<pg::Connection>> PoolerRouter::AdminConnect(const engine::Endpoint& e,
+                                                                   const std::string& dbname) {
+  return pg::Connection::Connect(AdminDsn(e, dbname, o_.admin_user, o_.admin_password), 5,
+                                 "pgshift-operator");
+}
+
+bool PoolerRouter::Holds(const std::string& name, std::string_view host) const {
   // An adopted PgBouncer's entries not discovered by this router (a recovery after a crash
   // makes a new one): every entry through the backend, unchecked, so none stays paused.
+  if (o_.adopted && o_.databases.empty()) return HostNamesService(host, o_.backend, o_.ns);
+  return std::find(o_.databases.begin(), o_.databases.end(), name) != o_.databases.end();
+}
+
+std::vector<std::string> PoolerRouter::HeldEntries(pg::Connection& admin) {
+  if (!o_.databases.empty() || !o_.adopted) return o_.databases;
   std::vector<std::string> out;
   auto dbs = admin.Query("SHOW DATABASES");
   if (!dbs.ok()) return out;
   for (int i = 0; i < dbs->rows(); ++i) {
-    if (HostNamesService(dbs->Get(i, "host"), o_.backend, o_.ns)) out.push_back(dbs->Get(i, "name"));
+    if (Holds(dbs->Get(i, "name"), dbs->Get(i, "host"))) out.push_back(dbs->Get(i, "name"));
   }
   return out;
+}
+
+Status PoolerRouter::HoldReadyReplicas() {
+  if (held_) return Status::Ok();
+  PGSHIFT_ASSIGN_OR_RETURN(auto reps, Replicas());
+  held_ = Held{reps, std::vector<std::unique_ptr<pg::Connection>>(reps.size())};
+  return Status::Ok();
+}
+
+Status PoolerRouter::OnHeld(const std::function<Status(size_t, pg::Connection*)>& fn) {
+  auto results =
+      ForEachParallel(held_->replicas.size(), [&](size_t i) { return fn(i, HeldAdmin(i)); });
+  for (size_t i = 0; i < results.size(); ++i) {
+    if (!results[i].ok()) {
+      return results[i].WithContext("pooler replica " + held_->replicas[i].pod_ip);
+    }
+  }
+  return Status::Ok();
 }
 
 Status PoolerRouter::Discover(const std::vector<PoolerReplica>& reps) {
   std::optional<std::vector<std::string>> agreed;
   for (const auto& r : reps) {
-    auto c = pg::Connection::Connect(
-        AdminDsn(r.address, "pgbouncer", o_.admin_user, o_.admin_password), 5, "pgshift-operator");
+    auto c = AdminConnect(r.address);
     if (!c.ok()) return c.status().WithContext("pooler replica " + r.pod_ip + " admin console");
     auto config = (*c)->Query("SHOW CONFIG");
     if (!config.ok()) return config.status().WithContext("pooler replica " + r.pod_ip);
@@ -424,8 +466,10 @@ Status PoolerRouter::Discover(const std::vector<PoolerReplica>& reps) {
     if (!names.ok()) return names.status().WithContext("pooler replica " + r.pod_ip);
     if (agreed && *agreed != *names) {
       return Status::FailedPrecondition(
-          "the PgBouncer replicas behind Service " + o_.service + " serve different entries "
-          "through " + o_.backend + " (" + Join(*agreed, ", ") + " and " + Join(*names, ", ") +
+          "the PgBouncer replicas behind Service " + o_.service +
+          " serve different entries "
+          "through " +
+          o_.backend + " (" + Join(*agreed, ", ") + " and " + Join(*names, ", ") +
           "); give them one configuration (a rollout) before the cutover");
     }
     agreed = std::move(*names);
@@ -444,8 +488,7 @@ Status PoolerRouter::Pause(int timeout_ms) {
   const int64_t deadline = MonotonicMillis() + timeout_ms;
   Held held{reps, std::vector<std::unique_ptr<pg::Connection>>(reps.size())};
   auto results = ForEachParallel(reps.size(), [&](size_t i) -> Status {
-    auto c = pg::Connection::Connect(AdminDsn(reps[i].address, "pgbouncer", o_.admin_user, o_.admin_password),
-                                     5, "pgshift-operator");
+    auto c = AdminConnect(reps[i].address);
     if (!c.ok()) return c.status();
     for (const auto& db : o_.databases) {
       PGSHIFT_RETURN_IF_ERROR(AdminCommandUntil(**c, "PAUSE " + db, deadline));
@@ -470,8 +513,7 @@ pg::Connection* PoolerRouter::HeldAdmin(size_t i) {
   if (c && PQstatus(c->raw()) == CONNECTION_OK && PQtransactionStatus(c->raw()) == PQTRANS_IDLE) {
     return c.get();
   }
-  auto fresh = pg::Connection::Connect(
-      AdminDsn(held_->replicas[i].address, "pgbouncer", o_.admin_user, o_.admin_password), 5, "pgshift-operator");
+  auto fresh = AdminConnect(held_->replicas[i].address);
   c = fresh.ok() ? std::move(*fresh) : nullptr;
   return c.get();
 }
@@ -479,12 +521,8 @@ pg::Connection* PoolerRouter::HeldAdmin(size_t i) {
 Status PoolerRouter::Resume() {
   // The replicas PAUSE held, on the connections it used; else (a recovery, an undo after a
   // failed PAUSE) every ready replica.
-  if (!held_) {
-    PGSHIFT_ASSIGN_OR_RETURN(auto reps, Replicas());
-    held_ = Held{reps, std::vector<std::unique_ptr<pg::Connection>>(reps.size())};
-  }
-  auto results = ForEachParallel(held_->replicas.size(), [&](size_t i) -> Status {
-    pg::Connection* c = HeldAdmin(i);
+  PGSHIFT_RETURN_IF_ERROR(HoldReadyReplicas());
+  Status s = OnHeld([&](size_t, pg::Connection* c) -> Status {
     // A PgBouncer that cannot be reached holds no client (a restarted one starts running).
     if (c == nullptr) return Status::Ok();
     for (const auto& db : HeldEntries(*c)) {
@@ -495,12 +533,8 @@ Status PoolerRouter::Resume() {
     }
     return Status::Ok();
   });
-  Held done = std::move(*held_);
   held_.reset();
-  for (size_t i = 0; i < results.size(); ++i) {
-    if (!results[i].ok()) return results[i].WithContext("pooler replica " + done.replicas[i].pod_ip);
-  }
-  return Status::Ok();
+  return s;
 }
 
 Status PoolerRouter::Probe(const PoolerReplica& r, pg::Connection* admin, bool to_target,
@@ -512,8 +546,7 @@ Status PoolerRouter::Probe(const PoolerReplica& r, pg::Connection* admin, bool t
   std::unique_ptr<pg::Connection> own;
   while (true) {
     if (admin == nullptr || PQstatus(admin->raw()) != CONNECTION_OK) {
-      auto c = pg::Connection::Connect(AdminDsn(r.address, "pgbouncer", o_.admin_user, o_.admin_password), 5,
-                                       "pgshift-operator");
+      auto c = AdminConnect(r.address);
       own = c.ok() ? std::move(*c) : nullptr;
       admin = own.get();
       if (!c.ok()) last = c.status().message();
@@ -522,8 +555,7 @@ Status PoolerRouter::Probe(const PoolerReplica& r, pg::Connection* admin, bool t
       // Closes the server connections the pools hold: the next ones go where the Service leads.
       for (const auto& db : o_.databases) (void)admin->Query("RECONNECT " + db);
       (void)admin->Query("RECONNECT " + probe);
-      auto c = pg::Connection::Connect(AdminDsn(r.address, probe, o_.admin_user, o_.admin_password), 5,
-                                       "pgshift-operator");
+      auto c = AdminConnect(r.address, probe);
       if (c.ok()) {
         auto v = (*c)->QueryValue("SELECT current_setting('server_version_num')::int / 10000");
         if (v.ok() && (want == 0 || *v == std::to_string(want))) return Status::Ok();
@@ -558,38 +590,19 @@ Status PoolerRouter::SwitchTo(const engine::Endpoint& to) {
     // (backend_ waited for them); give every node's service proxy settle_ms to follow, then
     // close the idle server connections so the next ones are made through the new path.
     SleepMillis(o_.settle_ms);
-    if (!held_) {  // a recovery's switch, not inside this router's PAUSE: every ready replica
-      PGSHIFT_ASSIGN_OR_RETURN(auto reps, Replicas());
-      held_ = Held{reps, std::vector<std::unique_ptr<pg::Connection>>(reps.size())};
-    }
-    auto results = ForEachParallel(held_->replicas.size(), [&](size_t i) -> Status {
-      pg::Connection* c = HeldAdmin(i);
-      if (c == nullptr) return Status::Ok();  // unreachable: it holds no client either
-      for (const auto& db : HeldEntries(*c)) {
-        auto r = c->Query("RECONNECT " + db);
-        if (!r.ok()) return r.status().WithContext("RECONNECT " + db);
-      }
-      return Status::Ok();
-    });
-    for (size_t i = 0; i < results.size(); ++i) {
-      if (!results[i].ok()) {
-        return results[i].WithContext("pooler replica " + held_->replicas[i].pod_ip);
-      }
+  }
+  // Inside the pause: the replicas it holds, on its connections; else (a recovery's switch)
+  // every ready replica.
+  PGSHIFT_RETURN_IF_ERROR(HoldReadyReplicas());
+  return OnHeld([&](size_t i, pg::Connection* c) -> Status {
+    if (!o_.adopted) return Probe(held_->replicas[i], c, to_target, deadline);
+    if (c == nullptr) return Status::Ok();  // unreachable: it holds no client either
+    for (const auto& db : HeldEntries(*c)) {
+      auto r = c->Query("RECONNECT " + db);
+      if (!r.ok()) return r.status().WithContext("RECONNECT " + db);
     }
     return Status::Ok();
-  }
-  if (held_) {  // inside the pause: the replicas it holds, on its connections
-    auto results = ForEachParallel(held_->replicas.size(), [&](size_t i) {
-      return Probe(held_->replicas[i], HeldAdmin(i), to_target, deadline);
-    });
-    for (const auto& s : results) PGSHIFT_RETURN_IF_ERROR(s);
-    return Status::Ok();
-  }
-  PGSHIFT_ASSIGN_OR_RETURN(auto reps, Replicas());
-  auto results = ForEachParallel(
-      reps.size(), [&](size_t i) { return Probe(reps[i], nullptr, to_target, deadline); });
-  for (const auto& s : results) PGSHIFT_RETURN_IF_ERROR(s);
-  return Status::Ok();
+  });
 }
 
 Result<engine::RouterState> PoolerRouter::Observe() {
@@ -602,8 +615,7 @@ Result<engine::RouterState> PoolerRouter::Observe() {
   }
   int paused = 0, running = 0, unreachable = 0;
   for (const auto& r : *reps) {
-    auto c = pg::Connection::Connect(AdminDsn(r.address, "pgbouncer", o_.admin_user, o_.admin_password), 5,
-                                     "pgshift-operator");
+    auto c = AdminConnect(r.address);
     auto dbs = c.ok() ? (*c)->Query("SHOW DATABASES") : Result<pg::QueryResult>(c.status());
     if (!dbs.ok() || dbs->ColumnIndex("paused") < 0) {
       unreachable++;
@@ -611,14 +623,9 @@ Result<engine::RouterState> PoolerRouter::Observe() {
     }
     bool any = false;
     for (int i = 0; i < dbs->rows(); ++i) {
-      const std::string name = dbs->Get(i, "name");
-      // An adopted PgBouncer whose entries this router has not read yet: those through the
-      // backend.
-      const bool held =
-          o_.adopted && o_.databases.empty()
-              ? HostNamesService(dbs->Get(i, "host"), o_.backend, o_.ns)
-              : std::find(o_.databases.begin(), o_.databases.end(), name) != o_.databases.end();
-      if (held && dbs->Get(i, "paused") == "1") any = true;
+      if (Holds(dbs->Get(i, "name"), dbs->Get(i, "host")) && dbs->Get(i, "paused") == "1") {
+        any = true;
+      }
     }
     (any ? paused : running)++;
   }

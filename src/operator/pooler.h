@@ -55,8 +55,8 @@ struct PoolerRole {
 struct PoolerConfig {
   std::string ns;
   std::string upgrade;
-  std::vector<std::string> databases;  // the migrated databases: one [databases] entry each
-  int backend_port = 5432;             // the backend Service's port
+  std::vector<std::string> databases;        // the migrated databases: one [databases] entry each
+  int backend_port = 5432;                   // the backend Service's port
   std::string source_user, source_password;  // the probe of the source
   std::string target_password;               // the probe of the target (user postgres)
   std::string admin_password;                // kPoolerAdminUser, the admin console's user
@@ -101,9 +101,11 @@ bool HostNamesService(std::string_view host, const std::string& service, const s
 // ones to hold at cutover). FailedPrecondition, with the fix, when there is none, when one is
 // in session mode (its own or `default_mode`), or when one serves a database that is not
 // migrated (`migrated` empty: every database is).
-Result<std::vector<std::string>> AdoptedPoolerDatabases(
-    const std::vector<PoolerDatabaseRow>& rows, const std::string& default_mode,
-    const std::string& backend, const std::string& ns, const std::vector<std::string>& migrated);
+Result<std::vector<std::string>> AdoptedPoolerDatabases(const std::vector<PoolerDatabaseRow>& rows,
+                                                        const std::string& default_mode,
+                                                        const std::string& backend,
+                                                        const std::string& ns,
+                                                        const std::vector<std::string>& migrated);
 
 class PoolerRouter : public engine::Router {
  public:
@@ -153,13 +155,22 @@ class PoolerRouter : public engine::Router {
   Result<std::vector<PoolerReplica>> Replicas();
 
  private:
-  Status Probe(const PoolerReplica& r, pg::Connection* admin, bool to_target,
-               int64_t deadline_ms);
+  Status Probe(const PoolerReplica& r, pg::Connection* admin, bool to_target, int64_t deadline_ms);
   // Adopted: the entries to hold, read from every replica (they must agree).
   Status Discover(const std::vector<PoolerReplica>& reps);
-  // The entries to RESUME or RECONNECT on a replica: o_.databases, or when an adopted
-  // PgBouncer's were not discovered yet, every entry through the backend.
+  // A replica's admin console (or, as the admin user, another of its databases: a probe).
+  Result<std::unique_ptr<pg::Connection>> AdminConnect(const engine::Endpoint& e,
+                                                       const std::string& dbname = "pgbouncer");
+  // Whether entry `name` (its host `host`) is one this router holds: in o_.databases, or when
+  // an adopted PgBouncer's entries were not discovered yet, any entry through the backend.
+  bool Holds(const std::string& name, std::string_view host) const;
+  // The entries to RESUME or RECONNECT on a replica (Holds).
   std::vector<std::string> HeldEntries(pg::Connection& admin);
+  // held_ from the ready replicas when no PAUSE of this router holds them.
+  Status HoldReadyReplicas();
+  // fn(i, admin connection or nullptr) for each held_ replica at once; the first error, named
+  // by its replica.
+  Status OnHeld(const std::function<Status(size_t, pg::Connection*)>& fn);
   // The admin connection to held_ replica i, opened again when it broke (nullptr when it
   // cannot be).
   pg::Connection* HeldAdmin(size_t i);
