@@ -63,11 +63,14 @@ def postgres_17(k):
     return address, password
 
 
-def pooler_secret(namespace, scram_secret):
+def pgbouncer_files(databases, scram_secret, admin_password, default_pool_size=5):
+    """pgbouncer.ini and userlist.txt of a PgBouncer as a shop writes one: `databases` its
+    [databases] lines, transaction pooling, SCRAM pass-through for role app (its secret from
+    pg_authid), admin user pgbadmin."""
     ini = f"""\
-;; written by test_fakelet_pgbouncer.py
+;; written by the e2e tests
 [databases]
-appdb = host=db.{namespace}.svc port=5432 dbname=postgres
+{databases}
 
 [pgbouncer]
 listen_addr = *
@@ -78,22 +81,28 @@ auth_file = /etc/pgbouncer/userlist.txt
 admin_users = pgbadmin
 pool_mode = transaction
 max_client_conn = 200
-default_pool_size = 5
-ignore_startup_parameters = extra_float_digits
+default_pool_size = {default_pool_size}
+ignore_startup_parameters = extra_float_digits,options
 """
-    userlist = f'"app" "{scram_secret}"\n"pgbadmin" "{ADMIN_PASSWORD}"\n'
+    userlist = f'"app" "{scram_secret}"\n"pgbadmin" "{admin_password}"\n'
+    return {"pgbouncer.ini": ini, "userlist.txt": userlist}
+
+
+def pooler_secret(namespace, scram_secret):
+    files = pgbouncer_files(f"appdb = host=db.{namespace}.svc port=5432 dbname=postgres",
+                            scram_secret, ADMIN_PASSWORD)
     return {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "pool-pooler"},
-            "stringData": {"pgbouncer.ini": ini, "userlist.txt": userlist}}
+            "stringData": files}
 
 
-def pooler_pod_spec(image=IMAGE, mount=True):
+def pooler_pod_spec(image=IMAGE, mount=True, secret="pool-pooler"):
     c = {"name": "pgbouncer", "image": image,
          "ports": [{"name": "pgbouncer", "containerPort": 5432}],
          "readinessProbe": {"tcpSocket": {"port": 5432}}}
     spec = {"containers": [c]}
     if mount:
         c["volumeMounts"] = [{"name": "config", "mountPath": "/etc/pgbouncer", "readOnly": True}]
-        spec["volumes"] = [{"name": "config", "secret": {"secretName": "pool-pooler"}}]
+        spec["volumes"] = [{"name": "config", "secret": {"secretName": secret}}]
     return spec
 
 

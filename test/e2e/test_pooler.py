@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from conftest import PGSHIFT_BIN, wait_for
+from test_fakelet_pgbouncer import pgbouncer_files, pooler_pod_spec
 from test_operator import (PSQL, Source, dsn, operator, parse_kv, pod_address, psql,  # noqa: F401
                            service_address, stop_load, target_password, upgrade, wait_phase)
 
@@ -62,19 +63,26 @@ def ready_replicas(k, name):
     return d.get("status", {}).get("readyReplicas", 0)
 
 
-def cutover_and_rollback(k, namespace, operator, source, tmp_path, pooler, backend,
-                         src_version, dst_version):
-    """With the application writing through `pooler` (a Service's proxy address) the whole
-    time: the approved cutover, then a rollback. Asserts no client error, every acknowledged
-    write where it belongs, and Service `backend` leading to the target, then back."""
+def load_and_approve(k, operator, source, pooler, ledger):
+    """The application writing through `pooler` into `ledger` from before the migration is
+    ready until after it; once ReadyForCutover, the cutover approved. Returns the load."""
     wait_for(lambda: app_psql(pooler, source, "SELECT 1").returncode == 0, timeout=30,
              what="the application's role logs in through the pooler")
-    ledger = tmp_path / "forward.ledger"
     load = start_load(pooler, source, ledger)
     wait_phase(k, "shop", {"ReadyForCutover"}, timeout=240, operator=operator)
     time.sleep(3)
     k.run("patch", "postgresupgrade", "shop", "--type", "merge", "-p",
           json.dumps({"spec": {"cutover": {"approved": True}}}))
+    return load
+
+
+def cutover_and_rollback(k, namespace, operator, source, tmp_path, pooler, backend,
+                         src_version, dst_version):
+    """With the application writing through `pooler` (a Service's proxy address) the whole
+    time: the approved cutover, then a rollback. Asserts no client error, every acknowledged
+    write where it belongs, and Service `backend` leading to the target, then back."""
+    ledger = tmp_path / "forward.ledger"
+    load = load_and_approve(k, operator, source, pooler, ledger)
     wait_phase(k, "shop", {"RollbackReady"}, timeout=120, operator=operator)
     time.sleep(3)  # clients go on writing, now on the target
     s = stop_load(load)
@@ -149,39 +157,16 @@ def own_pgbouncer(k, namespace, source):
                  "SELECT rolpassword FROM pg_authid WHERE rolname = 'app'").stdout.strip()
     assert scram.startswith("SCRAM-SHA-256$"), scram
     admin_password = uuid.uuid4().hex
-    ini = """\
-[databases]
-postgres = host=app-db port=5432 dbname=postgres
-
-[pgbouncer]
-listen_addr = *
-listen_port = 5432
-unix_socket_dir = /tmp
-auth_type = scram-sha-256
-auth_file = /etc/pgbouncer/userlist.txt
-admin_users = pgbadmin
-pool_mode = transaction
-max_client_conn = 200
-default_pool_size = 10
-ignore_startup_parameters = extra_float_digits,options
-"""
-    userlist = f'"app" "{scram}"\n"pgbadmin" "{admin_password}"\n'
     k.apply({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "app-pgbouncer-config"},
-             "stringData": {"pgbouncer.ini": ini, "userlist.txt": userlist}})
+             "stringData": pgbouncer_files("postgres = host=app-db port=5432 dbname=postgres",
+                                           scram, admin_password, default_pool_size=10)})
     k.apply({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "app-pgbouncer-admin"},
              "stringData": {"username": "pgbadmin", "password": admin_password}})
     labels = {"app": "app-pgbouncer"}
     k.apply({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "app-pgbouncer"},
              "spec": {"replicas": 2, "selector": {"matchLabels": labels},
-                      "template": {"metadata": {"labels": labels}, "spec": {
-                          "containers": [{
-                              "name": "pgbouncer", "image": "edoburu/pgbouncer:v1.24.1-p1",
-                              "ports": [{"name": "pgbouncer", "containerPort": 5432}],
-                              "readinessProbe": {"tcpSocket": {"port": 5432}},
-                              "volumeMounts": [{"name": "config", "mountPath": "/etc/pgbouncer",
-                                                "readOnly": True}]}],
-                          "volumes": [{"name": "config",
-                                       "secret": {"secretName": "app-pgbouncer-config"}}]}}}})
+                      "template": {"metadata": {"labels": labels},
+                                   "spec": pooler_pod_spec(secret="app-pgbouncer-config")}}})
     k.apply({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "app-pgbouncer"},
              "spec": {"selector": labels, "ports": [{"name": "pgbouncer", "port": 5432,
                                                      "targetPort": "pgbouncer"}]}})
@@ -229,14 +214,8 @@ def test_an_operator_killed_inside_the_pause_past_the_switch_resumes_an_adopted_
                         "service": "app-pgbouncer", "backendService": "app-db",
                         "adminSecret": {"name": "app-pgbouncer-admin"}, "settleMs": 200}}},
                     cutover={"mode": "manual", "maxPauseMs": 5000}))
-    wait_for(lambda: app_psql(pooler, source, "SELECT 1").returncode == 0, timeout=30,
-             what="the application's role logs in through its PgBouncer")
     ledger = tmp_path / "app.ledger"
-    load = start_load(pooler, source, ledger)
-    wait_phase(k, "shop", {"ReadyForCutover"}, timeout=240, operator=operator)
-    time.sleep(2)
-    k.run("patch", "postgresupgrade", "shop", "--type", "merge", "-p",
-          json.dumps({"spec": {"cutover": {"approved": True}}}))
+    load = load_and_approve(k, operator, source, pooler, ledger)
     operator.proc.wait(timeout=120)
     assert "fault injection: killed at forward:after-switch" in operator.log()
     time.sleep(1)  # clients held meanwhile, with no operator at all

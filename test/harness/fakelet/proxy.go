@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"fmt"
-	"io"
 	"log"
 	"net"
 	"sort"
@@ -244,18 +243,7 @@ func (p *serviceProxy) forward(l *svcListener, c net.Conn) {
 		return
 	}
 	defer up.Close()
-	done := make(chan struct{}, 2)
-	pipe := func(dst, src net.Conn) {
-		_, _ = io.Copy(dst, src)
-		if tc, ok := dst.(*net.TCPConn); ok {
-			_ = tc.CloseWrite()
-		}
-		done <- struct{}{}
-	}
-	go pipe(up, c)
-	go pipe(c, up)
-	<-done
-	<-done
+	splice(up, c)
 }
 
 // serviceAddress is where the proxy serves port `port` of Service ns/name.
