@@ -2,6 +2,7 @@
 keeps a synced copy of (sync_replication_slots = on), so a failover does not lose the
 migration; before 17 the preflight warns that it would. Real servers: a 17 primary with a
 standby made by pg_basebackup, a 15 one likewise, an 18 target."""
+import json
 import subprocess
 import time
 
@@ -55,7 +56,6 @@ def start_standby(lab, primary, dsn, name, version):
 
 
 def failover_finding(lab, src, dst):
-    import json
     p = lab.run("check", "--source", src, "--target", dst, "--json", check=False)
     return [r for r in json.loads(p.stdout)["results"] if r["id"] == "failover-slots"]
 
