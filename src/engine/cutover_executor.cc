@@ -33,7 +33,9 @@ class Executor {
       }
       const int64_t journal_start = MonotonicMicros();
       Status j = Journal(i, false);
-      if (pause_start_us_ >= 0) report_.journal_ms += (MonotonicMicros() - journal_start) / 1000.0;
+      if (pause_start_us_ >= 0 && row.in_pause) {
+        report_.journal_ms += (MonotonicMicros() - journal_start) / 1000.0;
+      }
       if (!j.ok()) return Resolve(i, j.WithContext("writing the journal before step " + row.name));
       if (Fault("before-" + row.name)) return KilledForTest("before-" + row.name);
       Status s = Act(row);
@@ -62,10 +64,21 @@ class Executor {
     if (cb_.progress) cb_.progress(line);
   }
 
+  // Before the pause starts, the entry of the point of no return is written (synced) in place
+  // of the first in-pause row's: recovering from it observes the switch, which rolls back
+  // exactly as an entry of an earlier row would when the switch has not happened (a rollback
+  // undoes every row from the one before the switch down anyway). So no synced write is left
+  // inside the clients' pause, and the in-pause rows before the switch write nothing: their
+  // entries could only lower that bound. The rows after the switch inside the pause are
+  // written unsynced: a recovery that finds the switch's entry observes where clients go.
   Status Journal(int row, bool undoing) {
+    const CutoverRow& at = rows_[row];
+    if (at.in_pause && row < ponr_ && rows_[ponr_].observe) row = ponr_;
+    if (row <= reached_ && !undoing && journaled_) return Status::Ok();
     reached_ = std::max(reached_, row);
     const CutoverRow& r = rows_[reached_];
-    const bool durable = !r.in_pause || reached_ == ponr_ || reached_ == ponr_ + 1;
+    const bool durable = !r.in_pause || reached_ == ponr_;
+    journaled_ = true;
     return cb_.journal(CutoverJournal{reached_, r.name, undoing}, durable);
   }
 
@@ -165,8 +178,11 @@ class Executor {
     (void)Journal(from, true);
     std::vector<std::string> errors;
     // Before the switch, from its previous row down: a journal entry lost to a crash of the
-    // machine (not synced, see CutoverCallbacks::journal) must not leave a row done.
-    for (int j = std::max(from, ponr_ - 1); j >= 0; --j) {
+    // machine (not synced, see CutoverCallbacks::journal) must not leave a row done. Back from
+    // the switch itself (it did not happen, says its observation), from the last row down: the
+    // rows after it inside the pause write no synced entry, so whatever of them ran is undone.
+    const int start = from >= ponr_ ? main_end_ - 1 : std::max(from, ponr_ - 1);
+    for (int j = start; j >= 0; --j) {
       const CutoverRow& row = rows_[j];
       if (!row.undo) continue;
       if (Fault("undo-" + row.name)) return KilledForTest("undo-" + row.name);
@@ -223,6 +239,7 @@ class Executor {
   int ponr_ = -1;
   int main_end_ = 0;
   int reached_ = -1;
+  bool journaled_ = false;  // an entry was written by this executor
   int64_t pause_start_us_ = -1;
   CutoverReport report_;
 };

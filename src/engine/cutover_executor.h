@@ -5,12 +5,16 @@
 // The rules (pg_auto_failover's "states do nothing, transitions act", applied to one cutover):
 //   1. Before a row acts, its index is written to the journal (the state); the row acts only
 //      once that write returned. So the journal is an upper bound on what may have happened.
+//      Inside the clients' pause, the rows before the point of no return are covered by the
+//      point of no return's own entry, written before the pause starts: a recovery from it
+//      observes the switch (rule 2), and rolling back undoes those rows anyway (rule 3).
 //   2. Exactly one row is the point of no return (the router switch). A failure or crash at a
 //      row before it rolls back; after it, rolls forward. At the row itself the executor asks
 //      the row's observe() whether clients may already reach the new side: then forward, else
 //      back. If it cannot tell, it stops and says so (kStuck): both servers stay fenced.
 //   3. Rolling back undoes rows from the failed one (at least from the one before the point of
-//      no return) down to the first, each only if observe()
+//      no return; from the last one when the point of no return's observation sent it back)
+//      down to the first, each only if observe()
 //      does not show it as not done (rows without observe are undone anyway: undo must be
 //      idempotent). Rolling forward redoes rows from the failed one on, each unless observe()
 //      shows it done, and first re-checks the rows before it that keep an effect (ensure).
@@ -87,11 +91,11 @@ struct CutoverReport {
 
 struct CutoverCallbacks {
   // Writes the journal (REQUIRED); a failure stops the row before it acts. `durable` is true
-  // for the entries a crash of the machine must find too: outside the pause, and at the point
-  // of no return and the row after it. The others (inside the pause, before the switch) need
-  // only survive the process: a rollback undoes every row before the switch whatever the
-  // journal says, so losing one of them changes nothing, and each fsync is milliseconds of
-  // the clients' pause.
+  // for the entries a crash of the machine (or, in the operator, of the process) must find:
+  // the rows outside the pause, and the point of no return's, which is written before the
+  // pause starts. The others (inside the pause, after the switch) may be lost: a recovery from
+  // the switch's entry observes where clients go and rolls forward or undoes every row, so
+  // no write inside the clients' pause has to wait for an fsync or an API server.
   std::function<Status(const CutoverJournal&, bool durable)> journal;
   // Makes the outcome (kCompleted or kUndone) durable and clears the journal (REQUIRED).
   std::function<Status(CutoverOutcome, const CutoverReport&)> commit;
