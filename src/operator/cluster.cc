@@ -5,6 +5,7 @@
 
 #include "common/clock.h"
 #include "common/files.h"
+#include "engine/server_ops.h"
 
 namespace pgshift::op {
 
@@ -98,8 +99,8 @@ Result<std::vector<std::string>> ReadyPodIps(k8s::Client* client, const std::str
 }
 
 Result<engine::Endpoint> ResolveService(k8s::Client* client, ConnectMode mode,
-                                        const std::string& ns, const std::string& service,
-                                        int port, const AddressMap& map) {
+                                        const std::string& ns, const std::string& service, int port,
+                                        const AddressMap& map) {
   if (mode == ConnectMode::kServiceDns) return engine::Endpoint{service + "." + ns + ".svc", port};
   PGSHIFT_ASSIGN_OR_RETURN(auto eps, ReadyEndpoints(client, ns, service, map));
   if (eps.empty()) {
@@ -132,6 +133,7 @@ Status ServiceRouter::Check() {
   if (!svc.ok()) return svc.status().WithContext("traffic Service " + ns_ + "/" + traffic_);
   const json& meta = (*svc)["metadata"];
   if (meta.contains("annotations") && meta["annotations"].contains(kSourceSelectorAnnotation)) {
+    source_selector_ = SourceSelector(*svc);
     return Status::Ok();
   }
   json selector = (*svc)["spec"].value("selector", json::object());
@@ -142,7 +144,23 @@ Status ServiceRouter::Check() {
   if (selector == target_selector_) return Status::Ok();  // already moved; nothing to remember
   json patch = {{"metadata", {{"annotations", {{kSourceSelectorAnnotation, selector.dump()}}}}}};
   auto r = client_->MergePatch(k8s::resources::kServices, ns_, traffic_, patch);
-  return r.ok() ? Status::Ok() : r.status().WithContext("annotating the traffic Service");
+  if (!r.ok()) return r.status().WithContext("annotating the traffic Service");
+  source_selector_ = selector;
+  return Status::Ok();
+}
+
+Result<json> ServiceRouter::SourceSelector(const json& svc) const {
+  const json& meta = svc["metadata"];
+  if (!meta.contains("annotations") || !meta["annotations"].is_object() ||
+      !meta["annotations"].contains(kSourceSelectorAnnotation)) {
+    return Status::FailedPrecondition("the traffic Service lost its " +
+                                      std::string(kSourceSelectorAnnotation) +
+                                      " annotation; cannot restore the source's selector");
+  }
+  json sel = json::parse(meta["annotations"][kSourceSelectorAnnotation].get<std::string>(), nullptr,
+                         false);
+  if (!sel.is_object() || sel.empty()) return Status::Internal("bad source selector annotation");
+  return sel;
 }
 
 Status ServiceRouter::SwitchTo(const engine::Endpoint& to) {
@@ -151,34 +169,42 @@ Status ServiceRouter::SwitchTo(const engine::Endpoint& to) {
                                    target_.ToString() + ", not " + to.ToString());
   }
   const bool to_target = to == target_;
-  auto updated = client_->Modify(
-      k8s::resources::kServices, ns_, traffic_, [&](json& svc) -> Status {
-        json& ann = svc["metadata"]["annotations"];
-        if (to_target) {
-          svc["spec"]["selector"] = target_selector_;
-          return Status::Ok();
-        }
-        if (!ann.is_object() || !ann.contains(kSourceSelectorAnnotation)) {
-          return Status::FailedPrecondition("the traffic Service lost its " +
-                                            std::string(kSourceSelectorAnnotation) +
-                                            " annotation; cannot restore the source's selector");
-        }
-        json sel = json::parse(ann[kSourceSelectorAnnotation].get<std::string>(), nullptr, false);
-        if (!sel.is_object()) return Status::Internal("bad source selector annotation");
-        svc["spec"]["selector"] = sel;
-        return Status::Ok();
-      });
+  const int64_t start_us = MonotonicMicros();
+  if (!to_target && !source_selector_.ok()) {
+    // Not read by Check (a recovery): from the Service's annotation.
+    auto svc = client_->Get(k8s::resources::kServices, ns_, traffic_);
+    if (!svc.ok()) return svc.status().WithContext("reading the traffic Service");
+    source_selector_ = SourceSelector(*svc);
+  }
+  if (!to_target && !source_selector_.ok()) return source_selector_.status();
+  // One request: the selector replaced whole (a merge patch would keep the other side's keys).
+  const json patch = json::array({{{"op", "replace"},
+                                   {"path", "/spec/selector"},
+                                   {"value", to_target ? target_selector_ : *source_selector_}}});
+  auto updated = client_->Request("PATCH", k8s::resources::kServices.Path(ns_, traffic_), &patch,
+                                  "application/json-patch+json");
   if (!updated.ok()) return updated.status().WithContext("switching the traffic Service");
-  return WaitForEndpoints(to_target ? target_service_ : source_service_);
+  const int64_t patched_us = MonotonicMicros();
+  Status s = WaitForEndpoints(to_target ? target_service_ : source_service_);
+  last_switch_times_ = "Service selector replaced in " +
+                       engine::Ms((patched_us - start_us) / 1000.0) + " ms" +
+                       ", its endpoints followed in " +
+                       engine::Ms((MonotonicMicros() - patched_us) / 1000.0) + " ms";
+  return s;
 }
 
 Status ServiceRouter::WaitForEndpoints(const std::string& like_service) {
   const int64_t deadline = MonotonicMillis() + settle_timeout_ms_;
-  while (true) {
+  // What the Service must lead to, read again every tenth try (a Pod that restarted meanwhile):
+  // every read is an API request inside the clients' pause.
+  Result<std::vector<std::string>> want = Status::Unavailable("not read yet");
+  for (int attempt = 0;; ++attempt) {
+    if (!like_service.empty() && (!want.ok() || attempt % 10 == 0)) {
+      want = ReadyPodIps(client_, ns_, like_service);
+    }
     auto have = ReadyPodIps(client_, ns_, traffic_);
     if (have.ok() && !have->empty()) {
       if (!like_service.empty()) {
-        auto want = ReadyPodIps(client_, ns_, like_service);
         if (want.ok() && *want == *have) return Status::Ok();
       } else {
         // Back to a source known by host: done once no target Pod is left behind the Service.
@@ -192,8 +218,9 @@ Status ServiceRouter::WaitForEndpoints(const std::string& like_service) {
       }
     }
     if (MonotonicMillis() > deadline) {
-      return Status::DeadlineExceeded("the traffic Service's endpoints did not follow its new "
-                                      "selector in time");
+      return Status::DeadlineExceeded(
+          "the traffic Service's endpoints did not follow its new "
+          "selector in time");
     }
     SleepMillis(10);
   }

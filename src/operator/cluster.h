@@ -42,8 +42,8 @@ Result<std::vector<std::string>> ReadyPodIps(k8s::Client* client, const std::str
 
 // Where to connect to Service `ns/name` (port `port`) in the given mode.
 Result<engine::Endpoint> ResolveService(k8s::Client* client, ConnectMode mode,
-                                        const std::string& ns, const std::string& service,
-                                        int port, const AddressMap& map);
+                                        const std::string& ns, const std::string& service, int port,
+                                        const AddressMap& map);
 
 // A Service whose selector is moved between the source's Pods and the target's. It cannot
 // hold clients (HoldsTraffic false): the engine's fence on the old server makes writes fail
@@ -72,15 +72,21 @@ class ServiceRouter : public engine::Router {
   // kube-controller-manager moves the EndpointSlices after the selector; when it is slow (or
   // down), SwitchTo returns kDeadlineExceeded with the selector already switched.
   bool SettlesByItself() const override { return true; }
+  // Where the last SwitchTo spent its time, for the log ("Service selector replaced in ...").
+  const std::string& LastSwitchTimes() const { return last_switch_times_; }
 
  private:
   Status WaitForEndpoints(const std::string& like_service);
+  // The selector remembered in the Service's annotation (kSourceSelectorAnnotation).
+  Result<nlohmann::json> SourceSelector(const nlohmann::json& svc) const;
 
   k8s::Client* client_;
   std::string ns_, traffic_, source_service_, target_service_;
   engine::Endpoint source_, target_;
   nlohmann::json target_selector_;
   int settle_timeout_ms_;
+  Result<nlohmann::json> source_selector_ = Status::Unavailable("not read yet");
+  std::string last_switch_times_;
 };
 
 }  // namespace pgshift::op

@@ -9,6 +9,7 @@
 #include "common/clock.h"
 #include "common/log.h"
 #include "common/strings.h"
+#include "engine/server_ops.h"
 #include "pg/connection.h"
 #include "pg/conninfo.h"
 
@@ -583,6 +584,7 @@ Status PoolerRouter::SwitchTo(const engine::Endpoint& to) {
                                    target_.ToString() + ", not " + to.ToString());
   }
   PGSHIFT_RETURN_IF_ERROR(backend_.SwitchTo(to));
+  const int64_t moved_us = MonotonicMicros();
   const int64_t deadline = MonotonicMillis() + o_.settle_timeout_ms;
   const bool to_target = to == target_;
   if (o_.adopted) {
@@ -594,7 +596,7 @@ Status PoolerRouter::SwitchTo(const engine::Endpoint& to) {
   // Inside the pause: the replicas it holds, on its connections; else (a recovery's switch)
   // every ready replica.
   PGSHIFT_RETURN_IF_ERROR(HoldReadyReplicas());
-  return OnHeld([&](size_t i, pg::Connection* c) -> Status {
+  Status s = OnHeld([&](size_t i, pg::Connection* c) -> Status {
     if (!o_.adopted) return Probe(held_->replicas[i], c, to_target, deadline);
     if (c == nullptr) return Status::Ok();  // unreachable: it holds no client either
     for (const auto& db : HeldEntries(*c)) {
@@ -603,6 +605,11 @@ Status PoolerRouter::SwitchTo(const engine::Endpoint& to) {
     }
     return Status::Ok();
   });
+  const int64_t end_us = MonotonicMicros();
+  LogInfo("pooler switch to the " + std::string(to_target ? "target" : "source") + ": " +
+          backend_.LastSwitchTimes() + ", " + (o_.adopted ? "settle and RECONNECT " : "probes ") +
+          engine::Ms((end_us - moved_us) / 1000.0) + " ms");
+  return s;
 }
 
 Result<engine::RouterState> PoolerRouter::Observe() {
