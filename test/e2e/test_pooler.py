@@ -198,15 +198,20 @@ def test_an_adopted_pgbouncer_holds_clients_at_cutover_and_rollback(
     assert "pgshift.dev/source-selector" not in ann, ann
 
 
-def test_an_operator_killed_inside_the_pause_past_the_switch_resumes_an_adopted_pgbouncer(
-        k, namespace, operator, tmp_path, monkeypatch):  # noqa: F811
-    """The operator dies with clients held in the application's own PgBouncer and the backend
-    already on the target (engine fault point forward:after-switch). A new operator process
-    knows nothing of that PAUSE: its recovery finds the held entries itself and resumes them
-    on the target. Clients see a stall of the restart's length, not an error."""
+@pytest.mark.parametrize("point", ["forward:after-switch", "forward:after-sequences"])
+def test_an_operator_killed_inside_the_pause_resumes_an_adopted_pgbouncer(
+        k, namespace, operator, tmp_path, monkeypatch, point):  # noqa: F811
+    """The operator dies with clients held in the application's own PgBouncer: past the
+    switch (the backend already on the target), or before it (the sequences synced, the
+    backend still on the source). A new operator process knows nothing of that PAUSE: its
+    recovery finds the held entries itself, reads where the backend Service leads (the journal
+    says only that the switch may have happened: nothing is written to the resource inside
+    the pause) and finishes the cutover, or undoes it and runs it again. Clients see a stall
+    of the restart's length, not an error."""
+    past_switch = point.endswith("after-switch")
     source = Source(k, namespace, 15)
     pooler = own_pgbouncer(k, namespace, source)
-    monkeypatch.setenv("PGSHIFT_FAULT_KILL_AT", "forward:after-switch")
+    monkeypatch.setenv("PGSHIFT_FAULT_KILL_AT", point)
     operator.start()
     monkeypatch.delenv("PGSHIFT_FAULT_KILL_AT")
     k.apply(upgrade("shop", source, 17,
@@ -217,15 +222,19 @@ def test_an_operator_killed_inside_the_pause_past_the_switch_resumes_an_adopted_
     ledger = tmp_path / "app.ledger"
     load = load_and_approve(k, operator, source, pooler, ledger)
     operator.proc.wait(timeout=120)
-    assert "fault injection: killed at forward:after-switch" in operator.log()
+    assert f"fault injection: killed at {point}" in operator.log()
     time.sleep(1)  # clients held meanwhile, with no operator at all
-    assert k.get("service", "app-db")["spec"]["selector"] == {
-        "pgshift.dev/upgrade": "shop", "pgshift.dev/role": "target"}
+    on_target = {"pgshift.dev/upgrade": "shop", "pgshift.dev/role": "target"}
+    selector = k.get("service", "app-db")["spec"]["selector"]
+    assert selector == (on_target if past_switch else {"app": source.name}), selector
     operator.start()
     wait_phase(k, "shop", {"RollbackReady"}, timeout=120, operator=operator)
     time.sleep(2)
     s = stop_load(load)
-    print(f"killed past the switch: longest client operation {stall_ms(ledger):.1f} ms; load {s}")
+    print(f"killed at {point}: longest client operation {stall_ms(ledger):.1f} ms; load {s}")
+    # The recovery decided from the router, forward past the switch and back before it.
+    assert ("rolling forward" if past_switch else "rolling back") in operator.log(), \
+        operator.log()[-3000:]
     assert int(s["errors"]) == 0, s
     verify(pod_address(namespace, "shop-target-0"), target_password(k, "shop"), ledger,
            s["acknowledged"])

@@ -47,9 +47,13 @@ def test_a_backlog_drains_with_an_estimate_of_when_sync_can_end(lab):
     wait_for(lambda: phase_of(lab, state).get("phase") == "InitialCopy" or up.poll() is not None,
              timeout=120, what="InitialCopy")
     assert up.poll() is None, "".join(stderr_lines)
-    # The batch job: about 500 MB of WAL while the rows are being copied.
-    sql(src, "INSERT INTO public.events SELECT g, 'batch', repeat(md5(g::text), 4) "
-             "FROM generate_series(1, 2500000) g")
+    # The batch job: about 500 MB of WAL while the rows are being copied, committed in 25
+    # chunks as batch jobs do. (One transaction of it is applied at its commit: the lag would
+    # stay flat until it drops at once, and there would be no pace to estimate from.)
+    sql(src, "DO $$ BEGIN FOR c IN 0..24 LOOP "
+             "INSERT INTO public.events SELECT g, 'batch', repeat(md5(g::text), 4) "
+             "FROM generate_series(c * 100000 + 1, (c + 1) * 100000) g; COMMIT; "
+             "END LOOP; END $$")
 
     metrics_url = None
     for line in list(stderr_lines):
