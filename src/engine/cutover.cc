@@ -63,6 +63,7 @@ Status Migration::Rollback(Router* router) {
 // Up to --cutover-attempts attempts, each completed or undone as a whole; a precondition that
 // will not change (DDL, a fence that cannot be set) ends them at once.
 Status Migration::Attempts(Router* router, const Direction& d) {
+  PGSHIFT_RETURN_IF_ERROR(router->PrepareSwitch().WithContext("router"));
   Status last;
   for (int attempt = 1; attempt <= std::max(1, state_.options.cutover_attempts); ++attempt) {
     if (stop_ && stop_()) return Status::Aborted("stopped on request; nothing is in flight");

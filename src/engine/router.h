@@ -90,6 +90,10 @@ class Router {
   // After a Check() that passed: one line on what was checked, for `pgshift check`
   // (e.g. "PgBouncer 1.18.0, pool_mode transaction for every pool"); empty when none.
   virtual std::string Summary() const { return ""; }
+  // Called once before a cutover's or a rollback's attempts, outside the clients' pause, after
+  // Check. A router may make its switch cheaper here (the operator's pooler hands its backend
+  // Service to an EndpointSlice of its own); nothing it does may move a client.
+  virtual Status PrepareSwitch() { return Status::Ok(); }
   // Holds new transactions; returns once in-flight ones finished, or fails after `timeout_ms`
   // leaving the router not paused. Routers that cannot hold traffic (nginx, a Service) return
   // Ok at once: the fence then makes writes fail instead.

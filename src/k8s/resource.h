@@ -28,6 +28,7 @@ inline const Resource kNamespaces{"", "v1", "namespaces", false, "Namespace"};
 inline const Resource kPods{"", "v1", "pods", true, "Pod"};
 inline const Resource kPodTemplates{"", "v1", "podtemplates", true, "PodTemplate"};
 inline const Resource kServices{"", "v1", "services", true, "Service"};
+inline const Resource kEndpoints{"", "v1", "endpoints", true, "Endpoints"};
 inline const Resource kConfigMaps{"", "v1", "configmaps", true, "ConfigMap"};
 inline const Resource kSecrets{"", "v1", "secrets", true, "Secret"};
 inline const Resource kServiceAccounts{"", "v1", "serviceaccounts", true, "ServiceAccount"};

@@ -44,13 +44,6 @@ engine::Endpoint AddressMap::Translate(const std::string& pod_ip, int port) cons
   }
 }
 
-namespace {
-
-struct SliceEndpoint {
-  std::string ip;
-  int port = 0;
-};
-
 Result<std::vector<SliceEndpoint>> ReadySliceEndpoints(k8s::Client* client, const std::string& ns,
                                                        const std::string& service) {
   k8s::ListOptions lo;
@@ -77,8 +70,6 @@ Result<std::vector<SliceEndpoint>> ReadySliceEndpoints(k8s::Client* client, cons
   std::sort(out.begin(), out.end(), [](const auto& a, const auto& b) { return a.ip < b.ip; });
   return out;
 }
-
-}  // namespace
 
 Result<std::vector<engine::Endpoint>> ReadyEndpoints(k8s::Client* client, const std::string& ns,
                                                      const std::string& service,
@@ -235,9 +226,16 @@ Result<engine::RouterState> ServiceRouter::Observe() {
   }
   engine::RouterState st;
   const bool to_target = selector == target_selector_;
+  // No selector: the Service's own EndpointSlice (SliceBackend, pooler.h) is its configuration.
+  const bool detached = selector.empty();
   st.config = {to_target ? target_ : source_};
   auto have = ReadyPodIps(client_, ns_, traffic_);
   auto target_pods = ReadyPodIps(client_, ns_, target_service_);
+  if (detached && (!have.ok() || !target_pods.ok())) {
+    return Status::Unavailable("Service " + traffic_ +
+                               " has no selector and its EndpointSlices cannot be read (" +
+                               (have.ok() ? target_pods : have).status().message() + ")");
+  }
   if (!have.ok() || !target_pods.ok()) {
     // The selector is all that could be read: clients follow it as the endpoints catch up.
     st.leads_to = st.config;
@@ -251,10 +249,16 @@ Result<engine::RouterState> ServiceRouter::Observe() {
   for (const auto& ip : *have) (target_ips.count(ip) ? on_target : elsewhere)++;
   if (on_target > 0) st.leads_to.push_back(target_);
   if (elsewhere > 0) st.leads_to.push_back(source_);
+  const std::string endpoints = "ready endpoints: " + std::to_string(on_target) + " target, " +
+                                std::to_string(elsewhere) + " other";
+  if (detached) {
+    st.config = st.leads_to;
+    st.detail = "no selector, pgshift's EndpointSlice; " + endpoints;
+    return st;
+  }
   st.settling = st.leads_to != st.config;
-  st.detail = std::string("selector leads to the ") + (to_target ? "target" : "source") +
-              "; ready endpoints: " + std::to_string(on_target) + " target, " +
-              std::to_string(elsewhere) + " other";
+  st.detail =
+      std::string("selector leads to the ") + (to_target ? "target" : "source") + "; " + endpoints;
   return st;
 }
 

@@ -36,6 +36,15 @@ class AddressMap {
 Result<std::vector<engine::Endpoint>> ReadyEndpoints(k8s::Client* client, const std::string& ns,
                                                      const std::string& service,
                                                      const AddressMap& map);
+// A ready endpoint of a Service's EndpointSlices: the Pod IP and the port number there.
+struct SliceEndpoint {
+  std::string ip;
+  int port = 0;
+  bool operator==(const SliceEndpoint&) const = default;
+};
+// The ready endpoints of Service `ns/name` (every slice labelled with its name); sorted by IP.
+Result<std::vector<SliceEndpoint>> ReadySliceEndpoints(k8s::Client* client, const std::string& ns,
+                                                       const std::string& service);
 // Pod IPs (untranslated) of the ready endpoints of Service `ns/name`; sorted.
 Result<std::vector<std::string>> ReadyPodIps(k8s::Client* client, const std::string& ns,
                                              const std::string& service);
@@ -75,7 +84,7 @@ class ServiceRouter : public engine::Router {
   // Where the last SwitchTo spent its time, for the log ("Service selector replaced in ...").
   const std::string& LastSwitchTimes() const { return last_switch_times_; }
 
- private:
+ protected:
   Status WaitForEndpoints(const std::string& like_service);
   // The selector remembered in the Service's annotation (kSourceSelectorAnnotation).
   Result<nlohmann::json> SourceSelector(const nlohmann::json& svc) const;

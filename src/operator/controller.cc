@@ -441,6 +441,7 @@ Status Controller::EnsurePooler(const json& cr, const UpgradeSpec& spec, Wiring*
                                   {"databases", std::to_string(pc.databases.size())},
                                   {"roles", std::to_string(pc.roles.size())}});
   }
+  PGSHIFT_RETURN_IF_ERROR(AttachPoolerBackend(cr, spec));
   k8s::ApplyOptions ao{kFieldManager, true};
   auto svc = client_->Apply(res::kServices, ns, PoolerService(cr), ao);
   if (!svc.ok()) return svc.status().WithContext("applying the pooler's Service");
@@ -453,6 +454,20 @@ Status Controller::EnsurePooler(const json& cr, const UpgradeSpec& spec, Wiring*
     return Status::Unavailable("waiting for the pooler " + PoolerName(name) + " to have a ready Pod");
   }
   return Status::Ok();
+}
+
+Status Controller::AttachPoolerBackend(const json& cr, const UpgradeSpec& spec) {
+  if (!spec.pooler.enabled || spec.pooler.existing) return Status::Ok();
+  const std::string ns = cr["metadata"]["namespace"], name = cr["metadata"]["name"];
+  auto backend = client_->Get(res::kServices, ns, PoolerBackendName(name));
+  if (!backend.ok() || !(*backend)["spec"].value("selector", json::object()).empty()) {
+    return Status::Ok();
+  }
+  // A cutover in flight is finished by the next step, which gives the selector back itself.
+  std::optional<engine::MigrationState> saved = SavedState(cr);
+  if (saved && !saved->cutover_in_flight.empty()) return Status::Ok();
+  SliceBackend sb(client_, ns, name, {}, spec.source_service, {});
+  return sb.Attach().WithContext("the pooler's backend Service");
 }
 
 Result<std::string> Controller::PoolerAdminPassword(const std::string& ns, const std::string& name) {
@@ -642,6 +657,9 @@ Status Controller::Reconcile(const std::string& key) {
   }
 
   if (step == Step::kNone) {
+    // No step runs: a backend a crashed step left without its selector gets it back.
+    Status a = AttachPoolerBackend(cr, *spec);
+    if (!a.ok()) LogWarn("pooler backend: " + a.message(), {{"resource", key}});
     const std::string ph = status.value("phase", "");
     const bool waiting = ph == "ReadyForCutover" && spec->cutover_mode == engine::CutoverMode::kManual;
     json st = {{"observedGeneration", generation},
@@ -947,6 +965,15 @@ void Controller::RunTask(std::shared_ptr<Task> task, std::stop_token stop) {
   }
   reporter.request_stop();
   reporter.join();
+  if (auto* pooler = dynamic_cast<PoolerRouter*>(&router)) {
+    // A cutover moved the managed pooler's backend by its EndpointSlice: the selector back,
+    // so that it follows the servers' Pods again without the operator.
+    Status a = pooler->AttachBackend();
+    if (!a.ok()) {
+      LogWarn("pooler backend: " + a.message() + " (tried again before the next step)",
+              {{"resource", task->key}});
+    }
+  }
   {
     std::lock_guard<std::mutex> lock(mu_);
     engine::StatsSnapshot snap = mig->stats().Snapshot(MonotonicMillis());
@@ -1030,6 +1057,9 @@ Status Controller::Finalize(const json& cr) {
     }
   }
   if (!s.ok()) return s;
+  if (auto* pooler = dynamic_cast<PoolerRouter*>(router.get())) {
+    PGSHIFT_RETURN_IF_ERROR(pooler->AttachBackend().WithContext("the pooler's backend Service"));
+  }
   // The traffic Service, or an adopted pooler's backend, keeps no trace of pgshift (the
   // backend Service of a pooler pgshift runs is its own and keeps its annotation: a later
   // cutover through the same pooler needs it).

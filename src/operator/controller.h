@@ -109,6 +109,10 @@ class Controller {
   // one's admin Secret. Sets wiring->pooler_admin_user and pooler_admin_password.
   Status EnsurePooler(const nlohmann::json& cr, const UpgradeSpec& spec, Wiring* wiring);
   Result<std::string> PoolerAdminPassword(const std::string& ns, const std::string& name);
+  // A managed pooler's backend Service left without its selector (SliceBackend) by a step that
+  // ended before giving it back, when no cutover is in flight: its selector back. Only while
+  // no step runs for the resource.
+  Status AttachPoolerBackend(const nlohmann::json& cr, const UpgradeSpec& spec);
   // The router of the spec: the pooler's, else the traffic Service's. `state` gives the
   // pooler's probes the servers' majors (it must outlive the router).
   Result<std::unique_ptr<engine::Router>> MakeRouter(const nlohmann::json& cr,

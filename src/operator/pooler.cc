@@ -349,14 +349,271 @@ Result<std::vector<std::string>> AdoptedPoolerDatabases(const std::vector<Pooler
   return out;
 }
 
+std::string BackendSliceName(const std::string& backend) { return backend + "-pgshift"; }
+
+Json BackendSlice(const std::string& ns, const std::string& backend, const std::string& upgrade,
+                  const std::vector<SliceEndpoint>& eps) {
+  const bool v6 = !eps.empty() && eps.front().ip.find(':') != std::string::npos;
+  Json endpoints = Json::array();
+  for (const auto& e : eps) {
+    endpoints.push_back({{"addresses", Json::array({e.ip})}, {"conditions", {{"ready", true}}}});
+  }
+  return {{"apiVersion", "discovery.k8s.io/v1"},
+          {"kind", "EndpointSlice"},
+          {"metadata",
+           {{"name", BackendSliceName(backend)},
+            {"namespace", ns},
+            {"labels",
+             {{"kubernetes.io/service-name", backend},
+              {"endpointslice.kubernetes.io/managed-by", "pgshift-operator"},
+              {kPoolerLabel, upgrade}}}}},
+          {"addressType", v6 ? "IPv6" : "IPv4"},
+          {"endpoints", endpoints},
+          {"ports", Json::array({{{"name", "postgres"},
+                                  {"port", eps.empty() ? 5432 : eps.front().port},
+                                  {"protocol", "TCP"}}})}};
+}
+
+std::string SideOfEndpoints(const std::vector<SliceEndpoint>& eps,
+                            const std::vector<SliceEndpoint>& source,
+                            const std::vector<SliceEndpoint>& target) {
+  if (eps.empty()) return "";
+  if (eps == target) return "target";
+  if (eps == source) return "source";
+  return "";
+}
+
+SliceBackend::SliceBackend(k8s::Client* client, std::string ns, std::string upgrade,
+                           engine::Endpoint source, std::string source_service,
+                           engine::Endpoint target, int settle_timeout_ms)
+    : ServiceRouter(client, ns, PoolerBackendName(upgrade), std::move(source),
+                    std::move(source_service), std::move(target), TargetName(upgrade),
+                    TargetSelector(upgrade), settle_timeout_ms),
+      upgrade_(std::move(upgrade)) {}
+
+Result<std::vector<SliceEndpoint>> SliceBackend::SideEndpoints(bool target) {
+  const std::string& service = target ? target_service_ : source_service_;
+  PGSHIFT_ASSIGN_OR_RETURN(auto eps, ReadySliceEndpoints(client_, ns_, service));
+  if (eps.empty()) {
+    return Status::Unavailable("Service " + ns_ + "/" + service + " has no ready endpoint");
+  }
+  return eps;
+}
+
+Status SliceBackend::WriteSlice(const std::vector<SliceEndpoint>& eps) {
+  k8s::ApplyOptions ao;
+  ao.field_manager = "pgshift-operator";
+  ao.force = true;
+  PGSHIFT_ASSIGN_OR_RETURN(Json written,
+                           client_->Apply(k8s::resources::kEndpointSlices, ns_,
+                                          BackendSlice(ns_, traffic_, upgrade_, eps), ao));
+  slice_version_ = written["metadata"].value("resourceVersion", "");
+  return Status::Ok();
+}
+
+Status SliceBackend::PrepareSwitch() {
+  PGSHIFT_RETURN_IF_ERROR(Detach());
+  PGSHIFT_ASSIGN_OR_RETURN(source_eps_, SideEndpoints(false));
+  PGSHIFT_ASSIGN_OR_RETURN(target_eps_, SideEndpoints(true));
+  return Status::Ok();
+}
+
+Status SliceBackend::Detach() {
+  const auto& slices = k8s::resources::kEndpointSlices;
+  const std::string owned = BackendSliceName(traffic_);
+  PGSHIFT_ASSIGN_OR_RETURN(Json svc, client_->Get(k8s::resources::kServices, ns_, traffic_));
+  const Json selector = svc["spec"].value("selector", Json::object());
+  if (!selector.empty()) {
+    // The Pods it leads to now, in a slice of pgshift's: the same endpoints twice, for now.
+    PGSHIFT_ASSIGN_OR_RETURN(auto now, ReadySliceEndpoints(client_, ns_, traffic_));
+    if (now.empty()) {
+      return Status::Unavailable("the pooler's backend Service " + traffic_ +
+                                 " has no ready endpoint");
+    }
+    PGSHIFT_RETURN_IF_ERROR(WriteSlice(now).WithContext("making the backend's EndpointSlice"));
+    const Json patch =
+        Json::array({{{"op", "test"}, {"path", "/spec/selector"}, {"value", selector}},
+                     {{"op", "remove"}, {"path", "/spec/selector"}}});
+    auto removed = client_->Request("PATCH", k8s::resources::kServices.Path(ns_, traffic_), &patch,
+                                    "application/json-patch+json");
+    if (!removed.ok()) return removed.status().WithContext("removing the backend's selector");
+  } else if (auto got = client_->Get(slices, ns_, owned); !got.ok()) {
+    return got.status().code() == StatusCode::kNotFound
+               ? Status::FailedPrecondition(
+                     "the pooler's backend Service " + traffic_ +
+                     " has no selector and no EndpointSlice " + owned +
+                     ": it leads nowhere. Fix: give it the source's selector again (the "
+                     "annotation " +
+                     std::string(kSourceSelectorAnnotation) + " has it)")
+               : got.status();
+  } else {
+    slice_version_ = (*got)["metadata"].value("resourceVersion", "");
+  }
+  // The endpoints controller leaves a selectorless Service's Endpoints as they were, and the
+  // mirroring controller then copies them into a slice of its own: delete them. The
+  // EndpointSlice controller leaves its slices too: delete those. Until a list made a while
+  // after that shows only pgshift's slice (every slice of the Service is routed to).
+  const int64_t quiet_from = MonotonicMillis() + 200;
+  const int64_t deadline = MonotonicMillis() + settle_timeout_ms_;
+  k8s::ListOptions lo;
+  lo.label_selector = "kubernetes.io/service-name=" + traffic_;
+  while (true) {
+    // Again each time: a controller that had not seen the selector go may write them again.
+    Status e = client_->Delete(k8s::resources::kEndpoints, ns_, traffic_);
+    if (!e.ok() && e.code() != StatusCode::kNotFound) {
+      return e.WithContext("deleting the backend Service's Endpoints");
+    }
+    int foreign = e.ok() ? 1 : 0;
+    PGSHIFT_ASSIGN_OR_RETURN(k8s::ObjectList list, client_->List(slices, ns_, lo));
+    for (const auto& item : list.items) {
+      const std::string name = item["metadata"].value("name", "");
+      if (name == owned) continue;
+      foreign++;
+      Status d = client_->Delete(slices, ns_, name);
+      if (!d.ok() && d.code() != StatusCode::kNotFound) {
+        return d.WithContext("deleting EndpointSlice " + name + " of the backend Service");
+      }
+    }
+    if (foreign == 0 && MonotonicMillis() >= quiet_from) break;
+    if (MonotonicMillis() > deadline) {
+      return Status::DeadlineExceeded(
+          "EndpointSlices other than pgshift's keep appearing for the "
+          "backend Service " +
+          traffic_);
+    }
+    SleepMillis(50);
+  }
+  detached_ = true;
+  return Status::Ok();
+}
+
+Status SliceBackend::SwitchTo(const engine::Endpoint& to) {
+  if (!(to == source_) && !(to == target_)) {
+    return Status::InvalidArgument("the backend knows " + source_.ToString() + " and " +
+                                   target_.ToString() + ", not " + to.ToString());
+  }
+  const int64_t start_us = MonotonicMicros();
+  // A recovery's switch: no PrepareSwitch ran in this process; the Service may have its selector.
+  if (!detached_) PGSHIFT_RETURN_IF_ERROR(Detach());
+  const bool to_target = to == target_;
+  std::vector<SliceEndpoint>& eps = to_target ? target_eps_ : source_eps_;
+  if (eps.empty()) {
+    PGSHIFT_ASSIGN_OR_RETURN(eps, SideEndpoints(to_target));
+  }
+  const std::string before = slice_version_;
+  PGSHIFT_RETURN_IF_ERROR(WriteSlice(eps).WithContext("moving the backend's EndpointSlice"));
+  const int64_t written_us = MonotonicMicros();
+  // Returns once a watch delivered the write: the nodes' proxies watch the same way, so a
+  // probe sent now does not race them (a failed probe login costs server_login_retry).
+  if (!before.empty() && before != slice_version_) {
+    k8s::WatchOptions wo;
+    wo.resource_version = before;
+    wo.allow_bookmarks = false;
+    wo.timeout = std::chrono::seconds(2);
+    wo.field_selector = "metadata.name=" + BackendSliceName(traffic_);
+    const std::string want = slice_version_;
+    Status w = client_->WatchOnce(
+        k8s::resources::kEndpointSlices, ns_, wo, [&want](const k8s::WatchEvent& ev) {
+          return ev.object["metadata"].value("resourceVersion", "") != want;
+        });
+    if (!w.ok()) LogWarn("backend EndpointSlice: watching the switch: " + w.message());
+  }
+  last_switch_times_ = "EndpointSlice written in " + engine::Ms((written_us - start_us) / 1000.0) +
+                       " ms, seen by a watch in " +
+                       engine::Ms((MonotonicMicros() - written_us) / 1000.0) + " ms";
+  return Status::Ok();
+}
+
+Status SliceBackend::Attach() {
+  const auto& slices = k8s::resources::kEndpointSlices;
+  const std::string owned = BackendSliceName(traffic_);
+  auto got = client_->Get(slices, ns_, owned);
+  if (!got.ok() && got.status().code() == StatusCode::kNotFound) return Status::Ok();
+  if (!got.ok()) return got.status();
+  std::vector<SliceEndpoint> mine;
+  const Json ports = (*got).value("ports", Json::array());
+  const int port = ports.is_array() && !ports.empty() ? ports[0].value("port", 0) : 0;
+  for (const auto& ep : (*got).value("endpoints", Json::array())) {
+    for (const auto& a : ep.value("addresses", Json::array())) {
+      mine.push_back({a.get<std::string>(), port});
+    }
+  }
+  std::sort(mine.begin(), mine.end(), [](const auto& a, const auto& b) { return a.ip < b.ip; });
+  PGSHIFT_ASSIGN_OR_RETURN(Json svc, client_->Get(k8s::resources::kServices, ns_, traffic_));
+  if (svc["spec"].value("selector", Json::object()).empty()) {
+    auto src = ReadySliceEndpoints(client_, ns_, source_service_);
+    auto tgt = ReadySliceEndpoints(client_, ns_, target_service_);
+    PGSHIFT_RETURN_IF_ERROR(src.status());
+    PGSHIFT_RETURN_IF_ERROR(tgt.status());
+    const std::string side = SideOfEndpoints(mine, *src, *tgt);
+    if (side.empty()) {
+      return Status::FailedPrecondition(
+          "the pooler's backend EndpointSlice " + owned +
+          " leads to neither server's ready Pods; its selector is given back at the next try");
+    }
+    Json selector = target_selector_;
+    if (side == "source") {
+      PGSHIFT_ASSIGN_OR_RETURN(selector, SourceSelector(svc));
+    }
+    const Json patch =
+        Json::array({{{"op", "add"}, {"path", "/spec/selector"}, {"value", selector}}});
+    auto added = client_->Request("PATCH", k8s::resources::kServices.Path(ns_, traffic_), &patch,
+                                  "application/json-patch+json");
+    if (!added.ok()) return added.status().WithContext("giving the backend its selector back");
+  }
+  // pgshift's slice goes once the controller's list the same endpoints: never none meanwhile.
+  const int64_t deadline = MonotonicMillis() + settle_timeout_ms_;
+  while (true) {
+    k8s::ListOptions lo;
+    lo.label_selector = "kubernetes.io/service-name=" + traffic_ +
+                        ",endpointslice.kubernetes.io/managed-by!=pgshift-operator";
+    auto theirs = client_->List(slices, ns_, lo);
+    if (theirs.ok()) {
+      std::vector<std::string> ips;
+      for (const auto& item : theirs->items) {
+        for (const auto& ep : item.value("endpoints", Json::array())) {
+          const Json cond = ep.value("conditions", Json::object());
+          if (cond.contains("ready") && cond["ready"].is_boolean() && !cond["ready"].get<bool>()) {
+            continue;
+          }
+          for (const auto& a : ep.value("addresses", Json::array())) ips.push_back(a);
+        }
+      }
+      std::sort(ips.begin(), ips.end());
+      std::vector<std::string> want;
+      for (const auto& e : mine) want.push_back(e.ip);
+      if (ips == want) break;
+    }
+    if (MonotonicMillis() > deadline) {
+      return Status::DeadlineExceeded(
+          "the backend Service's EndpointSlices did not follow its "
+          "selector in time; pgshift's slice stays until they do");
+    }
+    SleepMillis(50);
+  }
+  Status d = client_->Delete(slices, ns_, owned);
+  if (!d.ok() && d.code() != StatusCode::kNotFound) return d;
+  detached_ = false;
+  return Status::Ok();
+}
+
 PoolerRouter::PoolerRouter(k8s::Client* client, Options o, engine::Endpoint source,
                            std::string source_service, engine::Endpoint target)
-    : client_(client),
-      o_(std::move(o)),
-      source_(source),
-      target_(target),
-      backend_(client, o_.ns, o_.backend, source, std::move(source_service), target,
-               TargetName(o_.upgrade), TargetSelector(o_.upgrade), o_.settle_timeout_ms) {}
+    : client_(client), o_(std::move(o)), source_(source), target_(target) {
+  if (o_.adopted) {
+    backend_ = std::make_unique<ServiceRouter>(
+        client, o_.ns, o_.backend, source, std::move(source_service), target,
+        TargetName(o_.upgrade), TargetSelector(o_.upgrade), o_.settle_timeout_ms);
+  } else {
+    backend_ = std::make_unique<SliceBackend>(
+        client, o_.ns, o_.upgrade, source, std::move(source_service), target, o_.settle_timeout_ms);
+  }
+}
+
+Status PoolerRouter::AttachBackend() {
+  if (o_.adopted) return Status::Ok();
+  return static_cast<SliceBackend*>(backend_.get())->Attach();
+}
 
 PoolerRouter::~PoolerRouter() = default;
 
@@ -395,7 +652,7 @@ Status PoolerRouter::Check() {
     }
   }
   if (o_.adopted) PGSHIFT_RETURN_IF_ERROR(Discover(reps));
-  PGSHIFT_RETURN_IF_ERROR(backend_.Check());
+  PGSHIFT_RETURN_IF_ERROR(backend_->Check());
   summary_ = std::to_string(reps.size()) + " PgBouncer replica" + (reps.size() == 1 ? "" : "s") +
              " (" + version + "): PAUSE holds clients in each while the backend Service " +
              o_.backend + " moves";
@@ -583,7 +840,7 @@ Status PoolerRouter::SwitchTo(const engine::Endpoint& to) {
     return Status::InvalidArgument("the pooler router knows " + source_.ToString() + " and " +
                                    target_.ToString() + ", not " + to.ToString());
   }
-  PGSHIFT_RETURN_IF_ERROR(backend_.SwitchTo(to));
+  PGSHIFT_RETURN_IF_ERROR(backend_->SwitchTo(to));
   const int64_t moved_us = MonotonicMicros();
   const int64_t deadline = MonotonicMillis() + o_.settle_timeout_ms;
   const bool to_target = to == target_;
@@ -607,13 +864,13 @@ Status PoolerRouter::SwitchTo(const engine::Endpoint& to) {
   });
   const int64_t end_us = MonotonicMicros();
   LogInfo("pooler switch to the " + std::string(to_target ? "target" : "source") + ": " +
-          backend_.LastSwitchTimes() + ", " + (o_.adopted ? "settle and RECONNECT " : "probes ") +
+          backend_->LastSwitchTimes() + ", " + (o_.adopted ? "settle and RECONNECT " : "probes ") +
           engine::Ms((end_us - moved_us) / 1000.0) + " ms");
   return s;
 }
 
 Result<engine::RouterState> PoolerRouter::Observe() {
-  PGSHIFT_ASSIGN_OR_RETURN(engine::RouterState st, backend_.Observe());
+  PGSHIFT_ASSIGN_OR_RETURN(engine::RouterState st, backend_->Observe());
   auto reps = Replicas();
   if (!reps.ok()) {
     st.paused = std::nullopt;

@@ -12,12 +12,14 @@
 //
 // The cutover moves no file: PgBouncer reads its ini once, and a changed Secret reaches a
 // running Pod only after the kubelet's sync (about a minute). Instead, while clients are held
-// by PAUSE on every replica, the backend Service's selector is flipped (the ServiceRouter),
-// every replica RECONNECTs (closes its idle server connections) and then proves, through its
-// own network path, that a new server connection lands on the new server: it logs in through
-// a probe database of its own ini (pgshift_probe_source / pgshift_probe_target, each with that
-// server's credentials) and checks the major version there. Only then are clients resumed. The
-// probe is what makes the switch exact where kube-proxy lags behind the EndpointSlices.
+// by PAUSE on every replica, the backend Service is moved: for the cutover it is led by an
+// EndpointSlice of pgshift's instead of its selector (SliceBackend), and the switch rewrites
+// that slice. Every replica then RECONNECTs (closes its idle server connections) and proves,
+// through its own network path, that a new server connection lands on the new server: it logs
+// in through a probe database of its own ini (pgshift_probe_source / pgshift_probe_target,
+// each with that server's credentials) and checks the major version there. Only then are
+// clients resumed. The probe is what makes the switch exact where kube-proxy lags behind the
+// EndpointSlices. After the step the Service gets its selector back.
 #pragma once
 
 #include <functional>
@@ -80,6 +82,54 @@ Json PoolerService(const Json& resource);
 // Service has no selector, or a targetPort the target's Pods do not have (5432 or "postgres").
 Result<Json> PoolerBackendService(const Json& resource, const Json& source_service);
 
+// The managed pooler's backend Service during a cutover, moved without the EndpointSlice
+// controller. Flipping a selector costs that controller's reaction (7-100 ms measured on the
+// test cluster, more on a busy real one) inside the clients' pause; writing the Service's
+// EndpointSlice costs one request. Outside a cutover the Service keeps its selector, so it
+// follows the servers' Pods with or without the operator:
+//   PrepareSwitch (before the cutover's or rollback's attempts) an EndpointSlice of pgshift's
+//   (<backend>-pgshift) with the
+//                             endpoints the Service has now, then the selector removed and the
+//                             controller's slices deleted (it leaves a selectorless Service's
+//                             slices alone); at every step clients reach the same Pods
+//   SwitchTo (in the pause)   that slice rewritten with the other server's endpoints, read
+//                             before the pause; returns once a watch saw the write, as the
+//                             nodes' proxies do
+//   Attach (after the step, and before any next one: EnsurePooler) the selector of the side
+//                             the slice leads to, then, once the controller's slices list the
+//                             same endpoints, pgshift's slice deleted
+class SliceBackend : public ServiceRouter {
+ public:
+  SliceBackend(k8s::Client* client, std::string ns, std::string upgrade, engine::Endpoint source,
+               std::string source_service, engine::Endpoint target, int settle_timeout_ms = 10000);
+
+  std::string Kind() const override { return "kubernetes-endpointslice"; }
+  Status PrepareSwitch() override;  // detaches
+  Status SwitchTo(const engine::Endpoint& to) override;
+  // The selector back; FailedPrecondition when the slice leads to neither server's Pods.
+  Status Attach();
+
+ private:
+  Status Detach();
+  Status WriteSlice(const std::vector<SliceEndpoint>& eps);
+  Result<std::vector<SliceEndpoint>> SideEndpoints(bool target);
+
+  std::string upgrade_;
+  bool detached_ = false;
+  std::vector<SliceEndpoint> source_eps_, target_eps_;  // read by Check, before the pause
+  std::string slice_version_;                           // of pgshift's slice, as last written
+};
+
+// pgshift's EndpointSlice of backend Service `backend` with endpoints `eps` (one port, named
+// like the Service's, "postgres").
+Json BackendSlice(const std::string& ns, const std::string& backend, const std::string& upgrade,
+                  const std::vector<SliceEndpoint>& eps);
+std::string BackendSliceName(const std::string& backend);  // "<backend>-pgshift"
+// Which server `eps` lead to: "target", "source", or "" when neither's endpoints exactly.
+std::string SideOfEndpoints(const std::vector<SliceEndpoint>& eps,
+                            const std::vector<SliceEndpoint>& source,
+                            const std::vector<SliceEndpoint>& target);
+
 // How to reach one PgBouncer replica.
 struct PoolerReplica {
   std::string pod_ip;
@@ -141,18 +191,22 @@ class PoolerRouter : public engine::Router {
   Status Pause(int timeout_ms) override;
   // RESUME <db> on every replica that can be reached (one that cannot holds no client).
   Status Resume() override;
-  // Flips the backend Service, waits for its EndpointSlices (a probe sent while the node's
+  // Moves the backend Service (managed: its EndpointSlice, SliceBackend; adopted: its
+  // selector, then waits for its EndpointSlices), then on each replica RECONNECTs and probes
+  // until a new server connection lands on the `to` server. (A probe sent while the node's
   // proxy is between endpoint sets can fail its server login, and PgBouncer then waits
-  // server_login_retry before the next: switches of 1.0-1.4 s measured without this wait,
-  // tens of ms with it), then on each replica RECONNECTs
-  // and probes until a new server connection lands on the `to` server.
+  // server_login_retry before the next: switches of 1.0-1.4 s measured without waiting for
+  // the endpoints to be seen, tens of ms with it.)
   Status SwitchTo(const engine::Endpoint& to) override;
   // The backend Service (selector and endpoints) and the replicas' SHOW DATABASES `paused`.
   Result<engine::RouterState> Observe() override;
   bool HoldsTraffic() const override { return true; }
+  Status PrepareSwitch() override { return backend_->PrepareSwitch(); }
 
   // The ready replicas, sorted by Pod IP.
   Result<std::vector<PoolerReplica>> Replicas();
+  // Managed: the backend Service's selector back after a cutover (SliceBackend::Attach).
+  Status AttachBackend();
 
  private:
   Status Probe(const PoolerReplica& r, pg::Connection* admin, bool to_target, int64_t deadline_ms);
@@ -178,7 +232,8 @@ class PoolerRouter : public engine::Router {
   k8s::Client* client_;
   Options o_;
   engine::Endpoint source_, target_;
-  ServiceRouter backend_;
+  // Managed: a SliceBackend; adopted: a ServiceRouter on the application's Service.
+  std::unique_ptr<ServiceRouter> backend_;
   std::string summary_;
   // From a PAUSE that held every replica to the RESUME: the replicas and their admin consoles,
   // so that no step inside the clients' pause waits for the API server or a new login (each is

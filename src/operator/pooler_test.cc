@@ -192,5 +192,32 @@ TEST(AdoptedPoolerDatabases, RefusesSessionPoolingAndAnIniThatDoesNotUseTheBacke
       << got.status().message();
 }
 
+TEST(BackendSlice, IsTheBackendServicesOnlyReadyEndpointsOnItsPortName) {
+  Json slice = BackendSlice("shop", "db-pooler-backend", "db",
+                            {{"10.88.0.7", 5433}, {"10.88.0.9", 5433}});
+  EXPECT_EQ(slice["metadata"]["name"], "db-pooler-backend-pgshift");
+  EXPECT_EQ(slice["metadata"]["labels"]["kubernetes.io/service-name"], "db-pooler-backend");
+  // Not the controller's name: it must not take this slice for one of its own.
+  EXPECT_EQ(slice["metadata"]["labels"]["endpointslice.kubernetes.io/managed-by"],
+            "pgshift-operator");
+  EXPECT_EQ(slice["addressType"], "IPv4");
+  ASSERT_EQ(slice["endpoints"].size(), 2u);
+  EXPECT_EQ(slice["endpoints"][1]["addresses"][0], "10.88.0.9");
+  EXPECT_TRUE(slice["endpoints"][0]["conditions"]["ready"].get<bool>());
+  // The Service's port name (a proxy pairs them by name) and the Pods' port number.
+  EXPECT_EQ(slice["ports"][0]["name"], "postgres");
+  EXPECT_EQ(slice["ports"][0]["port"], 5433);
+  EXPECT_EQ(BackendSlice("shop", "b", "db", {{"fd00::5", 5432}})["addressType"], "IPv6");
+}
+
+TEST(SideOfEndpoints, NamesAServerOnlyWhenTheEndpointsAreExactlyItsOwn) {
+  const std::vector<SliceEndpoint> src = {{"10.0.0.1", 5432}}, tgt = {{"10.0.0.2", 5432}};
+  EXPECT_EQ(SideOfEndpoints({{"10.0.0.2", 5432}}, src, tgt), "target");
+  EXPECT_EQ(SideOfEndpoints({{"10.0.0.1", 5432}}, src, tgt), "source");
+  EXPECT_EQ(SideOfEndpoints({}, src, tgt), "");
+  EXPECT_EQ(SideOfEndpoints({{"10.0.0.1", 5432}, {"10.0.0.2", 5432}}, src, tgt), "");
+  EXPECT_EQ(SideOfEndpoints({{"10.0.0.3", 5432}}, src, tgt), "");  // a Pod that restarted
+}
+
 }  // namespace
 }  // namespace pgshift::op

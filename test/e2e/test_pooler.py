@@ -240,3 +240,53 @@ def test_an_operator_killed_inside_the_pause_resumes_an_adopted_pgbouncer(
            s["acknowledged"])
     got = app_psql(pooler, source, "SHOW server_version_num")
     assert got.returncode == 0 and got.stdout.strip().startswith("17"), got
+
+
+@pytest.mark.parametrize("point", ["forward:after-switch", "forward:after-sequences"])
+def test_an_operator_killed_inside_the_pause_resumes_its_own_pooler(
+        k, namespace, operator, tmp_path, monkeypatch, point):  # noqa: F811
+    """The operator dies with clients held in the PgBouncer it runs, its backend Service
+    without a selector (led by pgshift's EndpointSlice) and that slice on the target, or still
+    on the source. The next process gives the Service its selector back (the side the slice
+    leads to: nothing moves), then its recovery reads where the backend leads and finishes the
+    cutover, or undoes it and runs it again. Clients see a stall, not an error; the backend
+    ends on the target with its selector and no slice of pgshift's."""
+    past_switch = point.endswith("after-switch")
+    source = Source(k, namespace, 15)
+    monkeypatch.setenv("PGSHIFT_FAULT_KILL_AT", point)
+    operator.start()
+    monkeypatch.delenv("PGSHIFT_FAULT_KILL_AT")
+    k.apply(upgrade("shop", source, 17, traffic={"pooler": {"replicas": 2}},
+                    cutover={"mode": "manual", "maxPauseMs": 5000}))
+    wait_for(lambda: ready_replicas(k, "shop-pooler") == 2, timeout=120, interval=0.5,
+             what="two ready PgBouncer replicas")
+    pooler = wait_for(lambda: service_address(namespace, "shop-pooler"), timeout=30,
+                      what="the pooler Service's proxy port")
+    ledger = tmp_path / "app.ledger"
+    load = load_and_approve(k, operator, source, pooler, ledger)
+    operator.proc.wait(timeout=120)
+    assert f"fault injection: killed at {point}" in operator.log()
+    backend = k.get("service", "shop-pooler-backend")
+    assert "selector" not in backend["spec"], backend["spec"]
+    slices = k.run("get", "endpointslices", "-l", "kubernetes.io/service-name=shop-pooler-backend",
+                   "-o", "json")
+    names = [s["metadata"]["name"] for s in json.loads(slices.stdout)["items"]]
+    assert names == ["shop-pooler-backend-pgshift"], names
+    time.sleep(1)  # clients held meanwhile, with no operator at all
+    operator.start()
+    wait_phase(k, "shop", {"RollbackReady"}, timeout=120, operator=operator)
+    time.sleep(2)
+    s = stop_load(load)
+    print(f"own pooler, killed at {point}: longest client operation {stall_ms(ledger):.1f} ms; "
+          f"load {s}")
+    assert ("rolling forward" if past_switch else "rolling back") in operator.log(), \
+        operator.log()[-3000:]
+    assert int(s["errors"]) == 0, s
+    verify(pod_address(namespace, "shop-target-0"), target_password(k, "shop"), ledger,
+           s["acknowledged"])
+    assert k.get("service", "shop-pooler-backend")["spec"]["selector"] == {
+        "pgshift.dev/upgrade": "shop", "pgshift.dev/role": "target"}
+    wait_for(lambda: "shop-pooler-backend-pgshift" not in k.run(
+        "get", "endpointslices", "-o", "name").stdout, timeout=30, what="pgshift's slice deleted")
+    got = app_psql(pooler, source, "SHOW server_version_num")
+    assert got.returncode == 0 and got.stdout.strip().startswith("17"), got
