@@ -37,6 +37,14 @@ struct Controller::Task {
 
 namespace {
 
+// Where the migration left clients: on the target after a forward cutover that succeeded last.
+bool TrafficOnTarget(const engine::MigrationState& st) {
+  for (auto it = st.cutovers.rbegin(); it != st.cutovers.rend(); ++it) {
+    if (it->succeeded) return it->direction == "forward";
+  }
+  return false;
+}
+
 std::string KeyOf(const std::string& ns, const std::string& name) { return ns + "/" + name; }
 
 bool HasFinalizer(const json& cr) {
@@ -467,7 +475,9 @@ Status Controller::AttachPoolerBackend(const json& cr, const UpgradeSpec& spec) 
   std::optional<engine::MigrationState> saved = SavedState(cr);
   if (saved && !saved->cutover_in_flight.empty()) return Status::Ok();
   SliceBackend sb(client_, ns, name, {}, spec.source_service, {});
-  return sb.Attach().WithContext("the pooler's backend Service");
+  std::optional<bool> on_target;
+  if (saved) on_target = TrafficOnTarget(*saved);
+  return sb.Attach(on_target).WithContext("the pooler's backend Service");
 }
 
 Result<std::string> Controller::PoolerAdminPassword(const std::string& ns, const std::string& name) {
@@ -965,10 +975,12 @@ void Controller::RunTask(std::shared_ptr<Task> task, std::stop_token stop) {
   }
   reporter.request_stop();
   reporter.join();
-  if (auto* pooler = dynamic_cast<PoolerRouter*>(&router)) {
+  auto* pooler = dynamic_cast<PoolerRouter*>(&router);
+  if (pooler != nullptr && mig->state().cutover_in_flight.empty()) {
     // A cutover moved the managed pooler's backend by its EndpointSlice: the selector back,
-    // so that it follows the servers' Pods again without the operator.
-    Status a = pooler->AttachBackend();
+    // so that it follows the servers' Pods again without the operator. (One still in flight
+    // is finished by the next step first.)
+    Status a = pooler->AttachBackend(TrafficOnTarget(mig->state()));
     if (!a.ok()) {
       LogWarn("pooler backend: " + a.message() + " (tried again before the next step)",
               {{"resource", task->key}});
@@ -1058,7 +1070,8 @@ Status Controller::Finalize(const json& cr) {
   }
   if (!s.ok()) return s;
   if (auto* pooler = dynamic_cast<PoolerRouter*>(router.get())) {
-    PGSHIFT_RETURN_IF_ERROR(pooler->AttachBackend().WithContext("the pooler's backend Service"));
+    PGSHIFT_RETURN_IF_ERROR(pooler->AttachBackend(TrafficOnTarget((*m)->state()))
+                                .WithContext("the pooler's backend Service"));
   }
   // The traffic Service, or an adopted pooler's backend, keeps no trace of pgshift (the
   // backend Service of a pooler pgshift runs is its own and keeps its annotation: a later

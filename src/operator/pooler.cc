@@ -524,7 +524,7 @@ Status SliceBackend::SwitchTo(const engine::Endpoint& to) {
   return Status::Ok();
 }
 
-Status SliceBackend::Attach() {
+Status SliceBackend::Attach(std::optional<bool> on_target) {
   const auto& slices = k8s::resources::kEndpointSlices;
   const std::string owned = BackendSliceName(traffic_);
   auto got = client_->Get(slices, ns_, owned);
@@ -545,7 +545,9 @@ Status SliceBackend::Attach() {
     auto tgt = ReadySliceEndpoints(client_, ns_, target_service_);
     PGSHIFT_RETURN_IF_ERROR(src.status());
     PGSHIFT_RETURN_IF_ERROR(tgt.status());
-    const std::string side = SideOfEndpoints(mine, *src, *tgt);
+    std::string side = SideOfEndpoints(mine, *src, *tgt);
+    // A server Pod restarted with a new IP while the slice led: the migration says which.
+    if (side.empty() && on_target.has_value()) side = *on_target ? "target" : "source";
     if (side.empty()) {
       return Status::FailedPrecondition(
           "the pooler's backend EndpointSlice " + owned +
@@ -610,9 +612,9 @@ PoolerRouter::PoolerRouter(k8s::Client* client, Options o, engine::Endpoint sour
   }
 }
 
-Status PoolerRouter::AttachBackend() {
+Status PoolerRouter::AttachBackend(std::optional<bool> on_target) {
   if (o_.adopted) return Status::Ok();
-  return static_cast<SliceBackend*>(backend_.get())->Attach();
+  return static_cast<SliceBackend*>(backend_.get())->Attach(on_target);
 }
 
 PoolerRouter::~PoolerRouter() = default;

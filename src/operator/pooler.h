@@ -106,8 +106,9 @@ class SliceBackend : public ServiceRouter {
   std::string Kind() const override { return "kubernetes-endpointslice"; }
   Status PrepareSwitch() override;  // detaches
   Status SwitchTo(const engine::Endpoint& to) override;
-  // The selector back; FailedPrecondition when the slice leads to neither server's Pods.
-  Status Attach();
+  // The selector back: of the side whose ready endpoints the slice lists, else of the side
+  // `on_target` names (where the migration left traffic), else FailedPrecondition.
+  Status Attach(std::optional<bool> on_target = std::nullopt);
 
  private:
   Status Detach();
@@ -206,7 +207,7 @@ class PoolerRouter : public engine::Router {
   // The ready replicas, sorted by Pod IP.
   Result<std::vector<PoolerReplica>> Replicas();
   // Managed: the backend Service's selector back after a cutover (SliceBackend::Attach).
-  Status AttachBackend();
+  Status AttachBackend(std::optional<bool> on_target = std::nullopt);
 
  private:
   Status Probe(const PoolerReplica& r, pg::Connection* admin, bool to_target, int64_t deadline_ms);
