@@ -29,7 +29,11 @@ CLUSTER_RULES = {
     ("", "services", frozenset({"get", "list", "watch", "create", "update", "patch"})),
     ("", "secrets", frozenset({"get", "list", "watch", "create"})),
     ("", "configmaps", frozenset({"get", "create", "patch"})),
-    ("discovery.k8s.io", "endpointslices", frozenset({"get", "list", "watch"})),
+    # The pooler's backend Service is led by an EndpointSlice of pgshift's during a cutover,
+    # its Endpoints deleted meanwhile (docs/kubernetes.md, "The pooler").
+    ("discovery.k8s.io", "endpointslices",
+     frozenset({"get", "list", "watch", "create", "patch", "delete"})),
+    ("", "endpoints", frozenset({"delete"})),
     ("", "events", frozenset({"create", "patch"})),
 }
 # Granted to every authenticated user by the cluster's default roles.
@@ -162,7 +166,9 @@ ALLOWED = [  # (verb, resource) in every namespace (-A: the ClusterRoleBinding)
     *[(v, "services") for v in ("get", "list", "watch", "create", "update", "patch")],
     *[(v, "secrets") for v in ("get", "list", "watch", "create")],
     *[(v, "configmaps") for v in ("get", "create", "patch")],
-    *[(v, "endpointslices.discovery.k8s.io") for v in ("get", "list", "watch")],
+    *[(v, "endpointslices.discovery.k8s.io") for v in
+      ("get", "list", "watch", "create", "patch", "delete")],
+    ("delete", "endpoints"),
     ("create", "events"), ("patch", "events"),
 ]
 DENIED = [  # (verb, resource, where...)
@@ -176,6 +182,7 @@ DENIED = [  # (verb, resource, where...)
     ("delete", "persistentvolumeclaims", "-A"), ("create", "serviceaccounts/token", "-A"),
     ("list", "events", "-A"), ("create", "events.events.k8s.io", "-A"),
     ("update", "endpointslices.discovery.k8s.io", "-A"),
+    ("create", "endpoints", "-A"), ("update", "endpoints", "-A"), ("patch", "endpoints", "-A"),
     ("get", "nodes"), ("list", "namespaces"), ("create", "namespaces"),
     ("create", "clusterroles.rbac.authorization.k8s.io"),
     ("create", "clusterrolebindings.rbac.authorization.k8s.io"),
