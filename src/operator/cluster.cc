@@ -44,28 +44,37 @@ engine::Endpoint AddressMap::Translate(const std::string& pod_ip, int port) cons
   }
 }
 
+std::vector<SliceEndpoint> ReadySliceEndpointsOf(const nlohmann::json& slice) {
+  std::vector<SliceEndpoint> out;
+  int port = 0;
+  if (slice.contains("ports") && slice["ports"].is_array() && !slice["ports"].empty()) {
+    port = slice["ports"][0].value("port", 0);
+  }
+  if (!slice.contains("endpoints") || !slice["endpoints"].is_array()) return out;
+  for (const auto& ep : slice["endpoints"]) {
+    bool ready = true;
+    if (ep.contains("conditions") && ep["conditions"].contains("ready") &&
+        ep["conditions"]["ready"].is_boolean()) {
+      ready = ep["conditions"]["ready"].get<bool>();
+    }
+    if (!ready || !ep.contains("addresses")) continue;
+    for (const auto& a : ep["addresses"]) out.push_back({a.get<std::string>(), port});
+  }
+  std::sort(out.begin(), out.end(), [](const auto& a, const auto& b) { return a.ip < b.ip; });
+  return out;
+}
+
 Result<std::vector<SliceEndpoint>> ReadySliceEndpoints(k8s::Client* client, const std::string& ns,
-                                                       const std::string& service) {
+                                                       const std::string& service,
+                                                       const std::string& and_selector) {
   k8s::ListOptions lo;
   lo.label_selector = "kubernetes.io/service-name=" + service;
+  if (!and_selector.empty()) lo.label_selector += "," + and_selector;
   PGSHIFT_ASSIGN_OR_RETURN(k8s::ObjectList list,
                            client->List(k8s::resources::kEndpointSlices, ns, lo));
   std::vector<SliceEndpoint> out;
   for (const auto& slice : list.items) {
-    int port = 0;
-    if (slice.contains("ports") && slice["ports"].is_array() && !slice["ports"].empty()) {
-      port = slice["ports"][0].value("port", 0);
-    }
-    if (!slice.contains("endpoints") || !slice["endpoints"].is_array()) continue;
-    for (const auto& ep : slice["endpoints"]) {
-      bool ready = true;
-      if (ep.contains("conditions") && ep["conditions"].contains("ready") &&
-          ep["conditions"]["ready"].is_boolean()) {
-        ready = ep["conditions"]["ready"].get<bool>();
-      }
-      if (!ready || !ep.contains("addresses")) continue;
-      for (const auto& a : ep["addresses"]) out.push_back({a.get<std::string>(), port});
-    }
+    for (auto& e : ReadySliceEndpointsOf(slice)) out.push_back(std::move(e));
   }
   std::sort(out.begin(), out.end(), [](const auto& a, const auto& b) { return a.ip < b.ip; });
   return out;
@@ -90,8 +99,8 @@ Result<std::vector<std::string>> ReadyPodIps(k8s::Client* client, const std::str
 }
 
 Result<engine::Endpoint> ResolveService(k8s::Client* client, ConnectMode mode,
-                                        const std::string& ns, const std::string& service, int port,
-                                        const AddressMap& map) {
+                                        const std::string& ns, const std::string& service,
+                                        int port, const AddressMap& map) {
   if (mode == ConnectMode::kServiceDns) return engine::Endpoint{service + "." + ns + ".svc", port};
   PGSHIFT_ASSIGN_OR_RETURN(auto eps, ReadyEndpoints(client, ns, service, map));
   if (eps.empty()) {
@@ -209,9 +218,8 @@ Status ServiceRouter::WaitForEndpoints(const std::string& like_service) {
       }
     }
     if (MonotonicMillis() > deadline) {
-      return Status::DeadlineExceeded(
-          "the traffic Service's endpoints did not follow its new "
-          "selector in time");
+      return Status::DeadlineExceeded("the traffic Service's endpoints did not follow its new "
+                                      "selector in time");
     }
     SleepMillis(10);
   }

@@ -42,17 +42,21 @@ struct SliceEndpoint {
   int port = 0;
   bool operator==(const SliceEndpoint&) const = default;
 };
-// The ready endpoints of Service `ns/name` (every slice labelled with its name); sorted by IP.
+// The ready endpoints of one EndpointSlice; sorted by IP.
+std::vector<SliceEndpoint> ReadySliceEndpointsOf(const nlohmann::json& slice);
+// The ready endpoints of Service `ns/name` (every slice labelled with its name, and matching
+// the label selector `and_selector` if one is given); sorted by IP.
 Result<std::vector<SliceEndpoint>> ReadySliceEndpoints(k8s::Client* client, const std::string& ns,
-                                                       const std::string& service);
+                                                       const std::string& service,
+                                                       const std::string& and_selector = "");
 // Pod IPs (untranslated) of the ready endpoints of Service `ns/name`; sorted.
 Result<std::vector<std::string>> ReadyPodIps(k8s::Client* client, const std::string& ns,
                                              const std::string& service);
 
 // Where to connect to Service `ns/name` (port `port`) in the given mode.
 Result<engine::Endpoint> ResolveService(k8s::Client* client, ConnectMode mode,
-                                        const std::string& ns, const std::string& service, int port,
-                                        const AddressMap& map);
+                                        const std::string& ns, const std::string& service,
+                                        int port, const AddressMap& map);
 
 // A Service whose selector is moved between the source's Pods and the target's. It cannot
 // hold clients (HoldsTraffic false): the engine's fence on the old server makes writes fail

@@ -365,7 +365,7 @@ Json BackendSlice(const std::string& ns, const std::string& backend, const std::
             {"namespace", ns},
             {"labels",
              {{"kubernetes.io/service-name", backend},
-              {"endpointslice.kubernetes.io/managed-by", "pgshift-operator"},
+              {kSliceManagedBy, kSliceManager},
               {kPoolerLabel, upgrade}}}}},
           {"addressType", v6 ? "IPv6" : "IPv4"},
           {"endpoints", endpoints},
@@ -391,8 +391,7 @@ SliceBackend::SliceBackend(k8s::Client* client, std::string ns, std::string upgr
                     TargetSelector(upgrade), settle_timeout_ms),
       upgrade_(std::move(upgrade)) {}
 
-Result<std::vector<SliceEndpoint>> SliceBackend::SideEndpoints(bool target) {
-  const std::string& service = target ? target_service_ : source_service_;
+Result<std::vector<SliceEndpoint>> SliceBackend::ReadyOf(const std::string& service) {
   PGSHIFT_ASSIGN_OR_RETURN(auto eps, ReadySliceEndpoints(client_, ns_, service));
   if (eps.empty()) {
     return Status::Unavailable("Service " + ns_ + "/" + service + " has no ready endpoint");
@@ -401,9 +400,7 @@ Result<std::vector<SliceEndpoint>> SliceBackend::SideEndpoints(bool target) {
 }
 
 Status SliceBackend::WriteSlice(const std::vector<SliceEndpoint>& eps) {
-  k8s::ApplyOptions ao;
-  ao.field_manager = "pgshift-operator";
-  ao.force = true;
+  k8s::ApplyOptions ao{kFieldManager, true};
   PGSHIFT_ASSIGN_OR_RETURN(Json written,
                            client_->Apply(k8s::resources::kEndpointSlices, ns_,
                                           BackendSlice(ns_, traffic_, upgrade_, eps), ao));
@@ -413,8 +410,8 @@ Status SliceBackend::WriteSlice(const std::vector<SliceEndpoint>& eps) {
 
 Status SliceBackend::PrepareSwitch() {
   PGSHIFT_RETURN_IF_ERROR(Detach());
-  PGSHIFT_ASSIGN_OR_RETURN(source_eps_, SideEndpoints(false));
-  PGSHIFT_ASSIGN_OR_RETURN(target_eps_, SideEndpoints(true));
+  PGSHIFT_ASSIGN_OR_RETURN(source_eps_, ReadyOf(source_service_));
+  PGSHIFT_ASSIGN_OR_RETURN(target_eps_, ReadyOf(target_service_));
   return Status::Ok();
 }
 
@@ -425,11 +422,7 @@ Status SliceBackend::Detach() {
   const Json selector = svc["spec"].value("selector", Json::object());
   if (!selector.empty()) {
     // The Pods it leads to now, in a slice of pgshift's: the same endpoints twice, for now.
-    PGSHIFT_ASSIGN_OR_RETURN(auto now, ReadySliceEndpoints(client_, ns_, traffic_));
-    if (now.empty()) {
-      return Status::Unavailable("the pooler's backend Service " + traffic_ +
-                                 " has no ready endpoint");
-    }
+    PGSHIFT_ASSIGN_OR_RETURN(auto now, ReadyOf(traffic_));
     PGSHIFT_RETURN_IF_ERROR(WriteSlice(now).WithContext("making the backend's EndpointSlice"));
     const Json patch =
         Json::array({{{"op", "test"}, {"path", "/spec/selector"}, {"value", selector}},
@@ -498,7 +491,7 @@ Status SliceBackend::SwitchTo(const engine::Endpoint& to) {
   const bool to_target = to == target_;
   std::vector<SliceEndpoint>& eps = to_target ? target_eps_ : source_eps_;
   if (eps.empty()) {
-    PGSHIFT_ASSIGN_OR_RETURN(eps, SideEndpoints(to_target));
+    PGSHIFT_ASSIGN_OR_RETURN(eps, ReadyOf(to_target ? target_service_ : source_service_));
   }
   const std::string before = slice_version_;
   PGSHIFT_RETURN_IF_ERROR(WriteSlice(eps).WithContext("moving the backend's EndpointSlice"));
@@ -530,15 +523,7 @@ Status SliceBackend::Attach(std::optional<bool> on_target) {
   auto got = client_->Get(slices, ns_, owned);
   if (!got.ok() && got.status().code() == StatusCode::kNotFound) return Status::Ok();
   if (!got.ok()) return got.status();
-  std::vector<SliceEndpoint> mine;
-  const Json ports = (*got).value("ports", Json::array());
-  const int port = ports.is_array() && !ports.empty() ? ports[0].value("port", 0) : 0;
-  for (const auto& ep : (*got).value("endpoints", Json::array())) {
-    for (const auto& a : ep.value("addresses", Json::array())) {
-      mine.push_back({a.get<std::string>(), port});
-    }
-  }
-  std::sort(mine.begin(), mine.end(), [](const auto& a, const auto& b) { return a.ip < b.ip; });
+  const std::vector<SliceEndpoint> mine = ReadySliceEndpointsOf(*got);
   PGSHIFT_ASSIGN_OR_RETURN(Json svc, client_->Get(k8s::resources::kServices, ns_, traffic_));
   if (svc["spec"].value("selector", Json::object()).empty()) {
     auto src = ReadySliceEndpoints(client_, ns_, source_service_);
@@ -565,27 +550,15 @@ Status SliceBackend::Attach(std::optional<bool> on_target) {
   }
   // pgshift's slice goes once the controller's list the same endpoints: never none meanwhile.
   const int64_t deadline = MonotonicMillis() + settle_timeout_ms_;
+  auto ips = [](const std::vector<SliceEndpoint>& eps) {
+    std::vector<std::string> out;
+    for (const auto& e : eps) out.push_back(e.ip);
+    return out;
+  };
   while (true) {
-    k8s::ListOptions lo;
-    lo.label_selector = "kubernetes.io/service-name=" + traffic_ +
-                        ",endpointslice.kubernetes.io/managed-by!=pgshift-operator";
-    auto theirs = client_->List(slices, ns_, lo);
-    if (theirs.ok()) {
-      std::vector<std::string> ips;
-      for (const auto& item : theirs->items) {
-        for (const auto& ep : item.value("endpoints", Json::array())) {
-          const Json cond = ep.value("conditions", Json::object());
-          if (cond.contains("ready") && cond["ready"].is_boolean() && !cond["ready"].get<bool>()) {
-            continue;
-          }
-          for (const auto& a : ep.value("addresses", Json::array())) ips.push_back(a);
-        }
-      }
-      std::sort(ips.begin(), ips.end());
-      std::vector<std::string> want;
-      for (const auto& e : mine) want.push_back(e.ip);
-      if (ips == want) break;
-    }
+    auto theirs = ReadySliceEndpoints(client_, ns_, traffic_,
+                                      std::string(kSliceManagedBy) + "!=" + kSliceManager);
+    if (theirs.ok() && ips(*theirs) == ips(mine)) break;
     if (MonotonicMillis() > deadline) {
       return Status::DeadlineExceeded(
           "the backend Service's EndpointSlices did not follow its "

@@ -41,6 +41,9 @@ inline constexpr const char* kPoolerLabel = "pgshift.dev/pooler";
 inline constexpr const char* kPoolerAdminUser = "pgshift_pooler_admin";
 inline constexpr const char* kProbeSource = "pgshift_probe_source";
 inline constexpr const char* kProbeTarget = "pgshift_probe_target";
+// The label that names who manages an EndpointSlice, and its value on pgshift's own slice.
+inline constexpr const char* kSliceManagedBy = "endpointslice.kubernetes.io/managed-by";
+inline constexpr const char* kSliceManager = "pgshift-operator";
 
 std::string PoolerName(const std::string& upgrade_name);         // "<name>-pooler"
 std::string PoolerBackendName(const std::string& upgrade_name);  // "<name>-pooler-backend"
@@ -113,7 +116,8 @@ class SliceBackend : public ServiceRouter {
  private:
   Status Detach();
   Status WriteSlice(const std::vector<SliceEndpoint>& eps);
-  Result<std::vector<SliceEndpoint>> SideEndpoints(bool target);
+  // The ready endpoints of Service `service`; Unavailable when it has none.
+  Result<std::vector<SliceEndpoint>> ReadyOf(const std::string& service);
 
   std::string upgrade_;
   bool detached_ = false;
