@@ -62,12 +62,27 @@ std::vector<CutoverRow> CutoverSteps::Rows() {
 
   CutoverRow& pause = row("pause", true);
   pause.release_when_stuck = true;
-  pause.act = [this] {
+  pause.act = [this, n] {
     PGSHIFT_RETURN_IF_ERROR(router_->Pause(state_.options.max_pause_ms));
     pause_deadline_ms_ = MonotonicMillis() + state_.options.max_pause_ms;
+    if (router_->SwitchesEarly()) {
+      // Clients reach no server until the resume: the router's move overlaps the steps up to
+      // the switch, which then waits only for what is left of it.
+      PGSHIFT_ASSIGN_OR_RETURN(Endpoint to, EndpointOf(Dsn(n)));
+      router_->BeginSwitch(to);
+    }
     return Status::Ok();
   };
-  pause.undo = [this] { return router_->Resume(); };
+  pause.undo = [this, o] {
+    if (router_->SwitchesEarly()) {
+      // A switch begun early (BeginSwitch) may have moved the router before the step that
+      // failed: clients go back to the old side before they are let go. When the router
+      // cannot be read, it is switched back anyway; when that fails, clients stay held.
+      auto sw = ObserveSwitch();
+      if (!sw.ok() || sw->progress != Progress::kNotDone) PGSHIFT_RETURN_IF_ERROR(Switch(o));
+    }
+    return router_->Resume();
+  };
   pause.observe = [this]() -> Result<Observation> {
     PGSHIFT_ASSIGN_OR_RETURN(RouterState st, router_->Observe());
     return Observation{!st.paused   ? Progress::kPartly
@@ -101,6 +116,19 @@ std::vector<CutoverRow> CutoverSteps::Rows() {
   replication.undo = [this] { return Replication(true); };
   replication.observe = [this] { return ObserveReplication(); };
 
+  auto open_row = [&] {
+    CutoverRow& open = row("open", true);
+    open.ensure = true;
+    open.act = [this, n] { return Open(n); };
+    open.undo = [this, n] { return Fence(n); };
+    open.observe = [this, n] { return ObserveFence(n, false); };
+  };
+  // A router that switches early (BeginSwitch) has been moving since the pause: the new side
+  // opens meanwhile, and the switch only waits for the rest of the move. Clients are held
+  // either way, and no client reaches the new side before the resume.
+  const bool early = router_->SwitchesEarly();
+  if (early) open_row();
+
   CutoverRow& sw = row("switch", true);
   sw.point_of_no_return = true;
   sw.ensure = true;
@@ -108,11 +136,7 @@ std::vector<CutoverRow> CutoverSteps::Rows() {
   sw.undo = [this, o] { return Switch(o); };
   sw.observe = [this] { return ObserveSwitch(); };
 
-  CutoverRow& open = row("open", true);
-  open.ensure = true;
-  open.act = [this, n] { return Open(n); };
-  open.undo = [this, n] { return Fence(n); };
-  open.observe = [this, n] { return ObserveFence(n, false); };
+  if (!early) open_row();
 
   CutoverRow& resume = row("resume", true);
   resume.ensure = true;
@@ -409,6 +433,19 @@ Result<Observation> CutoverSteps::ObserveSwitch() {
                                       : Progress::kPartly;
   o.clients_may_be_on_new_side = st.MayReach(to);
   o.detail = router_->Kind() + (st.live ? "" : " (not live)") + ": " + st.detail;
+  if (o.clients_may_be_on_new_side && router_->SwitchesEarly()) {
+    // This router may have moved while the steps ahead of the switch ran (BeginSwitch), so its
+    // position does not say they were done. The new side's fence does: step open lifts it
+    // only after the catch-up, the sequences and the replication's stop, and while it holds
+    // no client wrote there, so going back loses nothing (going forward could skip a catch-up
+    // or the sequences). Unreadable: as the router says.
+    auto fenced = ObserveFence(d_.new_side, true);
+    if (fenced.ok() && fenced->progress == Progress::kDone) {
+      o.clients_may_be_on_new_side = false;
+      o.detail += "; the " + std::string(SideName(d_.new_side)) +
+                  " is still fenced, so no client wrote there";
+    }
+  }
   return o;
 }
 

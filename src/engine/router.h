@@ -94,6 +94,19 @@ class Router {
   // Check. A router may make its switch cheaper here (the operator's pooler hands its backend
   // Service to an EndpointSlice of its own); nothing it does may move a client.
   virtual Status PrepareSwitch() { return Status::Ok(); }
+  // True when this router can begin its switch while clients are held, before the cutover
+  // reaches its switch step (BeginSwitch): its held clients reach no server until Resume(), so
+  // moving its path early moves no client. Its Observe() may then show the new side before
+  // the steps ahead of the switch (the old side's catch-up, the sequences) were done; the
+  // cutover's recovery decides by the new side's fence instead (a fenced new side took no
+  // client write: going back loses nothing). Constant for a router's kind and configuration,
+  // so that a recovering process reads it as the crashed one did.
+  virtual bool SwitchesEarly() const { return false; }
+  // Only when SwitchesEarly(), right after Pause() held clients: starts moving the path to
+  // `to` in the background. SwitchTo(to) then only waits for what is left of it; every other
+  // call first waits for it to end. A cutover undone before its switch step switches back
+  // (the pause step's undo observes the router).
+  virtual void BeginSwitch(const Endpoint& to) { (void)to; }
   // Holds new transactions; returns once in-flight ones finished, or fails after `timeout_ms`
   // leaving the router not paused. Routers that cannot hold traffic (nginx, a Service) return
   // Ok at once: the fence then makes writes fail instead.

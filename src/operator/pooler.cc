@@ -586,11 +586,31 @@ PoolerRouter::PoolerRouter(k8s::Client* client, Options o, engine::Endpoint sour
 }
 
 Status PoolerRouter::AttachBackend(std::optional<bool> on_target) {
+  JoinEarly();
   if (o_.adopted) return Status::Ok();
   return static_cast<SliceBackend*>(backend_.get())->Attach(on_target);
 }
 
-PoolerRouter::~PoolerRouter() = default;
+PoolerRouter::~PoolerRouter() { JoinEarly(); }
+
+Status PoolerRouter::PrepareSwitch() {
+  JoinEarly();
+  PGSHIFT_RETURN_IF_ERROR(backend_->PrepareSwitch());
+  // Each replica's admin console opened now, outside the pause (Pause takes them). One that
+  // cannot be reached now is tried again by Pause.
+  auto reps = Replicas();
+  if (!reps.ok()) return Status::Ok();
+  std::vector<std::unique_ptr<pg::Connection>> opened(reps->size());
+  ForEachParallel(reps->size(), [&](size_t i) {
+    auto c = AdminConnect((*reps)[i].address);
+    if (c.ok()) opened[i] = std::move(*c);
+    return Status::Ok();
+  });
+  for (size_t i = 0; i < reps->size(); ++i) {
+    if (opened[i]) standby_[(*reps)[i].address.ToString()] = std::move(opened[i]);
+  }
+  return Status::Ok();
+}
 
 Result<std::vector<PoolerReplica>> PoolerRouter::Replicas() {
   PGSHIFT_ASSIGN_OR_RETURN(auto eps, ReadyEndpoints(client_, o_.ns, o_.service, o_.address_map));
@@ -600,6 +620,7 @@ Result<std::vector<PoolerReplica>> PoolerRouter::Replicas() {
 }
 
 Status PoolerRouter::Check() {
+  JoinEarly();
   PGSHIFT_ASSIGN_OR_RETURN(auto reps, Replicas());
   if (reps.empty()) {
     return Status::Unavailable("the pooler " + o_.ns + "/" + o_.service +
@@ -712,6 +733,9 @@ Status PoolerRouter::Discover(const std::vector<PoolerReplica>& reps) {
 }
 
 Status PoolerRouter::Pause(int timeout_ms) {
+  JoinEarly();
+  early_result_.reset();
+  majors_ = o_.majors ? o_.majors() : std::pair{0, 0};
   held_.reset();
   PGSHIFT_ASSIGN_OR_RETURN(auto reps, Replicas());
   if (reps.empty()) {
@@ -720,13 +744,35 @@ Status PoolerRouter::Pause(int timeout_ms) {
   if (o_.adopted && o_.databases.empty()) PGSHIFT_RETURN_IF_ERROR(Discover(reps));
   const int64_t deadline = MonotonicMillis() + timeout_ms;
   Held held{reps, std::vector<std::unique_ptr<pg::Connection>>(reps.size())};
+  // The admin consoles PrepareSwitch (or the last RESUME) left open: every replica's PAUSE is
+  // sent at once, not after a login each (the first replica's clients wait for the last's).
+  std::vector<std::unique_ptr<pg::Connection>> ready(reps.size());
+  for (size_t i = 0; i < reps.size(); ++i) {
+    auto it = standby_.find(reps[i].address.ToString());
+    if (it != standby_.end()) ready[i] = std::move(it->second);
+  }
+  standby_.clear();
   auto results = ForEachParallel(reps.size(), [&](size_t i) -> Status {
-    auto c = AdminConnect(reps[i].address);
-    if (!c.ok()) return c.status();
-    for (const auto& db : o_.databases) {
-      PGSHIFT_RETURN_IF_ERROR(AdminCommandUntil(**c, "PAUSE " + db, deadline));
+    auto pause = [&](pg::Connection& c) -> Status {
+      for (const auto& db : o_.databases) {
+        PGSHIFT_RETURN_IF_ERROR(AdminCommandUntil(c, "PAUSE " + db, deadline));
+      }
+      return Status::Ok();
+    };
+    std::unique_ptr<pg::Connection> c = std::move(ready[i]);
+    if (c != nullptr && PQstatus(c->raw()) == CONNECTION_OK) {
+      Status s = pause(*c);
+      // A console that broke since (PgBouncer restarted) is opened again; PAUSE is repeated
+      // ("already paused" counts as done).
+      if (s.ok() || PQstatus(c->raw()) == CONNECTION_OK) {
+        held.admin[i] = std::move(c);
+        return s;
+      }
     }
-    held.admin[i] = std::move(*c);
+    auto fresh = AdminConnect(reps[i].address);
+    if (!fresh.ok()) return fresh.status();
+    PGSHIFT_RETURN_IF_ERROR(pause(**fresh));
+    held.admin[i] = std::move(*fresh);
     return Status::Ok();
   });
   for (size_t i = 0; i < results.size(); ++i) {
@@ -752,6 +798,8 @@ pg::Connection* PoolerRouter::HeldAdmin(size_t i) {
 }
 
 Status PoolerRouter::Resume() {
+  JoinEarly();
+  early_result_.reset();
   // The replicas PAUSE held, on the connections it used; else (a recovery, an undo after a
   // failed PAUSE) every ready replica.
   PGSHIFT_RETURN_IF_ERROR(HoldReadyReplicas());
@@ -766,14 +814,21 @@ Status PoolerRouter::Resume() {
     }
     return Status::Ok();
   });
+  // The consoles stay open for the next PAUSE (a retried attempt, the rollback).
+  if (s.ok()) {
+    for (size_t i = 0; i < held_->replicas.size(); ++i) {
+      if (held_->admin[i]) standby_[held_->replicas[i].address.ToString()] = std::move(held_->admin[i]);
+    }
+  }
   held_.reset();
   return s;
 }
 
+
 Status PoolerRouter::Probe(const PoolerReplica& r, pg::Connection* admin, bool to_target,
                            int64_t deadline_ms) {
   const std::string probe = to_target ? kProbeTarget : kProbeSource;
-  const auto majors = o_.majors ? o_.majors() : std::pair{0, 0};
+  const auto majors = majors_;
   const int want = to_target ? majors.second : majors.first;
   std::string last;
   std::unique_ptr<pg::Connection> own;
@@ -791,7 +846,16 @@ Status PoolerRouter::Probe(const PoolerReplica& r, pg::Connection* admin, bool t
       auto c = AdminConnect(r.address, probe);
       if (c.ok()) {
         auto v = (*c)->QueryValue("SELECT current_setting('server_version_num')::int / 10000");
-        if (v.ok() && (want == 0 || *v == std::to_string(want))) return Status::Ok();
+        if (v.ok() && (want == 0 || *v == std::to_string(want))) {
+          // Its server connection closed now (RECONNECT closes an idle one only at PgBouncer's
+          // next maintenance): the step that opens the new side would otherwise end that
+          // session and wait for it to exit, inside the pause. KILL holds the entry until its
+          // RESUME.
+          c->reset();
+          (void)admin->Query("KILL " + probe);
+          (void)admin->Query("RESUME " + probe);
+          return Status::Ok();
+        }
         last = v.ok() ? "it reached PostgreSQL " + *v : v.status().message();
       } else {
         last = c.status().message();
@@ -810,7 +874,44 @@ Status PoolerRouter::Probe(const PoolerReplica& r, pg::Connection* admin, bool t
   }
 }
 
+void PoolerRouter::JoinEarly() {
+  if (!early_.joinable()) return;
+  early_.join();
+  early_result_ = std::pair{early_to_, early_status_};
+}
+
+void PoolerRouter::BeginSwitch(const engine::Endpoint& to) {
+  JoinEarly();
+  early_result_.reset();
+  early_to_ = to;
+  early_start_us_ = MonotonicMicros();
+  early_ = std::thread([this] {
+    early_status_ = Move(early_to_);
+    early_end_us_ = MonotonicMicros();
+  });
+}
+
 Status PoolerRouter::SwitchTo(const engine::Endpoint& to) {
+  const int64_t called_us = MonotonicMicros();
+  JoinEarly();
+  auto early = std::exchange(early_result_, std::nullopt);
+  if (early && early->first == to) {
+    if (early->second.ok()) {
+      const int64_t now_us = MonotonicMicros();
+      LogInfo("pooler switch begun with the pause: done " +
+              engine::Ms((early_end_us_ - early_start_us_) / 1000.0) +
+              " ms after it, the switch step waited " + engine::Ms((now_us - called_us) / 1000.0) +
+              " ms for it");
+      return Status::Ok();
+    }
+    LogWarn("pooler: the switch begun with the pause failed (" + early->second.message() +
+            "); switching again");
+  }
+  majors_ = o_.majors ? o_.majors() : std::pair{0, 0};
+  return Move(to);
+}
+
+Status PoolerRouter::Move(const engine::Endpoint& to) {
   if (!(to == source_) && !(to == target_)) {
     return Status::InvalidArgument("the pooler router knows " + source_.ToString() + " and " +
                                    target_.ToString() + ", not " + to.ToString());
@@ -845,6 +946,7 @@ Status PoolerRouter::SwitchTo(const engine::Endpoint& to) {
 }
 
 Result<engine::RouterState> PoolerRouter::Observe() {
+  JoinEarly();
   PGSHIFT_ASSIGN_OR_RETURN(engine::RouterState st, backend_->Observe());
   auto reps = Replicas();
   if (!reps.ok()) {

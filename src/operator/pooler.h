@@ -23,10 +23,13 @@
 #pragma once
 
 #include <functional>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
+#include <thread>
+#include <utility>
 #include <vector>
 
 #include "engine/router.h"
@@ -206,7 +209,13 @@ class PoolerRouter : public engine::Router {
   // The backend Service (selector and endpoints) and the replicas' SHOW DATABASES `paused`.
   Result<engine::RouterState> Observe() override;
   bool HoldsTraffic() const override { return true; }
-  Status PrepareSwitch() override { return backend_->PrepareSwitch(); }
+  Status PrepareSwitch() override;
+  // Managed: PAUSE closed every server connection of the held entries and PgBouncer opens none
+  // for them until RESUME, so the backend can move (and be probed) while the engine fences and
+  // catches up. Adopted: no, the application's Service may carry other clients.
+  bool SwitchesEarly() const override { return !o_.adopted; }
+  // SwitchTo(to) on a thread of its own; SwitchTo(to) takes its result.
+  void BeginSwitch(const engine::Endpoint& to) override;
 
   // The ready replicas, sorted by Pod IP.
   Result<std::vector<PoolerReplica>> Replicas();
@@ -215,6 +224,10 @@ class PoolerRouter : public engine::Router {
 
  private:
   Status Probe(const PoolerReplica& r, pg::Connection* admin, bool to_target, int64_t deadline_ms);
+  // What SwitchTo does: the backend moved, then each replica probed.
+  Status Move(const engine::Endpoint& to);
+  // Waits for the thread BeginSwitch started, if any, and keeps its result in early_result_.
+  void JoinEarly();
   // Adopted: the entries to hold, read from every replica (they must agree).
   Status Discover(const std::vector<PoolerReplica>& reps);
   // A replica's admin console (or, as the admin user, another of its databases: a probe).
@@ -248,6 +261,20 @@ class PoolerRouter : public engine::Router {
     std::vector<std::unique_ptr<pg::Connection>> admin;
   };
   std::optional<Held> held_;
+  // Admin consoles opened before the pause (PrepareSwitch) or kept after a RESUME, by the
+  // replica's address: the next Pause sends PAUSE on them.
+  std::map<std::string, std::unique_ptr<pg::Connection>> standby_;
+  // BeginSwitch's thread, its destination and result. The thread alone uses this object until
+  // it is joined (JoinEarly, first thing in every public call but Replicas).
+  std::thread early_;
+  engine::Endpoint early_to_;
+  Status early_status_;
+  int64_t early_start_us_ = 0, early_end_us_ = 0;
+  // Where the last joined early switch went and how it ended; taken by SwitchTo, dropped by a
+  // new PAUSE or a RESUME (a switch is proved again once clients were let go).
+  std::optional<std::pair<engine::Endpoint, Status>> early_result_;
+  // o_.majors() as read on the caller's thread (by Pause and SwitchTo), for the probes.
+  std::pair<int, int> majors_{0, 0};
 };
 
 }  // namespace pgshift::op
