@@ -817,13 +817,13 @@ Status PoolerRouter::Resume() {
   // The consoles stay open for the next PAUSE (a retried attempt, the rollback).
   if (s.ok()) {
     for (size_t i = 0; i < held_->replicas.size(); ++i) {
-      if (held_->admin[i]) standby_[held_->replicas[i].address.ToString()] = std::move(held_->admin[i]);
+      if (held_->admin[i])
+        standby_[held_->replicas[i].address.ToString()] = std::move(held_->admin[i]);
     }
   }
   held_.reset();
   return s;
 }
-
 
 Status PoolerRouter::Probe(const PoolerReplica& r, pg::Connection* admin, bool to_target,
                            int64_t deadline_ms) {
