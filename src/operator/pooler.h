@@ -14,9 +14,11 @@
 // running Pod only after the kubelet's sync (about a minute). Instead, while clients are held
 // by PAUSE on every replica, the backend Service is moved: for the cutover it is led by an
 // EndpointSlice of pgshift's instead of its selector (SliceBackend), and the switch rewrites
-// that slice. Every replica then RECONNECTs (closes its idle server connections) and proves,
-// through its own network path, that a new server connection lands on the new server: it logs
-// in through a probe database of its own ini (pgshift_probe_source / pgshift_probe_target,
+// that slice, as soon as every replica is paused (PAUSE closed the held entries' server
+// connections), while the engine fences and catches up (SwitchesEarly, BeginSwitch). Every
+// replica then RECONNECTs (closes its idle server connections) and proves, through its own
+// network path, that a new server connection lands on the new server: it logs in through a
+// probe database of its own ini (pgshift_probe_source / pgshift_probe_target,
 // each with that server's credentials) and checks the major version there. Only then are
 // clients resumed. The probe is what makes the switch exact where kube-proxy lags behind the
 // EndpointSlices. After the step the Service gets its selector back.
