@@ -48,8 +48,15 @@ class Executor {
   Result<CutoverReport> Recover(const CutoverJournal& journal) {
     if (ponr_ < 0) return Status::Internal("cutover table without a point of no return");
     report_.recovered = true;
-    // An older state file has no row: let the router's view decide, as at the switch.
-    int row = journal.row >= 0 && journal.row < main_end_ ? journal.row : ponr_;
+    // The row by its name: the order of the rows may differ between the process that wrote
+    // the journal and this one (an older version; a router that switches early opens the new
+    // side before the switch), their names do not. Else by its index; an older state file
+    // has neither: let the router's view decide, as at the switch.
+    int row = -1;
+    for (int i = 0; i < main_end_ && !journal.row_name.empty(); ++i) {
+      if (rows_[i].name == journal.row_name) row = i;
+    }
+    if (row < 0) row = journal.row >= 0 && journal.row < main_end_ ? journal.row : ponr_;
     reached_ = row;
     return Resolve(row, Status::Aborted("interrupted at step " + rows_[row].name));
   }

@@ -432,6 +432,39 @@ TEST(CutoverExecutor, UnknownRouterAtTheSwitchStopsFencedAndReleasesClients) {
   EXPECT_EQ(r->outcome, CutoverOutcome::kCompleted);
 }
 
+// The journal names its row: a process whose table orders the rows differently (another
+// version; a router that switches early) recovers from the row of that name, not the index.
+// Here killed after the switch with its clients on the new side: recovering by the index of
+// an earlier row would roll back the writes they made there; by the name it goes forward.
+TEST(CutoverExecutor, RecoveryFindsTheJournalsRowByName) {
+  Harness h;
+  h.lose_unsynced = true;  // the operator: the switch's entry is the last one kept
+  h.faults.crash_at = "after-resume";
+  auto rows = Table(h.world, h.faults);
+  auto cb = h.Callbacks(true);
+  ASSERT_FALSE(RunCutover(rows, cb).ok());  // "killed"
+  h.faults = Faults{};
+  ASSERT_EQ(h.journal.row_name, "switch");
+  h.journal.row = 3;  // another table's index of the same row
+  auto r = RecoverCutover(rows, h.journal, cb);
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(r->outcome, CutoverOutcome::kCompleted);
+  h.ExpectWhole(*r, "by name");
+  // No name (an older state file): the index decides, here a row before the switch.
+  Harness old;
+  old.faults.crash_at = "after-catch-up";
+  auto rows2 = Table(old.world, old.faults);
+  auto cb2 = old.Callbacks(true);
+  ASSERT_FALSE(RunCutover(rows2, cb2).ok());
+  old.faults = Faults{};
+  old.journal.row_name.clear();
+  old.journal.row = 3;
+  r = RecoverCutover(rows2, old.journal, cb2);
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(r->outcome, CutoverOutcome::kUndone);
+  old.ExpectWhole(*r, "by index");
+}
+
 // An undo that keeps failing (the old side is down) leaves the outcome stuck and the journal in
 // place; the run after it finishes the undo.
 TEST(CutoverExecutor, AnUndoThatFailsIsFinishedByTheNextRun) {
