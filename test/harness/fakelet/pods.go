@@ -55,6 +55,7 @@ type podManager struct {
 	mu          sync.Mutex
 	runtimes    map[string]*podRuntime // by namespace/name
 	usedN       map[int]bool
+	lastN       int                     // the address last given: the next search starts after it
 	podsWritten string                  // what pods.json holds
 	tokenRenew  map[types.UID]time.Time // when a pod's projected tokens are renewed
 }
@@ -68,6 +69,7 @@ func newPodManager(cs kubernetes.Interface, f informers.SharedInformerFactory, o
 		queue:      workqueue.NewTypedRateLimitingQueue(workqueue.DefaultTypedControllerRateLimiter[string]()),
 		runtimes:   map[string]*podRuntime{},
 		usedN:      map[int]bool{},
+		lastN:      o.firstHost - 1,
 		tokenRenew: map[types.UID]time.Time{},
 	}
 	enqueue := func(obj any) {
@@ -284,9 +286,15 @@ func (m *podManager) readinessFromSpec(c *container, p *corev1.Probe) {
 func (m *podManager) allocate() (int, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	for n := m.o.firstHost; n <= 254; n++ {
+	// Round robin, as a CNI's IPAM does: an address just freed is not given again at once, so a
+	// client still holding a deleted Pod's address (a test checking it is gone, a stale
+	// endpoint) does not reach another Pod's server there.
+	span := 254 - m.o.firstHost + 1
+	for i := 1; i <= span; i++ {
+		n := m.o.firstHost + (m.lastN-m.o.firstHost+i+span)%span
 		if !m.usedN[n] {
 			m.usedN[n] = true
+			m.lastN = n
 			return n, nil
 		}
 	}
