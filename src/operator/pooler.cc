@@ -734,7 +734,7 @@ Status PoolerRouter::Discover(const std::vector<PoolerReplica>& reps) {
 
 Status PoolerRouter::Pause(int timeout_ms) {
   JoinEarly();
-  early_result_.reset();
+  early_status_.reset();
   majors_ = o_.majors ? o_.majors() : std::pair{0, 0};
   held_.reset();
   PGSHIFT_ASSIGN_OR_RETURN(auto reps, Replicas());
@@ -799,7 +799,7 @@ pg::Connection* PoolerRouter::HeldAdmin(size_t i) {
 
 Status PoolerRouter::Resume() {
   JoinEarly();
-  early_result_.reset();
+  early_status_.reset();
   // The replicas PAUSE held, on the connections it used; else (a recovery, an undo after a
   // failed PAUSE) every ready replica.
   PGSHIFT_RETURN_IF_ERROR(HoldReadyReplicas());
@@ -875,14 +875,11 @@ Status PoolerRouter::Probe(const PoolerReplica& r, pg::Connection* admin, bool t
 }
 
 void PoolerRouter::JoinEarly() {
-  if (!early_.joinable()) return;
-  early_.join();
-  early_result_ = std::pair{early_to_, early_status_};
+  if (early_.joinable()) early_.join();
 }
 
 void PoolerRouter::BeginSwitch(const engine::Endpoint& to) {
   JoinEarly();
-  early_result_.reset();
   early_to_ = to;
   early_start_us_ = MonotonicMicros();
   early_ = std::thread([this] {
@@ -894,9 +891,9 @@ void PoolerRouter::BeginSwitch(const engine::Endpoint& to) {
 Status PoolerRouter::SwitchTo(const engine::Endpoint& to) {
   const int64_t called_us = MonotonicMicros();
   JoinEarly();
-  auto early = std::exchange(early_result_, std::nullopt);
-  if (early && early->first == to) {
-    if (early->second.ok()) {
+  auto early = std::exchange(early_status_, std::nullopt);
+  if (early && early_to_ == to) {
+    if (early->ok()) {
       const int64_t now_us = MonotonicMicros();
       LogInfo("pooler switch begun with the pause: done " +
               engine::Ms((early_end_us_ - early_start_us_) / 1000.0) +
@@ -904,7 +901,7 @@ Status PoolerRouter::SwitchTo(const engine::Endpoint& to) {
               " ms for it");
       return Status::Ok();
     }
-    LogWarn("pooler: the switch begun with the pause failed (" + early->second.message() +
+    LogWarn("pooler: the switch begun with the pause failed (" + early->message() +
             "); switching again");
   }
   majors_ = o_.majors ? o_.majors() : std::pair{0, 0};

@@ -228,7 +228,7 @@ class PoolerRouter : public engine::Router {
   Status Probe(const PoolerReplica& r, pg::Connection* admin, bool to_target, int64_t deadline_ms);
   // What SwitchTo does: the backend moved, then each replica probed.
   Status Move(const engine::Endpoint& to);
-  // Waits for the thread BeginSwitch started, if any, and keeps its result in early_result_.
+  // Waits for the thread BeginSwitch started, if any (its result is then in early_status_).
   void JoinEarly();
   // Adopted: the entries to hold, read from every replica (they must agree).
   Status Discover(const std::vector<PoolerReplica>& reps);
@@ -267,14 +267,13 @@ class PoolerRouter : public engine::Router {
   // replica's address: the next Pause sends PAUSE on them.
   std::map<std::string, std::unique_ptr<pg::Connection>> standby_;
   // BeginSwitch's thread, its destination and result. The thread alone uses this object until
-  // it is joined (JoinEarly, first thing in every public call but Replicas).
+  // it is joined (JoinEarly, first thing in every public call but Replicas). The result is
+  // taken by SwitchTo, dropped by a new PAUSE or a RESUME (a switch is proved again once
+  // clients were let go).
   std::thread early_;
   engine::Endpoint early_to_;
-  Status early_status_;
+  std::optional<Status> early_status_;
   int64_t early_start_us_ = 0, early_end_us_ = 0;
-  // Where the last joined early switch went and how it ended; taken by SwitchTo, dropped by a
-  // new PAUSE or a RESUME (a switch is proved again once clients were let go).
-  std::optional<std::pair<engine::Endpoint, Status>> early_result_;
   // o_.majors() as read on the caller's thread (by Pause and SwitchTo), for the probes.
   std::pair<int, int> majors_{0, 0};
 };
