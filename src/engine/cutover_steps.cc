@@ -67,9 +67,11 @@ std::vector<CutoverRow> CutoverSteps::Rows() {
     pause_deadline_ms_ = MonotonicMillis() + state_.options.max_pause_ms;
     if (router_->SwitchesEarly()) {
       // Clients reach no server until the resume: the router's move overlaps the steps up to
-      // the switch, which then waits only for what is left of it.
+      // the switch, which then waits only for what is left of it. A router that holds at a
+      // fenced side lets them go once it leads there and step catch-up is done (the new side
+      // is fenced since step prepare): they log in meanwhile, and step open releases them.
       PGSHIFT_ASSIGN_OR_RETURN(Endpoint to, EndpointOf(Dsn(n)));
-      router_->BeginSwitch(to);
+      router_->BeginSwitch(to, router_->HoldsAtFencedSide());
     }
     return Status::Ok();
   };
@@ -79,7 +81,14 @@ std::vector<CutoverRow> CutoverSteps::Rows() {
       // failed: clients go back to the old side before they are let go. When the router
       // cannot be read, it is switched back anyway; when that fails, clients stay held.
       auto sw = ObserveSwitch();
-      if (!sw.ok() || sw->progress != Progress::kNotDone) PGSHIFT_RETURN_IF_ERROR(Switch(o));
+      if (!sw.ok() || sw->progress != Progress::kNotDone) {
+        // Clients it let go wait on the new side's logins (HoldsAtFencedSide): held again
+        // first ("already paused" counts as done), which ends those logins.
+        if (router_->HoldsAtFencedSide()) {
+          PGSHIFT_RETURN_IF_ERROR(router_->Pause(state_.options.max_pause_ms));
+        }
+        PGSHIFT_RETURN_IF_ERROR(Switch(o));
+      }
     }
     return router_->Resume();
   };
@@ -98,7 +107,11 @@ std::vector<CutoverRow> CutoverSteps::Rows() {
   fence.observe = [this, o] { return ObserveFence(o, true); };
 
   CutoverRow& catch_up = row("catch-up", true);
-  catch_up.act = [this] { return CatchUp(); };
+  catch_up.act = [this] {
+    PGSHIFT_RETURN_IF_ERROR(CatchUp());
+    if (router_->SwitchesEarly()) router_->NewSideCaughtUp();
+    return Status::Ok();
+  };
 
   CutoverRow& hook = row("consistent-point", true);
   hook.act = [this] { return RunHook(); };
@@ -250,9 +263,10 @@ Status CutoverSteps::Open(Side side) {
     PGSHIFT_ASSIGN_OR_RETURN(pg::Connection * c, Session(side, db));
     PGSHIFT_RETURN_IF_ERROR(FenceOff(*c, db.name));
     // Sessions that began while it was fenced keep their read-only default: end them, so that
-    // their clients come back writable.
+    // their clients come back writable. A pooler's held sessions make themselves writable, and
+    // their clients are about to run on them.
     PGSHIFT_RETURN_IF_ERROR(
-        EndClientSessions(*c, {db.name}, OwnPids(side), MonotonicMillis() + 2000).status());
+        EndClientSessions(*c, {db.name}, OwnPids(side), MonotonicMillis() + 2000, true).status());
   }
   return Status::Ok();
 }

@@ -44,6 +44,54 @@ END
 $f$;
 )SQL";
 
+// The pooler's hold (PoolerHoldQuery). The shared advisory lock (keys "pgsh", "hold") marks the
+// session as the pooler's for as long as it lives: step open spares it (EndClientSessions).
+// A session that logged in while the database was fenced started read-only (the database's
+// default then); once the fence is off, it takes the default the database has now, unless it
+// got it from elsewhere (a role's setting) or the database still sets one. The timeouts a role
+// may carry would end the wait early and let a client read a fenced side: off while waiting.
+// A PgBouncer that gives up on the login (server_connect_timeout) ends the wait too, on 14+
+// through client_connection_check_interval.
+constexpr int kHoldLockKey1 = 1885828968;  // "pgsh"
+constexpr int kHoldLockKey2 = 1752132708;  // "hold"
+constexpr const char* kHoldSql = R"SQL(
+CREATE OR REPLACE FUNCTION _pgshift.hold() RETURNS void LANGUAGE plpgsql
+SET search_path = pg_catalog AS $f$
+DECLARE
+  fenced boolean;
+  waited boolean := false;
+BEGIN
+  PERFORM pg_advisory_lock_shared(1885828968, 1752132708);
+  LOOP
+    SELECT p.prosrc LIKE '%pgshift-fence:on%' INTO fenced FROM pg_proc p
+     WHERE p.oid = to_regprocedure('_pgshift.fence_dml()');
+    EXIT WHEN fenced IS NOT TRUE;
+    IF NOT waited THEN
+      waited := true;
+      IF current_setting('server_version_num')::int >= 140000 THEN
+        PERFORM set_config('client_connection_check_interval', '1000', true);
+      END IF;
+      IF current_setting('server_version_num')::int >= 170000 THEN
+        PERFORM set_config('transaction_timeout', '0', true);
+      END IF;
+    END IF;
+    PERFORM pg_sleep(0.001);
+  END LOOP;
+  IF current_setting('default_transaction_read_only') = 'on' THEN
+    IF (SELECT s.source = 'database' FROM pg_settings s
+         WHERE s.name = 'default_transaction_read_only')
+       AND NOT EXISTS (SELECT FROM pg_db_role_setting d, unnest(d.setconfig) c
+                        WHERE d.setdatabase = (SELECT oid FROM pg_database
+                                                WHERE datname = current_database())
+                          AND d.setrole = 0 AND c LIKE 'default\_transaction\_read\_only=%') THEN
+      PERFORM set_config('default_transaction_read_only', 'off', false);
+    END IF;
+  END IF;
+END
+$f$;
+GRANT USAGE ON SCHEMA _pgshift TO PUBLIC;
+)SQL";
+
 // Every table a client could write to: plain and partitioned, logged or not, outside the
 // catalogs and pgshift's own schema; only those still without the trigger named $1.
 constexpr const char* kTablesWithoutTrigger = R"SQL(
@@ -71,6 +119,7 @@ Status InstallFence(pg::Connection& c, const std::string& name) {
     PGSHIFT_RETURN_IF_ERROR(
         c.Exec(std::string("BEGIN;") + kOffSql + "COMMIT;").WithContext("fence functions"));
   }
+  PGSHIFT_RETURN_IF_ERROR(c.Exec(kHoldSql).WithContext("the pooler's hold function"));
   PGSHIFT_ASSIGN_OR_RETURN(
       std::string has_event_trigger,
       c.QueryValue("SELECT count(*) FROM pg_event_trigger WHERE evtname = $1", {name}));
@@ -119,19 +168,39 @@ Result<bool> FenceState(pg::Connection& c) {
   return on == "t";
 }
 
+std::string PoolerHoldQuery() {
+  return "SET statement_timeout = 0; DO $pgshift$BEGIN IF pg_catalog.to_regprocedure("
+         "'_pgshift.hold()') IS NOT NULL THEN PERFORM _pgshift.hold(); END IF; END$pgshift$; "
+         "RESET statement_timeout";
+}
+
 Result<int64_t> EndClientSessions(pg::Connection& c, const std::vector<std::string>& dbs,
-                                  const std::vector<int>& keep_pids, int64_t deadline_ms) {
+                                  const std::vector<int>& keep_pids, int64_t deadline_ms,
+                                  bool spare_pooler_sessions) {
   std::vector<std::string> keep;
   for (int pid : keep_pids) keep.push_back(std::to_string(pid));
   keep.push_back("0");  // never an empty array literal of unknown type
+  // A pooler's session is its own from its login (the application_name of its startup packet)
+  // until it took the hold's lock, and by that lock after (PgBouncer sets the application_name
+  // of its clients on it).
+  const std::string spare =
+      spare_pooler_sessions
+          ? " AND application_name IS DISTINCT FROM $3 AND NOT EXISTS (SELECT 1 FROM pg_locks l "
+            "WHERE l.pid = a.pid AND l.locktype = 'advisory' AND l.classid = " +
+                std::to_string(kHoldLockKey1) + " AND l.objid = " + std::to_string(kHoldLockKey2) +
+                " AND l.objsubid = 2)"
+          : "";
+  std::vector<pg::Param> params{pg::TextArrayLiteral(dbs), "{" + Join(keep, ",") + "}"};
+  if (spare_pooler_sessions) params.push_back(kPoolerHoldApplicationName);
   // The sessions first, then the signals: in one statement the planner may call
   // pg_terminate_backend before the other conditions, on replication workers too.
   PGSHIFT_ASSIGN_OR_RETURN(
       pg::QueryResult r,
-      c.Query("SELECT coalesce(array_agg(pid), '{}')::text, count(*) FROM pg_stat_activity "
+      c.Query("SELECT coalesce(array_agg(pid), '{}')::text, count(*) FROM pg_stat_activity a "
               "WHERE datname = ANY($1::text[]) AND backend_type = 'client backend' "
-              "AND pid <> pg_backend_pid() AND pid <> ALL($2::int[])",
-              {pg::TextArrayLiteral(dbs), "{" + Join(keep, ",") + "}"}));
+              "AND pid <> pg_backend_pid() AND pid <> ALL($2::int[])" +
+                  spare,
+              params));
   long long ended = 0;
   if (!ParseInt64(r.Get(0, 1), &ended)) return Status::Internal("bad session count");
   if (ended > 0) {

@@ -102,11 +102,29 @@ class Router {
   // client write: going back loses nothing). Constant for a router's kind and configuration,
   // so that a recovering process reads it as the crashed one did.
   virtual bool SwitchesEarly() const { return false; }
+  // True when the new server connections this router makes wait while the database they
+  // reach is fenced, and are spared by step open (the operator's pooler with PoolerHoldQuery
+  // as its connect_query, fence.h). Its held clients can then be let go before the new side
+  // opens: they log in there and wait, and run the moment step open lifts the fence, with no
+  // login left to make. Only with SwitchesEarly(); constant like it.
+  virtual bool HoldsAtFencedSide() const { return false; }
   // Only when SwitchesEarly(), right after Pause() held clients: starts moving the path to
   // `to` in the background. SwitchTo(to) then only waits for what is left of it; every other
-  // call first waits for it to end. A cutover undone before its switch step switches back
-  // (the pause step's undo observes the router).
-  virtual void BeginSwitch(const Endpoint& to) { (void)to; }
+  // call first waits for it to end. With `resume_when_moved` (only when HoldsAtFencedSide()
+  // and `to` is fenced) the router lets its clients go once the path leads to `to` and the
+  // cutover said the new side caught up (NewSideCaughtUp); Resume() is then Ok at once. A
+  // cutover undone before its switch step holds them again and switches back (the pause
+  // step's undo observes the router).
+  virtual void BeginSwitch(const Endpoint& to, bool resume_when_moved) {
+    (void)to;
+    (void)resume_when_moved;
+  }
+  // Called by the cutover (after BeginSwitch) once the old side is fenced and the new side has
+  // every change it made (step catch-up). A router that resumes when moved lets no client go
+  // before: the most common failure of a cutover, a catch-up over the pause budget, then still
+  // finds every client held by the router, and undoing it ends no login (PgBouncer counts a
+  // login it closes as failed, and fails new requests until the next one succeeds).
+  virtual void NewSideCaughtUp() {}
   // Holds new transactions; returns once in-flight ones finished, or fails after `timeout_ms`
   // leaving the router not paused. Routers that cannot hold traffic (nginx, a Service) return
   // Ok at once: the fence then makes writes fail instead.

@@ -534,6 +534,7 @@ Result<std::unique_ptr<engine::Router>> Controller::MakeRouter(const json& cr,
       std::string ini,
       k8s::Base64Decode(secret.value("data", json::object()).value("pgbouncer.ini", "")));
   o.databases = PoolerIniDatabases(ini);
+  o.holds_at_fence = PoolerIniHolds(ini);
   o.majors = [state]() -> std::pair<int, int> {
     return state == nullptr ? std::pair{0, 0} : std::pair{state->source_major, state->target_major};
   };

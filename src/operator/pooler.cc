@@ -3,12 +3,16 @@
 #include <poll.h>
 
 #include <algorithm>
+#include <chrono>
+#include <mutex>
 #include <regex>
 #include <thread>
 
 #include "common/clock.h"
+#include "common/fault.h"
 #include "common/log.h"
 #include "common/strings.h"
+#include "engine/fence.h"
 #include "engine/server_ops.h"
 #include "pg/connection.h"
 #include "pg/conninfo.h"
@@ -146,7 +150,13 @@ Result<std::string> PoolerIni(const PoolerConfig& c) {
       "; held by PAUSE. The two probe databases let it check, through each PgBouncer, which\n"
       "; server a new connection reaches.\n"
       "[databases]\n";
-  for (const auto& db : c.databases) ini += db + " = " + server + " dbname=" + IniValue(db) + "\n";
+  // application_name: what marks the server connection as the pooler's until the hold took its
+  // lock (EndClientSessions); PgBouncer sets each client's own on it after.
+  for (const auto& db : c.databases) {
+    ini += db + " = " + server + " dbname=" + IniValue(db) +
+           " application_name=" + engine::kPoolerHoldApplicationName +
+           " connect_query=" + IniValue(engine::PoolerHoldQuery()) + "\n";
+  }
   const std::string probe_db = IniValue(c.databases.front());
   ini += std::string(kProbeSource) + " = " + server + " dbname=" + probe_db +
          " user=" + IniValue(c.source_user) + " password=" + IniValue(c.source_password) +
@@ -195,6 +205,10 @@ std::vector<std::string> PoolerIniDatabases(const std::string& ini) {
     if (name != kProbeSource && name != kProbeTarget) out.push_back(name);
   }
   return out;
+}
+
+bool PoolerIniHolds(const std::string& ini) {
+  return ini.find(IniValue(engine::PoolerHoldQuery())) != std::string::npos;
 }
 
 std::string PoolerUserlist(const PoolerConfig& c) {
@@ -735,6 +749,7 @@ Status PoolerRouter::Discover(const std::vector<PoolerReplica>& reps) {
 Status PoolerRouter::Pause(int timeout_ms) {
   JoinEarly();
   early_status_.reset();
+  early_resumed_ = false;
   majors_ = o_.majors ? o_.majors() : std::pair{0, 0};
   held_.reset();
   PGSHIFT_ASSIGN_OR_RETURN(auto reps, Replicas());
@@ -800,6 +815,11 @@ pg::Connection* PoolerRouter::HeldAdmin(size_t i) {
 Status PoolerRouter::Resume() {
   JoinEarly();
   early_status_.reset();
+  if (std::exchange(early_resumed_, false)) return Status::Ok();
+  return ResumeHeld();
+}
+
+Status PoolerRouter::ResumeHeld() {
   // The replicas PAUSE held, on the connections it used; else (a recovery, an undo after a
   // failed PAUSE) every ready replica.
   PGSHIFT_RETURN_IF_ERROR(HoldReadyReplicas());
@@ -814,15 +834,29 @@ Status PoolerRouter::Resume() {
     }
     return Status::Ok();
   });
-  // The consoles stay open for the next PAUSE (a retried attempt, the rollback).
   if (s.ok()) {
-    for (size_t i = 0; i < held_->replicas.size(); ++i) {
-      if (held_->admin[i])
-        standby_[held_->replicas[i].address.ToString()] = std::move(held_->admin[i]);
-    }
+    ReleaseHeld();
+  } else {
+    held_.reset();
+  }
+  return s;
+}
+
+void PoolerRouter::HoldAgain(int64_t deadline_ms) {
+  (void)OnHeld([&](size_t, pg::Connection* c) -> Status {
+    if (c == nullptr) return Status::Ok();
+    for (const auto& db : HeldEntries(*c)) (void)AdminCommandUntil(*c, "PAUSE " + db, deadline_ms);
+    return Status::Ok();
+  });
+}
+
+void PoolerRouter::ReleaseHeld() {
+  // The consoles stay open for the next PAUSE (a retried attempt, the rollback).
+  for (size_t i = 0; held_ && i < held_->replicas.size(); ++i) {
+    if (held_->admin[i])
+      standby_[held_->replicas[i].address.ToString()] = std::move(held_->admin[i]);
   }
   held_.reset();
-  return s;
 }
 
 Status PoolerRouter::Probe(const PoolerReplica& r, pg::Connection* admin, bool to_target,
@@ -875,15 +909,45 @@ Status PoolerRouter::Probe(const PoolerReplica& r, pg::Connection* admin, bool t
 }
 
 void PoolerRouter::JoinEarly() {
+  {
+    std::lock_guard<std::mutex> lock(early_mu_);
+    early_joining_ = true;
+  }
+  early_cv_.notify_all();
   if (early_.joinable()) early_.join();
 }
 
-void PoolerRouter::BeginSwitch(const engine::Endpoint& to) {
+void PoolerRouter::NewSideCaughtUp() {
+  {
+    std::lock_guard<std::mutex> lock(early_mu_);
+    caught_up_ = true;
+  }
+  early_cv_.notify_all();
+}
+
+bool PoolerRouter::WaitNewSideCaughtUp(int64_t deadline_ms) {
+  std::unique_lock<std::mutex> lock(early_mu_);
+  while (!caught_up_ && !early_joining_ && MonotonicMillis() < deadline_ms) {
+    early_cv_.wait_for(
+        lock, std::chrono::milliseconds(std::max<int64_t>(1, deadline_ms - MonotonicMillis())));
+  }
+  return caught_up_;
+}
+
+void PoolerRouter::BeginSwitch(const engine::Endpoint& to, bool resume_when_moved) {
   JoinEarly();
+  {
+    std::lock_guard<std::mutex> lock(early_mu_);
+    early_joining_ = false;
+    caught_up_ = false;
+  }
   early_to_ = to;
+  early_resumed_ = false;
   early_start_us_ = MonotonicMicros();
-  early_ = std::thread([this] {
-    early_status_ = Move(early_to_);
+  early_ = std::thread([this, resume_when_moved] {
+    bool resumed = false;
+    early_status_ = Move(early_to_, resume_when_moved, &resumed);
+    early_resumed_ = resumed;
     early_end_us_ = MonotonicMicros();
   });
 }
@@ -905,10 +969,11 @@ Status PoolerRouter::SwitchTo(const engine::Endpoint& to) {
             "); switching again");
   }
   majors_ = o_.majors ? o_.majors() : std::pair{0, 0};
-  return Move(to);
+  bool resumed = false;
+  return Move(to, false, &resumed);
 }
 
-Status PoolerRouter::Move(const engine::Endpoint& to) {
+Status PoolerRouter::Move(const engine::Endpoint& to, bool resume_when_caught_up, bool* resumed) {
   if (!(to == source_) && !(to == target_)) {
     return Status::InvalidArgument("the pooler router knows " + source_.ToString() + " and " +
                                    target_.ToString() + ", not " + to.ToString());
@@ -935,10 +1000,41 @@ Status PoolerRouter::Move(const engine::Endpoint& to) {
     }
     return Status::Ok();
   });
-  const int64_t end_us = MonotonicMicros();
+  const int64_t probed_us = MonotonicMicros();
+  // HoldsAtFencedSide: every replica's new server connections now reach `to`, fenced. Once the
+  // engine says the old side is fenced and caught up on `to` (NewSideCaughtUp), clients are let
+  // go: each pool logs in to `to` while the engine's last steps run, and waits there until
+  // step open lifts the fence.
+  bool early = false;
+  std::string resumed_at;
+  if (s.ok() && resume_when_caught_up && WaitNewSideCaughtUp(deadline)) {
+    Status r = OnHeld([&](size_t, pg::Connection* c) -> Status {
+      if (c == nullptr) return Status::Unavailable("its admin console cannot be reached");
+      for (const auto& db : HeldEntries(*c)) {
+        auto q = c->Query("RESUME " + db);
+        if (!q.ok() && q.status().message().find("not paused") == std::string::npos) {
+          return q.status().WithContext("RESUME " + db);
+        }
+      }
+      return Status::Ok();
+    });
+    resumed_at = engine::Ms((MonotonicMicros() - probed_us) / 1000.0);
+    early = r.ok();
+    if (early) FaultPointForTest("pooler-released-early");
+    if (!r.ok()) {
+      // Held again where it worked: step resume lets them go, as without the hold.
+      LogWarn("pooler: letting clients go before step open: " + r.message());
+      HoldAgain(deadline);
+    }
+  }
   LogInfo("pooler switch to the " + std::string(to_target ? "target" : "source") + ": " +
           backend_->LastSwitchTimes() + ", " + (o_.adopted ? "settle and RECONNECT " : "probes ") +
-          engine::Ms((end_us - moved_us) / 1000.0) + " ms");
+          engine::Ms((probed_us - moved_us) / 1000.0) + " ms" +
+          (early ? ", clients let go after " + resumed_at + " ms more, to wait at the fence" : ""));
+  if (early) {
+    *resumed = true;
+    ReleaseHeld();
+  }
   return s;
 }
 

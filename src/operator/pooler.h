@@ -22,11 +22,19 @@
 // each with that server's credentials) and checks the major version there. Only then are
 // clients resumed. The probe is what makes the switch exact where kube-proxy lags behind the
 // EndpointSlices. After the step the Service gets its selector back.
+//
+// The ini's entries run the engine's hold (PoolerHoldQuery, fence.h) on each new server
+// connection: a login to a fenced database waits there until the fence lifts. So the clients
+// are resumed as soon as the probes passed, still inside the cutover: each pool logs in to the
+// new side, still fenced, while the engine catches up, and its held transactions run the
+// moment step open lifts the fence, with no login left to wait for (HoldsAtFencedSide).
 #pragma once
 
+#include <condition_variable>
 #include <functional>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -79,6 +87,9 @@ struct PoolerConfig {
 Result<std::string> PoolerIni(const PoolerConfig& c);
 // The [databases] entries of a pooler's ini, probes left out: what it serves.
 std::vector<std::string> PoolerIniDatabases(const std::string& ini);
+// Whether a pooler's ini holds new server connections at a fenced database (its entries run
+// PoolerHoldQuery). An ini an older operator wrote does not: its cutover resumes at the end.
+bool PoolerIniHolds(const std::string& ini);
 // userlist.txt: the admin user (plain text) and every role with a password hash.
 std::string PoolerUserlist(const PoolerConfig& c);
 // The Secret with both files and the admin password (key "admin-password").
@@ -187,6 +198,8 @@ class PoolerRouter : public engine::Router {
     std::function<std::pair<int, int>()> majors;
     AddressMap address_map;
     int settle_timeout_ms = 10000;
+    // Managed: its ini runs the hold (PoolerIniHolds).
+    bool holds_at_fence = false;
   };
   PoolerRouter(k8s::Client* client, Options o, engine::Endpoint source, std::string source_service,
                engine::Endpoint target);
@@ -216,8 +229,11 @@ class PoolerRouter : public engine::Router {
   // for them until RESUME, so the backend can move (and be probed) while the engine fences and
   // catches up. Adopted: no, the application's Service may carry other clients.
   bool SwitchesEarly() const override { return !o_.adopted; }
-  // SwitchTo(to) on a thread of its own; SwitchTo(to) takes its result.
-  void BeginSwitch(const engine::Endpoint& to) override;
+  bool HoldsAtFencedSide() const override { return !o_.adopted && o_.holds_at_fence; }
+  // SwitchTo(to) on a thread of its own, then with `resume_when_moved` the RESUME; SwitchTo(to)
+  // takes its result.
+  void BeginSwitch(const engine::Endpoint& to, bool resume_when_moved) override;
+  void NewSideCaughtUp() override;
 
   // The ready replicas, sorted by Pod IP.
   Result<std::vector<PoolerReplica>> Replicas();
@@ -225,11 +241,23 @@ class PoolerRouter : public engine::Router {
   Status AttachBackend(std::optional<bool> on_target = std::nullopt);
 
  private:
+  // Until a new server connection of replica `r` lands on the `to_target` side.
   Status Probe(const PoolerReplica& r, pg::Connection* admin, bool to_target, int64_t deadline_ms);
-  // What SwitchTo does: the backend moved, then each replica probed.
-  Status Move(const engine::Endpoint& to);
+  // What SwitchTo does: the backend moved, then each replica probed. With
+  // `resume_when_caught_up` (BeginSwitch's thread, HoldsAtFencedSide), clients are then let go
+  // once the engine says the new side caught up (NewSideCaughtUp); `*resumed` says whether
+  // they were.
+  Status Move(const engine::Endpoint& to, bool resume_when_caught_up, bool* resumed);
+  // Until NewSideCaughtUp() or JoinEarly(), at most until `deadline_ms`: whether it was called.
+  bool WaitNewSideCaughtUp(int64_t deadline_ms);
+  // held_'s consoles kept for the next PAUSE, held_ cleared: clients are not held.
+  void ReleaseHeld();
+  // PAUSE again on every held_ replica, best effort (a RESUME that failed on some).
+  void HoldAgain(int64_t deadline_ms);
   // Waits for the thread BeginSwitch started, if any (its result is then in early_status_).
   void JoinEarly();
+  // Resume without JoinEarly (BeginSwitch's thread resumes with it).
+  Status ResumeHeld();
   // Adopted: the entries to hold, read from every replica (they must agree).
   Status Discover(const std::vector<PoolerReplica>& reps);
   // A replica's admin console (or, as the admin user, another of its databases: a probe).
@@ -273,6 +301,12 @@ class PoolerRouter : public engine::Router {
   std::thread early_;
   engine::Endpoint early_to_;
   std::optional<Status> early_status_;
+  // The thread let the clients go (BeginSwitch's resume_when_moved); a new PAUSE clears it.
+  bool early_resumed_ = false;
+  // NewSideCaughtUp() and JoinEarly() wake the thread's wait (WaitNewSideCaughtUp).
+  std::mutex early_mu_;
+  std::condition_variable early_cv_;
+  bool caught_up_ = false, early_joining_ = false;
   int64_t early_start_us_ = 0, early_end_us_ = 0;
   // o_.majors() as read on the caller's thread (by Pause and SwitchTo), for the probes.
   std::pair<int, int> majors_{0, 0};

@@ -2,6 +2,9 @@
 
 #include <gtest/gtest.h>
 
+#include "common/strings.h"
+#include "engine/fence.h"
+
 namespace pgshift::op {
 namespace {
 
@@ -30,8 +33,13 @@ TEST(PoolerIni, EveryDatabaseAndBothProbesGoThroughTheBackendService) {
   auto ini = PoolerIni(Config());
   ASSERT_TRUE(ini.ok()) << ini.status().message();
   const std::string server = "host=orders-pooler-backend.shop.svc port=5432";
-  EXPECT_NE(ini->find("orders = " + server + " dbname='orders'\n"), std::string::npos) << *ini;
-  EXPECT_NE(ini->find("app-2 = " + server + " dbname='app-2'\n"), std::string::npos);
+  // The application's entries hold their new server connections at a fenced database.
+  const std::string hold =
+      " application_name=pgshift-pooler connect_query='SET statement_timeout = 0; DO "
+      "$pgshift$BEGIN IF pg_catalog.to_regprocedure(''_pgshift.hold()'') IS NOT NULL THEN "
+      "PERFORM _pgshift.hold(); END IF; END$pgshift$; RESET statement_timeout'\n";
+  EXPECT_NE(ini->find("orders = " + server + " dbname='orders'" + hold), std::string::npos) << *ini;
+  EXPECT_NE(ini->find("app-2 = " + server + " dbname='app-2'" + hold), std::string::npos);
   // Each probe logs in with its own server's credentials; quotes are doubled.
   EXPECT_NE(ini->find("pgshift_probe_source = " + server +
                       " dbname='orders' user='dba' password='it''s \"secret\"' pool_size=1"),
@@ -44,6 +52,23 @@ TEST(PoolerIni, EveryDatabaseAndBothProbesGoThroughTheBackendService) {
   EXPECT_NE(ini->find("admin_users = pgshift_pooler_admin\n"), std::string::npos);
   EXPECT_NE(ini->find("auth_file = /etc/pgbouncer/userlist.txt\n"), std::string::npos);
   EXPECT_NE(ini->find("server_login_retry = 1\n"), std::string::npos);
+}
+
+TEST(PoolerIni, OnlyTheApplicationsEntriesHoldAndTheHoldFitsPgBouncersPacket) {
+  auto ini = PoolerIni(Config());
+  ASSERT_TRUE(ini.ok());
+  EXPECT_TRUE(PoolerIniHolds(*ini));
+  // An ini an older operator wrote: its cutover resumes clients at the end.
+  EXPECT_FALSE(PoolerIniHolds("[databases]\norders = host=b port=5432 dbname='orders'\n"));
+  // The probes log in to a fenced side at once: they must not wait there.
+  for (const auto& line : Split(*ini, '\n', true)) {
+    if (line.rfind("pgshift_probe_", 0) == 0) {
+      EXPECT_EQ(line.find("connect_query"), std::string::npos) << line;
+    }
+  }
+  // PgBouncer 1.18 sends the connect_query in a packet of 512 bytes (SEND_generic); a longer
+  // one fails every login.
+  EXPECT_LT(engine::PoolerHoldQuery().size(), 500u);
 }
 
 TEST(PoolerIni, ItsDatabasesAreReadBackWithoutTheProbes) {

@@ -122,11 +122,25 @@ def load_and_approve(k, operator, source, pooler, ledger):
     return load
 
 
+HOLD_LOCK = ("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid = 1885828968 "
+             "AND objid = 1752132708 AND objsubid = 2 AND pid = pg_backend_pid()")
+
+
+def assert_held_at_the_fence(operator, pooler, source, times):
+    """The pooler's server connection ran the hold (its advisory lock marks it), and the
+    cutover let clients go before its probes, to wait at the fenced new side (docs/engine.md,
+    "The pooler's hold"), `times` times so far."""
+    got = app_psql(pooler, source, HOLD_LOCK)
+    assert got.returncode == 0 and got.stdout.strip() == "1", got
+    assert operator.log().count("clients let go after") == times, operator.log()[-4000:]
+
+
 def cutover_and_rollback(k, namespace, operator, source, tmp_path, pooler, backend,
-                         src_version, dst_version):
+                         src_version, dst_version, holds):
     """With the application writing through `pooler` (a Service's proxy address) the whole
     time: the approved cutover, then a rollback. Asserts no client error, every acknowledged
-    write where it belongs, and Service `backend` leading to the target, then back."""
+    write where it belongs, and Service `backend` leading to the target, then back. `holds`:
+    the pooler is the operator's own, which holds clients at the fenced new side."""
     ledger = tmp_path / "forward.ledger"
     load = load_and_approve(k, operator, source, pooler, ledger)
     watch_phase(k, "shop", {"RollbackReady"}, timeout=120, operator=operator)
@@ -148,6 +162,8 @@ def cutover_and_rollback(k, namespace, operator, source, tmp_path, pooler, backe
     # Through the pooler, the application's role is on the new server.
     got = app_psql(pooler, source, "SHOW server_version_num")
     assert got.returncode == 0 and got.stdout.strip().startswith(str(dst_version)), got
+    if holds:
+        assert_held_at_the_fence(operator, pooler, source, 1)
     # The source is fenced.
     p = psql(source.address, source.password,
              "INSERT INTO shop.products (sku, title, price_cents) VALUES ('x', 'y', 1)",
@@ -171,6 +187,8 @@ def cutover_and_rollback(k, namespace, operator, source, tmp_path, pooler, backe
           f"{other_seconds_ms(back, st['lastCutover']['at']):.1f} ms); load {s2}")
     assert int(s2["errors"]) == 0, s2
     assert k.get("service", backend)["spec"]["selector"] == {"app": source.name}
+    if holds:
+        assert_held_at_the_fence(operator, pooler, source, 2)
     # Every write of both runs is on the source: the ones made on the target came back.
     verify(source.address, source.password, ledger, s["acknowledged"])
     verify(source.address, source.password, back, s2["acknowledged"])
@@ -192,7 +210,7 @@ def test_cutover_and_rollback_through_the_pooler_lose_nothing_and_fail_no_client
     pooler = wait_for(lambda: service_address(namespace, "shop-pooler"), timeout=30,
                       what="the pooler Service's proxy port")
     cutover_and_rollback(k, namespace, operator, source, tmp_path, pooler,
-                         "shop-pooler-backend", src_version, dst_version)
+                         "shop-pooler-backend", src_version, dst_version, holds=True)
     # The application's own Services were never touched.
     assert k.get("service", "app-db")["spec"]["selector"] == {"app": source.name}
 
@@ -236,7 +254,7 @@ def test_an_adopted_pgbouncer_holds_clients_at_cutover_and_rollback(
                         "adminSecret": {"name": "app-pgbouncer-admin"}}}},
                     cutover={"mode": "manual", "maxPauseMs": 5000}))
     cutover_and_rollback(k, namespace, operator, source, tmp_path, pooler, "app-db",
-                         src_version, dst_version)
+                         src_version, dst_version, holds=False)
     # Adopted, not made: no PgBouncer of the operator's own, and app-db keeps no annotation
     # of pgshift once the resource is deleted.
     assert not k.get("deployment", "shop-pooler")
@@ -292,10 +310,14 @@ def test_an_operator_killed_inside_the_pause_resumes_an_adopted_pgbouncer(
 
 # What the next process does: the operator's pooler begins moving its backend as soon as
 # clients are held, while the engine fences, catches up and opens the target; only the target's
-# fence says whether clients may have written there. After the sequences the target is still
-# fenced (back, whether the backend had moved yet or not); after open the move may or may not
-# have been written (forward if it was, else back); after the switch, forward.
+# fence says whether clients may have written there. After the sequences (or the replication
+# step) the target is still fenced (back, whether the backend had moved yet or not); after open
+# the move may or may not have been written (forward if it was, else back); after the switch,
+# forward. "pooler-released-early": killed right after the pooler let clients go to wait at the
+# fenced target, with the engine held before open: back, which holds them again first.
 RECOVERY = {"forward:after-sequences": ("rolling back",),
+            "forward:after-replication": ("rolling back", "rolling forward"),
+            "pooler-released-early": ("rolling back",),
             "forward:after-open": ("rolling forward", "rolling back"),
             "forward:after-switch": ("rolling forward",)}
 
@@ -311,8 +333,14 @@ def test_an_operator_killed_inside_the_pause_resumes_its_own_pooler(
     ends on the target with its selector and no slice of pgshift's."""
     source = Source(k, namespace, 15)
     monkeypatch.setenv("PGSHIFT_FAULT_KILL_AT", point)
+    if point == "pooler-released-early":
+        # The engine waits before open (never let go: the process dies first), so the target
+        # is still fenced when the pooler's thread lets clients go and the process is killed.
+        monkeypatch.setenv("PGSHIFT_FAULT_HOLD_AT", "forward:before-open")
+        monkeypatch.setenv("PGSHIFT_FAULT_HOLD_FILE", str(tmp_path / "held"))
     operator.start()
-    monkeypatch.delenv("PGSHIFT_FAULT_KILL_AT")
+    for name in ("PGSHIFT_FAULT_KILL_AT", "PGSHIFT_FAULT_HOLD_AT", "PGSHIFT_FAULT_HOLD_FILE"):
+        monkeypatch.delenv(name, raising=False)
     k.apply(upgrade("shop", source, 17, traffic={"pooler": {"replicas": 2}},
                     cutover={"mode": "manual", "maxPauseMs": 5000}))
     wait_for(lambda: ready_replicas(k, "shop-pooler") == 2, timeout=120, interval=0.5,
