@@ -54,14 +54,19 @@ $f$;
 // through client_connection_check_interval.
 constexpr int kHoldLockKey1 = 1885828968;  // "pgsh"
 constexpr int kHoldLockKey2 = 1752132708;  // "hold"
-constexpr const char* kHoldSql = R"SQL(
+// The keys, as pg_advisory_lock_shared takes them and as pg_locks shows them.
+std::string HoldLockArgs() {
+  return std::to_string(kHoldLockKey1) + ", " + std::to_string(kHoldLockKey2);
+}
+constexpr const char* kHoldSqlHead = R"SQL(
 CREATE OR REPLACE FUNCTION _pgshift.hold() RETURNS void LANGUAGE plpgsql
 SET search_path = pg_catalog AS $f$
 DECLARE
   fenced boolean;
   waited boolean := false;
 BEGIN
-  PERFORM pg_advisory_lock_shared(1885828968, 1752132708);
+  PERFORM pg_advisory_lock_shared()SQL";
+constexpr const char* kHoldSqlTail = R"SQL();
   LOOP
     SELECT p.prosrc LIKE '%pgshift-fence:on%' INTO fenced FROM pg_proc p
      WHERE p.oid = to_regprocedure('_pgshift.fence_dml()');
@@ -119,7 +124,8 @@ Status InstallFence(pg::Connection& c, const std::string& name) {
     PGSHIFT_RETURN_IF_ERROR(
         c.Exec(std::string("BEGIN;") + kOffSql + "COMMIT;").WithContext("fence functions"));
   }
-  PGSHIFT_RETURN_IF_ERROR(c.Exec(kHoldSql).WithContext("the pooler's hold function"));
+  PGSHIFT_RETURN_IF_ERROR(c.Exec(kHoldSqlHead + HoldLockArgs() + kHoldSqlTail)
+                              .WithContext("the pooler's hold function"));
   PGSHIFT_ASSIGN_OR_RETURN(
       std::string has_event_trigger,
       c.QueryValue("SELECT count(*) FROM pg_event_trigger WHERE evtname = $1", {name}));
@@ -186,9 +192,8 @@ Result<int64_t> EndClientSessions(pg::Connection& c, const std::vector<std::stri
   const std::string spare =
       spare_pooler_sessions
           ? " AND application_name IS DISTINCT FROM $3 AND NOT EXISTS (SELECT 1 FROM pg_locks l "
-            "WHERE l.pid = a.pid AND l.locktype = 'advisory' AND l.classid = " +
-                std::to_string(kHoldLockKey1) + " AND l.objid = " + std::to_string(kHoldLockKey2) +
-                " AND l.objsubid = 2)"
+            "WHERE l.pid = a.pid AND l.locktype = 'advisory' AND (l.classid, l.objid) = (" +
+                HoldLockArgs() + ") AND l.objsubid = 2)"
           : "";
   std::vector<pg::Param> params{pg::TextArrayLiteral(dbs), "{" + Join(keep, ",") + "}"};
   if (spare_pooler_sessions) params.push_back(kPoolerHoldApplicationName);

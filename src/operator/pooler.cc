@@ -114,6 +114,17 @@ Status AdminCommandUntil(pg::Connection& c, const std::string& command, int64_t 
   return result;
 }
 
+// RESUME of each of `entries` on one replica's admin console ("not paused" counts as done).
+Status ResumeEntries(pg::Connection& c, const std::vector<std::string>& entries) {
+  for (const auto& db : entries) {
+    auto r = c.Query("RESUME " + db);
+    if (!r.ok() && r.status().message().find("not paused") == std::string::npos) {
+      return r.status().WithContext("RESUME " + db);
+    }
+  }
+  return Status::Ok();
+}
+
 }  // namespace
 
 std::string PoolerName(const std::string& upgrade_name) { return upgrade_name + "-pooler"; }
@@ -826,13 +837,7 @@ Status PoolerRouter::ResumeHeld() {
   Status s = OnHeld([&](size_t, pg::Connection* c) -> Status {
     // A PgBouncer that cannot be reached holds no client (a restarted one starts running).
     if (c == nullptr) return Status::Ok();
-    for (const auto& db : HeldEntries(*c)) {
-      auto r = c->Query("RESUME " + db);
-      if (!r.ok() && r.status().message().find("not paused") == std::string::npos) {
-        return r.status().WithContext("RESUME " + db);
-      }
-    }
-    return Status::Ok();
+    return ResumeEntries(*c, HeldEntries(*c));
   });
   if (s.ok()) {
     ReleaseHeld();
@@ -1010,13 +1015,7 @@ Status PoolerRouter::Move(const engine::Endpoint& to, bool resume_when_caught_up
   if (s.ok() && resume_when_caught_up && WaitNewSideCaughtUp(deadline)) {
     Status r = OnHeld([&](size_t, pg::Connection* c) -> Status {
       if (c == nullptr) return Status::Unavailable("its admin console cannot be reached");
-      for (const auto& db : HeldEntries(*c)) {
-        auto q = c->Query("RESUME " + db);
-        if (!q.ok() && q.status().message().find("not paused") == std::string::npos) {
-          return q.status().WithContext("RESUME " + db);
-        }
-      }
-      return Status::Ok();
+      return ResumeEntries(*c, HeldEntries(*c));
     });
     resumed_at = engine::Ms((MonotonicMicros() - probed_us) / 1000.0);
     early = r.ok();
