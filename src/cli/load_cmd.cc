@@ -29,6 +29,9 @@ void AddLoadCommands(CLI::App& app, GlobalOptions& /*global*/, Status* status) {
       ->required();
   run->add_option("--clients", opts->clients, "concurrent connections (default 4)");
   run->add_option("--reads", opts->read_percent, "percent of operations that are reads (default 20)");
+  run->add_option("--slow-ms", opts->slow_ms,
+                  "write every operation at least this slow (from its scheduled time) to "
+                  "FILE.slow.csv, with wall-clock times (default 0: none)");
   run->callback([=]() {
     lab::LoadOptions o = *opts;
     o.progress = isatty(STDERR_FILENO) != 0;

@@ -34,6 +34,14 @@ constexpr const char* kSetupSql =
     "  payload text NOT NULL,"
     "  updated_at timestamptz NOT NULL DEFAULT now())";
 
+// An operation slower than LoadOptions::slow_ms, for the trace beside the ledger.
+struct SlowOp {
+  int64_t scheduled_us, done_us;
+  int client;
+  const char* op;
+  bool ok;
+};
+
 struct SecondBucket {
   int64_t ops = 0, writes = 0, reads = 0, errors = 0;
   double max_latency_ms = 0;
@@ -46,10 +54,13 @@ struct Shared {
   std::vector<SecondBucket> seconds;
   LoadSummary totals;
   std::vector<float> latencies_ms;
+  std::vector<SlowOp> slow;
+  double slow_ms = 0;
   int64_t start_us = 0;
 
-  void Record(int64_t now_us, double latency_ms, bool ok, bool is_write) {
+  void Record(int64_t now_us, double latency_ms, bool ok, bool is_write, const SlowOp& op) {
     std::lock_guard<std::mutex> lock(mu);
+    if (slow_ms > 0 && latency_ms >= slow_ms) slow.push_back(op);
     size_t sec = static_cast<size_t>(std::max<int64_t>(0, now_us - start_us) / 1000000);
     if (seconds.size() <= sec) seconds.resize(sec + 1);
     SecondBucket& b = seconds[sec];
@@ -135,12 +146,15 @@ class Client {
       case Op::kDelete: ok = Delete(); break;
       case Op::kRead: ok = Read(); break;
     }
-    Finish(scheduled_us, ok, is_write);
+    Finish(scheduled_us, ok, is_write, kOpNames[static_cast<int>(op)]);
   }
 
-  void Finish(int64_t scheduled_us, bool ok, bool is_write) {
+  static constexpr const char* kOpNames[] = {"insert", "update", "delete", "read"};
+
+  void Finish(int64_t scheduled_us, bool ok, bool is_write, const char* op = "connect") {
     int64_t now = MonotonicMicros();
-    shared_->Record(now, (now - scheduled_us) / 1000.0, ok, is_write);
+    shared_->Record(now, (now - scheduled_us) / 1000.0, ok, is_write,
+                    SlowOp{scheduled_us, now, index_, op, ok});
   }
 
   Op Choose() {
@@ -341,6 +355,9 @@ Result<LoadSummary> RunLoad(const LoadOptions& opts) {
   int64_t start = MonotonicMicros() + 50000;
   int64_t end = start + static_cast<int64_t>(opts.duration_s * 1e6);
   shared.start_us = start;
+  shared.slow_ms = opts.slow_ms;
+  // Monotonic to wall clock, for the slow operations' trace (read beside other processes' logs).
+  const int64_t unix_minus_monotonic_us = UnixMillis() * 1000 - MonotonicMicros();
   std::vector<std::thread> threads;
   for (auto& c : clients) threads.emplace_back([&c, start, end]() { c->Run(start, end); });
 
@@ -394,6 +411,16 @@ Result<LoadSummary> RunLoad(const LoadOptions& opts) {
            Fixed(b.max_latency_ms, 2) + "\n";
   }
   PGSHIFT_RETURN_IF_ERROR(WriteFileAtomic(opts.ledger + ".series.csv", csv));
+  if (opts.slow_ms > 0) {
+    std::string trace = "scheduled_unix_ms,done_unix_ms,latency_ms,client,op,ok\n";
+    for (const SlowOp& o : shared.slow) {
+      trace += Fixed((o.scheduled_us + unix_minus_monotonic_us) / 1000.0, 3) + "," +
+               Fixed((o.done_us + unix_minus_monotonic_us) / 1000.0, 3) + "," +
+               Fixed((o.done_us - o.scheduled_us) / 1000.0, 2) + "," + std::to_string(o.client) +
+               "," + o.op + "," + (o.ok ? "1" : "0") + "\n";
+    }
+    PGSHIFT_RETURN_IF_ERROR(WriteFileAtomic(opts.ledger + ".slow.csv", trace));
+  }
   nlohmann::json summary = {{"acknowledged", sum.acknowledged}, {"reads", sum.reads},
                             {"errors", sum.errors},             {"uncertain", sum.uncertain},
                             {"stale_reads", sum.stale_reads},   {"reconnects", sum.reconnects},

@@ -24,6 +24,9 @@ struct LoadOptions {
   int clients = 4;
   int read_percent = 20;    // share of operations that are reads
   bool progress = false;    // live one-line progress on stderr
+  // > 0: every operation at least this slow (from its scheduled time) goes to FILE.slow.csv,
+  // with wall-clock times, to line it up with other processes' logs.
+  double slow_ms = 0;
 };
 
 struct LoadSummary {

@@ -82,3 +82,32 @@ def test_verify_reports_a_row_changed_or_removed_behind_the_clients_back(lab):
     assert p.returncode != 0
     assert v["mismatched"] == "1" and v["missing"] == "1"
     assert f"key {keys[1]}: missing" in p.stderr
+
+
+def test_slow_operations_are_traced_with_wall_clock_times(lab):
+    """--slow-ms: a table lock held 400 ms stalls the clients' writes; LEDGER.slow.csv lists
+    those operations, late by about the lock's length, at the wall-clock time the lock began,
+    and nothing faster than the threshold."""
+    lab.start("sl", 16)
+    dsn = lab.dsn("sl")
+    run_load(lab, dsn, lab.dir / "warm.ledger", rate=50, duration=1)  # makes pgshift_load.items
+    ledger = lab.dir / "slow.ledger"
+    load = lab.popen("load", "run", "--dsn", dsn, "--rate", "200", "--duration", "4",
+                     "--ledger", str(ledger), "--slow-ms", "150")
+    time.sleep(1.5)
+    locked_at = time.time() * 1000
+    sql(dsn, "BEGIN; LOCK TABLE pgshift_load.items; SELECT pg_sleep(0.4); COMMIT")
+    unlocked_at = time.time() * 1000
+    out, err = load.communicate(timeout=60)
+    assert load.returncode == 0, err
+    rows = [r.split(",") for r in (lab.dir / "slow.ledger.slow.csv").read_text().splitlines()]
+    assert rows[0] == ["scheduled_unix_ms", "done_unix_ms", "latency_ms", "client", "op", "ok"]
+    rows = rows[1:]
+    assert rows, "the lock stalled no operation past 150 ms"
+    for scheduled, done, latency, client, op, ok in rows:
+        assert float(latency) >= 150 and ok == "1" and op in ("insert", "update", "delete", "read")
+        assert abs(float(done) - float(scheduled) - float(latency)) < 0.01
+        # Held by the lock: scheduled while it was held, done once it was released.
+        assert locked_at - 100 <= float(scheduled) <= unlocked_at, (scheduled, locked_at)
+        assert float(done) >= locked_at + 150
+    assert max(float(r[2]) for r in rows) >= 300
