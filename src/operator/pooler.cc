@@ -865,13 +865,22 @@ void PoolerRouter::ReleaseHeld() {
 }
 
 Status PoolerRouter::Probe(const PoolerReplica& r, pg::Connection* admin, bool to_target,
-                           int64_t deadline_ms) {
+                           int64_t deadline_ms, std::string* trace) {
   const std::string probe = to_target ? kProbeTarget : kProbeSource;
   const auto majors = majors_;
   const int want = to_target ? majors.second : majors.first;
   std::string last;
   std::unique_ptr<pg::Connection> own;
+  const int64_t start_us = MonotonicMicros();
+  // The first tries in full, then only the end: a proxy that lags a second is hundreds of tries.
+  constexpr int kTracedTries = 3;
+  int tries = 0;
+  auto note = [&](const std::string& what) {
+    if (trace == nullptr || tries > kTracedTries) return;
+    *trace += " " + what + " " + engine::Ms((MonotonicMicros() - start_us) / 1000.0);
+  };
   while (true) {
+    ++tries;
     if (admin == nullptr || PQstatus(admin->raw()) != CONNECTION_OK) {
       auto c = AdminConnect(r.address);
       own = c.ok() ? std::move(*c) : nullptr;
@@ -882,9 +891,13 @@ Status PoolerRouter::Probe(const PoolerReplica& r, pg::Connection* admin, bool t
       // Closes the server connections the pools hold: the next ones go where the Service leads.
       for (const auto& db : o_.databases) (void)admin->Query("RECONNECT " + db);
       (void)admin->Query("RECONNECT " + probe);
+      note("reconnect");
       auto c = AdminConnect(r.address, probe);
+      note("login");
       if (c.ok()) {
         auto v = (*c)->QueryValue("SELECT current_setting('server_version_num')::int / 10000");
+        note(v.ok() ? "PostgreSQL " + *v + " at"
+                    : "failed (" + std::string(Trim(v.status().message())) + ")");
         if (v.ok() && (want == 0 || *v == std::to_string(want))) {
           // Its server connection closed now (RECONNECT closes an idle one only at PgBouncer's
           // next maintenance): the step that opens the new side would otherwise end that
@@ -893,6 +906,12 @@ Status PoolerRouter::Probe(const PoolerReplica& r, pg::Connection* admin, bool t
           c->reset();
           (void)admin->Query("KILL " + probe);
           (void)admin->Query("RESUME " + probe);
+          if (tries > kTracedTries) {
+            const int all = std::exchange(tries, 0);  // the end is always traced
+            note("... try " + std::to_string(all) + " reached it, closed");
+          } else {
+            note("closed");
+          }
           return Status::Ok();
         }
         last = v.ok() ? "it reached PostgreSQL " + *v : v.status().message();
@@ -908,8 +927,8 @@ Status PoolerRouter::Probe(const PoolerReplica& r, pg::Connection* admin, bool t
           "); the node's service proxy has not followed the Service's endpoints in time");
     }
     // Clients wait meanwhile: try again soon (the node's proxy follows within milliseconds
-    // to a second or so).
-    SleepMillis(10);
+    // to a second or so; each try is a login, which paces the loop more than this sleep).
+    SleepMillis(2);
   }
 }
 
@@ -996,8 +1015,12 @@ Status PoolerRouter::Move(const engine::Endpoint& to, bool resume_when_caught_up
   // Inside the pause: the replicas it holds, on its connections; else (a recovery's switch)
   // every ready replica.
   PGSHIFT_RETURN_IF_ERROR(HoldReadyReplicas());
+  std::vector<std::string> traces(held_->replicas.size());
   Status s = OnHeld([&](size_t i, pg::Connection* c) -> Status {
-    if (!o_.adopted) return Probe(held_->replicas[i], c, to_target, deadline);
+    if (!o_.adopted) {
+      traces[i] = held_->replicas[i].pod_ip + ":";
+      return Probe(held_->replicas[i], c, to_target, deadline, &traces[i]);
+    }
     if (c == nullptr) return Status::Ok();  // unreachable: it holds no client either
     for (const auto& db : HeldEntries(*c)) {
       auto r = c->Query("RECONNECT " + db);
@@ -1029,6 +1052,7 @@ Status PoolerRouter::Move(const engine::Endpoint& to, bool resume_when_caught_up
   LogInfo("pooler switch to the " + std::string(to_target ? "target" : "source") + ": " +
           backend_->LastSwitchTimes() + ", " + (o_.adopted ? "settle and RECONNECT " : "probes ") +
           engine::Ms((probed_us - moved_us) / 1000.0) + " ms" +
+          (o_.adopted ? "" : " (" + Join(traces, "; ") + ")") +
           (early ? ", clients let go after " + resumed_at + " ms more, to wait at the fence" : ""));
   if (early) {
     *resumed = true;

@@ -241,8 +241,11 @@ class PoolerRouter : public engine::Router {
   Status AttachBackend(std::optional<bool> on_target = std::nullopt);
 
  private:
-  // Until a new server connection of replica `r` lands on the `to_target` side.
-  Status Probe(const PoolerReplica& r, pg::Connection* admin, bool to_target, int64_t deadline_ms);
+  // Until a new server connection of replica `r` lands on the `to_target` side. `trace` gets
+  // each try's milestones (login, the server reached or the error) in ms from the start, for
+  // the switch's log line.
+  Status Probe(const PoolerReplica& r, pg::Connection* admin, bool to_target, int64_t deadline_ms,
+               std::string* trace = nullptr);
   // What SwitchTo does: the backend moved, then each replica probed. With
   // `resume_when_caught_up` (BeginSwitch's thread, HoldsAtFencedSide), clients are then let go
   // once the engine says the new side caught up (NewSideCaughtUp); `*resumed` says whether
