@@ -32,7 +32,8 @@ RATE = WRITES_PER_S * 5 // 4  # the load client reads 20% of its operations
 def start_load(address, source, ledger):
     app_dsn = dsn(address).replace("user=postgres", "user=app")
     return subprocess.Popen([PGSHIFT_BIN, "load", "run", "--dsn", app_dsn, "--rate", str(RATE),
-                             "--duration", "600", "--ledger", str(ledger), "--clients", "8"],
+                             "--duration", "600", "--ledger", str(ledger), "--clients", "8",
+                             "--slow-ms", str(SLOW_MS)],
                             env=dict(os.environ, PGPASSWORD=source.app_password),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
@@ -57,6 +58,29 @@ def verify(address, password, ledger, acknowledged):
 def stall_ms(ledger):
     """The longest client operation of the run (the clients held by PAUSE)."""
     return json.loads(Path(f"{ledger}.summary.json").read_text())["max_latency_ms"]
+
+
+# The load client writes every operation at least this slow to LEDGER.slow.csv.
+SLOW_MS = 10
+
+
+def unix_ms(rfc3339):
+    from datetime import datetime
+    return datetime.fromisoformat(rfc3339.replace("Z", "+00:00")).timestamp() * 1000
+
+
+def cutover_stall_ms(ledger, status, done_phase):
+    """The clients' longest stall at the cutover (or rollback) `status` recorded: the longest
+    operation scheduled from the attempt's start (lastCutover.at) until the phase it ends in
+    (`done_phase`) began; that holds every operation the pause held. Not the run's longest
+    (stall_ms), which also counts the load client's own start and the machine's noise. Below
+    SLOW_MS when no operation in that window was that slow."""
+    start = unix_ms(status["lastCutover"]["at"])
+    end = unix_ms(status["phaseTimes"][done_phase]["started"])
+    assert end > start, (status["lastCutover"], status["phaseTimes"][done_phase])
+    rows = Path(f"{ledger}.slow.csv").read_text().splitlines()[1:]
+    held = [float(r.split(",")[2]) for r in rows if start <= float(r.split(",")[0]) <= end]
+    return max(held, default=0.0)
 
 
 def watch_phase(k, name, wanted, timeout, operator):
@@ -150,6 +174,7 @@ def cutover_and_rollback(k, namespace, operator, source, tmp_path, pooler, backe
     cut = st["lastCutover"]
     assert cut["succeeded"] and cut["direction"] == "forward"
     print(f"{src_version}->{dst_version} through the pooler: pause {cut['pauseMs']:.1f} ms, "
+          f"clients' stall {cutover_stall_ms(ledger, st, 'RollbackReady'):.1f} ms, "
           f"longest client operation {stall_ms(ledger):.1f} ms (other seconds: "
           f"{other_seconds_ms(ledger, cut['at']):.1f} ms); load {s}")
     # No client saw an error: PAUSE held them, RESUME let them go on the target.
@@ -182,7 +207,8 @@ def cutover_and_rollback(k, namespace, operator, source, tmp_path, pooler, backe
     st = k.get("postgresupgrade", "shop")["status"]
     assert st["lastCutover"]["direction"] == "rollback" and st["lastCutover"]["succeeded"]
     print(f"{dst_version}->{src_version} rollback through the pooler: pause "
-          f"{st['lastCutover']['pauseMs']:.1f} ms, longest client operation "
+          f"{st['lastCutover']['pauseMs']:.1f} ms, clients' stall "
+          f"{cutover_stall_ms(back, st, 'RolledBack'):.1f} ms, longest client operation "
           f"{stall_ms(back):.1f} ms (other seconds: "
           f"{other_seconds_ms(back, st['lastCutover']['at']):.1f} ms); load {s2}")
     assert int(s2["errors"]) == 0, s2
